@@ -1,0 +1,30 @@
+# vlmjax: `make demo` trains a tiny CoCa on the synthetic shapes set; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+WORKDIR ?= runs/demo
+DATA ?= data/shapes
+BIN := $(VENV)/bin
+
+.PHONY: demo test venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+$(DATA)/.done: $(VENV)/.installed
+	$(BIN)/vlmjax data synth --out $(DATA) --num-shards 4 --samples-per-shard 2500 --image-size 32 --seed 0
+	touch $@
+
+demo: $(VENV)/.installed $(DATA)/.done
+	$(BIN)/vlmjax train --config configs/coca_tiny.py --workdir $(WORKDIR) \
+	  --config.data.train.source='tar:$(DATA)/{00000..00003}.tar'
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,149 @@
+"""Experiment configs: load `FILE[:k=v,...]`, apply `--config.a.b=v` overrides, validate, dump.
+
+A config file defines `get_config(arg)` returning an `ml_collections.ConfigDict`;
+`arg` is the text after the first `:` in the spec (or None). Configs use
+`parse_arg(arg, **defaults)` to read it. Every user mistake raises `ConfigError`
+with a one-line message; the command line turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import ml_collections
+
+REQUIRED_KEYS = (
+    "seed", "batch_size", "total_steps", "log_every", "eval_every", "ckpt_every",
+    "model", "loss", "optim", "mesh", "data.train", "evals",
+)
+POSITIVE_INT_KEYS = ("batch_size", "total_steps", "log_every", "ckpt_every")
+
+
+class ConfigError(ValueError):
+  """A user error in a config file, config argument or override (one line)."""
+
+
+def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """Loads `FILE[:arg]`, applies `(dotted.key, raw_value)` overrides and validates."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      f"vlmjax_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
+  cfg = module.get_config(arg or None)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config in {path!r} returned {type(cfg).__name__}, expected ml_collections.ConfigDict")
+  for key, raw in overrides:
+    apply_override(cfg, key, raw)
+  validate(cfg)
+  return cfg
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses a config argument `k=v,k2=v2` against typed defaults."""
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(","):
+    key, eq, raw = item.partition("=")
+    if not eq:
+      raise ConfigError(f"config argument {item!r} is not of the form key=value (valid keys: {', '.join(defaults)})")
+    apply_override(out, key.strip(), raw.strip(), where="config argument")
+  return out
+
+
+def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+  for key in cfg.keys():
+    value = cfg[key]
+    yield prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat_keys(value, prefix + key + ".")
+
+
+def apply_override(cfg: ml_collections.ConfigDict, dotted: str, raw: str, where: str = "override") -> None:
+  """Sets `cfg.<dotted>` from the string `raw`, parsed to the existing value's type."""
+  *parents, leaf = dotted.split(".")
+  node = cfg
+  for part in parents + [leaf]:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(dotted, list(flat_keys(cfg)), n=3, cutoff=0.6)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"{where}: unknown config key {dotted!r}{hint}")
+    parent, node = node, node[part]
+  node = parent
+  current = node[leaf]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"{where}: {dotted!r} is a group of keys ({', '.join(current.keys())}); set one of them")
+  value = parse_value(raw, current, dotted, where)
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: bad value {raw!r} for {dotted!r}: {e}") from None
+
+
+def parse_value(raw: str, current: Any, key: str, where: str) -> Any:
+  """Parses `raw` to the type of `current` (None accepts any Python literal or a string)."""
+  def bad(expected: str) -> ConfigError:
+    return ConfigError(f"{where}: {key}={raw!r} is not a valid {expected} (current value {current!r})")
+
+  if isinstance(current, bool):
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise bad("bool (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(raw)
+    except ValueError:
+      raise bad("int") from None
+  if isinstance(current, float):
+    try:
+      return float(raw)
+    except ValueError:
+      raise bad("float") from None
+  if isinstance(current, str):
+    return raw
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = tuple(v.strip() for v in raw.split(",")) if raw else ()
+    if not isinstance(value, (tuple, list)):
+      value = (value,)
+    return type(current)(value)
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  keys = set(flat_keys(cfg))
+  for key in REQUIRED_KEYS:
+    if key not in keys:
+      raise ConfigError(f"config is missing required key {key!r}")
+  for key in POSITIVE_INT_KEYS:
+    if not isinstance(cfg[key], int) or cfg[key] <= 0:
+      raise ConfigError(f"config key {key!r} must be a positive int, got {cfg[key]!r}")
+  if cfg.total_steps < cfg.optim.warmup_steps:
+    raise ConfigError(
+        f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds total_steps={cfg.total_steps}")
+
+
+def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
+  with open(path, "w") as f:
+    f.write(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")

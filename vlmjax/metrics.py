@@ -1,0 +1,80 @@
+"""Metric writers: a live console line, `metrics.jsonl`, and TensorBoard events under `tb/`.
+
+Only process 0 writes. `Writer.write` takes metrics already fetched to the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Writer:
+  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int):
+    self.enabled = jax.process_index() == 0
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.start_step = start_step
+    self.start_time = self.last_time = time.time()
+    self.last_step = start_step
+    self.first: dict | None = None
+    self.last: dict | None = None
+    self.rates: list[float] = []
+    self._jsonl = self._tb = None
+    if self.enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter  # imported lazily: heavy, and only process 0 needs it
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: dict) -> dict:
+    """Logs host metrics of `step`; adds `train/samples_per_sec` when a rate is known."""
+    now = time.time()
+    row = {"step": step, **{f"train/{k}": float(v) for k, v in metrics.items()}}
+    rate = None
+    if self.last is not None and step > self.last_step:  # the first window includes compilation
+      rate = (step - self.last_step) * self.batch_size / (now - self.last_time)
+      row["train/samples_per_sec"] = rate
+      self.rates.append(rate)
+    self.last_step, self.last_time = step, now
+    self.first = self.first or row
+    self.last = row
+    if self.enabled:
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, step)
+      eta = ((self.total_steps - step) * self.batch_size / rate) if rate else None
+      parts = [f"step {step:>6}/{self.total_steps}", f"loss {row['train/loss']:.4f}"]
+      parts += [f"{k[6:]} {row[k]:.4f}" for k in ("train/contrastive_loss", "train/caption_loss") if k in row]
+      parts += [f"{rate:,.0f} samples/s" if rate else "compiling+first step",
+                f"ETA {_duration(eta)}" if eta is not None else "ETA -"]
+      print(" | ".join(parts), flush=True)
+    return row
+
+  def summary(self) -> dict:
+    """The closing summary: steps, wall time, first and last loss, mean throughput."""
+    out = {"steps": (self.start_step, self.last_step), "seconds": time.time() - self.start_time}
+    if self.first and self.last:
+      out["first_loss"], out["final_loss"] = self.first["train/loss"], self.last["train/loss"]
+    if self.rates:
+      out["samples_per_sec"] = sum(self.rates) / len(self.rates)
+    if self.enabled and self.first:
+      drop = 100 * (1 - out["final_loss"] / out["first_loss"]) if out["first_loss"] else 0.0
+      rate = f"{out['samples_per_sec']:,.0f} samples/s" if self.rates else "-"
+      print(f"done: steps {self.start_step}->{self.last_step} in {_duration(out['seconds'])} | "
+            f"loss {out['first_loss']:.4f} -> {out['final_loss']:.4f} ({drop:.1f}% lower) | {rate}",
+            flush=True)
+    return out
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

@@ -1,0 +1,89 @@
+"""CoCa: contrastive captioner (Yu et al., 2022).
+
+ViT image tokens -> attentional poolers (1 query: contrastive image embedding;
+n queries: what the decoder attends to, pooled in `parallel` from the image
+tokens or in `cascade` from the captioning queries' output). A causal text
+transformer with a trailing CLS token gives the text embedding and the token
+features that the multimodal decoder turns into caption logits.
+
+Shape legend: B batch, H/W image size, L text length, N image tokens,
+Q pooler queries, E embedding dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vlmjax.models import layers
+from vlmjax.models.fusion import AttentionPooler, MultimodalDecoder
+from vlmjax.models.text import TextTransformer
+from vlmjax.models.vision import ViT
+
+POOLER_MODES = ("parallel", "cascade")
+
+
+@flax.struct.dataclass
+class Output:
+  """What a model's forward pass gives its losses; fields a model lacks are None."""
+  image_emb: jax.Array | None = None      # [B, E], L2-normalised
+  text_emb: jax.Array | None = None       # [B, E], L2-normalised
+  logit_scale: jax.Array | None = None    # scalar, the positive multiplier (exp of the parameter)
+  logit_bias: jax.Array | None = None     # scalar or None
+  caption_logits: jax.Array | None = None  # [B, L, V], position t predicts token t+1
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+class CoCa(nnx.Module):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    if cfg.pooler.mode not in POOLER_MODES:
+      raise ValueError(f"model.pooler.mode must be one of {'|'.join(POOLER_MODES)}, got {cfg.pooler.mode!r}")
+    dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+    kw = dict(attention=cfg.attention, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    v, t = cfg.vision, cfg.text
+    self.pooler_mode = cfg.pooler.mode
+    self.vision = ViT(v, cfg.image_size, **kw)
+    self.text = TextTransformer(t, **kw)
+    self.caption_pool = AttentionPooler(v.width, v.width, cfg.pooler.heads, cfg.pooler.n_queries, **kw)
+    self.contrastive_pool = AttentionPooler(v.width, v.width, cfg.pooler.heads, 1, **kw)
+    self.image_proj = layers.dense(v.width, cfg.embed_dim, ("embed", None), use_bias=False,
+                                   std=v.width**-0.5, **dense_kw)
+    self.text_proj = layers.dense(t.width, cfg.embed_dim, ("embed", None), use_bias=False,
+                                  std=t.width**-0.5, **dense_kw)
+    self.decoder = MultimodalDecoder(t.width, cfg.decoder.heads, cfg.decoder.mlp_dim, cfg.decoder.depth,
+                                     v.width, t.vocab_size, **kw)
+    self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
+
+  def _image(self, image_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array]:
+    tokens_BxNxC, _ = self.vision(image_BxHxWx3)
+    caption_BxQxC = self.caption_pool(tokens_BxNxC)
+    source = caption_BxQxC if self.pooler_mode == "cascade" else tokens_BxNxC
+    image_emb = l2_normalize(self.image_proj(self.contrastive_pool(source)[:, 0]))
+    return image_emb, caption_BxQxC
+
+  def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
+    return self._image(image_BxHxWx3)[0]
+
+  def encode_text(self, text_BxL: jax.Array) -> jax.Array:
+    return l2_normalize(self.text_proj(self.text(text_BxL)[1]))
+
+  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False) -> Output:
+    del train  # no dropout in CoCa pretraining
+    image_emb, caption_BxQxC = self._image(image_BxHxWx3)
+    tokens_BxLxD, pooled_BxD = self.text(text_BxL)
+    return Output(
+        image_emb=image_emb,
+        text_emb=l2_normalize(self.text_proj(pooled_BxD)),
+        logit_scale=jnp.exp(self.logit_scale[...]),
+        caption_logits=self.decoder(tokens_BxLxD, caption_BxQxC),
+    )

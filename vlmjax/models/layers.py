@@ -1,0 +1,120 @@
+"""Building blocks: dense layers with logical axes, attention, MLP, transformer blocks.
+
+Shape legend: B batch, T query length, S key/value length, D width, H heads,
+K head dim, F MLP width.
+
+Every parameter carries an `axes` tuple of logical axis names (`embed`, `mlp`,
+`heads`, `vocab`, `patch`, ...); `vlmjax.sharding` maps them to mesh axes from
+the config. No mesh details live in model code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+
+
+def dtype_of(name: str) -> Dtype:
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def dense(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: Dtype,
+          param_dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True, std: float | None = None) -> nnx.Linear:
+  """A Linear whose kernel and bias carry logical axis names."""
+  init = (nnx.initializers.normal(std) if std is not None
+          else nnx.initializers.xavier_uniform())
+  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=init, kernel_metadata={"axes": axes},
+                    bias_metadata={"axes": (axes[1],)}, rngs=rngs)
+
+
+def layer_norm(dim: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
+                       scale_metadata={"axes": ("embed",)}, bias_metadata={"axes": ("embed",)},
+                       rngs=rngs)
+
+
+def attention_impl(name: str) -> str | None:
+  """Maps the config's `attention` setting to `jax.nn.dot_product_attention`'s implementation."""
+  if name not in ("auto", "xla", "cudnn"):
+    raise ValueError(f"model.attention must be one of auto|xla|cudnn, got {name!r}")
+  return None if name == "auto" else name
+
+
+class Attention(nnx.Module):
+  """Multi-head attention; self-attention when `kv_BxSxD` is None, cross-attention otherwise."""
+
+  def __init__(self, dim: int, heads: int, *, kv_dim: int | None = None, impl: str = "auto",
+               dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+    if dim % heads:
+      raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+    kv_dim = kv_dim or dim
+    self.heads, self.head_dim, self.impl = heads, dim // heads, attention_impl(impl)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q = dense(dim, dim, ("embed", "heads"), **kw)
+    self.k = dense(kv_dim, dim, ("embed", "heads"), **kw)
+    self.v = dense(kv_dim, dim, ("embed", "heads"), **kw)
+    self.out = dense(dim, dim, ("heads", "embed"), **kw)
+
+  def __call__(self, x_BxTxD: jax.Array, kv_BxSxD: jax.Array | None = None, *,
+               mask_BxTxS: jax.Array | None = None, causal: bool = False) -> jax.Array:
+    kv_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
+    B, T, _ = x_BxTxD.shape
+    S = kv_BxSxD.shape[1]
+    q_BxTxHxK = self.q(x_BxTxD).reshape(B, T, self.heads, self.head_dim)
+    k_BxSxHxK = self.k(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
+    v_BxSxHxK = self.v(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
+    mask = None if mask_BxTxS is None else mask_BxTxS[:, None]
+    o_BxTxHxK = jax.nn.dot_product_attention(
+        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, is_causal=causal, implementation=self.impl)
+    return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
+
+
+class Mlp(nnx.Module):
+  def __init__(self, dim: int, hidden: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = dense(dim, hidden, ("embed", "mlp"), **kw)
+    self.fc2 = dense(hidden, dim, ("mlp", "embed"), **kw)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x_BxTxD), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, cross_dim: int | None = None,
+               impl: str = "auto", dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.ln1 = layer_norm(dim, **kw)
+    self.attn = Attention(dim, heads, impl=impl, **kw)
+    if cross_dim is not None:
+      self.ln_cross = layer_norm(dim, **kw)
+      self.cross = Attention(dim, heads, kv_dim=cross_dim, impl=impl, **kw)
+    else:
+      self.ln_cross = self.cross = None
+    self.ln2 = layer_norm(dim, **kw)
+    self.mlp = Mlp(dim, mlp_dim, **kw)
+
+  def __call__(self, x_BxTxD: jax.Array, *, mask_BxTxT: jax.Array | None = None,
+               causal: bool = False, ctx_BxSxC: jax.Array | None = None) -> jax.Array:
+    x_BxTxD = x_BxTxD + self.attn(self.ln1(x_BxTxD), mask_BxTxS=mask_BxTxT, causal=causal)
+    if self.cross is not None:
+      x_BxTxD = x_BxTxD + self.cross(self.ln_cross(x_BxTxD), ctx_BxSxC)
+    return x_BxTxD + self.mlp(self.ln2(x_BxTxD))
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> jax.Array:
+  """Fixed 2-D sine-cosine position embedding, [h*w, dim] (MoCo v3 / big_vision layout)."""
+  if dim % 4:
+    raise ValueError(f"sin-cos position embedding needs width divisible by 4, got {dim}")
+  y, x = jnp.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (jnp.arange(dim // 4) / (dim // 4 - 1))
+  y = y.reshape(-1)[:, None] * omega[None]
+  x = x.reshape(-1)[:, None] * omega[None]
+  return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)

@@ -1,0 +1,61 @@
+"""Text transformer: causal or bidirectional, pooled by trailing CLS, EOS position or first token.
+
+Shape legend: B batch, L text length (context), T = L (+1 with a trailing CLS),
+D width, V vocabulary. Token id 0 is padding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vlmjax.models import layers
+
+POOLS = ("cls", "eos", "first")
+
+
+class TextTransformer(nnx.Module):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, attention: str, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    if cfg.pool not in POOLS:
+      raise ValueError(f"model.text.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    d = cfg.width
+    self.pool, self.causal, self.dtype = cfg.pool, cfg.causal, dtype
+    self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, param_dtype=param_dtype,
+                                 embedding_init=nnx.initializers.normal(0.02),
+                                 embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)
+    positions = cfg.context_length + (1 if cfg.pool == "cls" else 0)
+    self.posemb = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (positions, d), param_dtype),
+                            axes=(None, "embed"))
+    self.cls = (nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d,), param_dtype), axes=("embed",))
+                if cfg.pool == "cls" else None)
+    self.blocks = nnx.List([layers.Block(d, cfg.heads, cfg.mlp_dim, impl=attention, **kw)
+                            for _ in range(cfg.depth)])
+    self.ln = layers.layer_norm(d, **kw)
+
+  def __call__(self, text_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns (tokens_BxLxD, pooled_BxD); both after the final layer norm."""
+    B, L = text_BxL.shape
+    x_BxTxD = self.token_embed(text_BxL)
+    valid_BxT = text_BxL != 0
+    if self.cls is not None:
+      cls = jnp.broadcast_to(self.cls[...].astype(x_BxTxD.dtype), (B, 1, x_BxTxD.shape[-1]))
+      x_BxTxD = jnp.concatenate([x_BxTxD, cls], axis=1)
+      valid_BxT = jnp.concatenate([valid_BxT, jnp.ones((B, 1), bool)], axis=1)
+    T = x_BxTxD.shape[1]
+    x_BxTxD = x_BxTxD + self.posemb[:T].astype(x_BxTxD.dtype)
+    mask_BxTxT = valid_BxT[:, None, :]
+    if self.causal:
+      mask_BxTxT = mask_BxTxT & jnp.tril(jnp.ones((T, T), bool))[None]
+    for block in self.blocks:
+      x_BxTxD = block(x_BxTxD, mask_BxTxT=mask_BxTxT)
+    x_BxTxD = self.ln(x_BxTxD)
+    if self.pool == "cls":
+      return x_BxTxD[:, :L], x_BxTxD[:, L]
+    if self.pool == "first":
+      return x_BxTxD, x_BxTxD[:, 0]
+    eos_B = jnp.maximum(valid_BxT.sum(axis=1) - 1, 0)  # last non-pad position
+    return x_BxTxD, jnp.take_along_axis(x_BxTxD, eos_B[:, None, None], axis=1)[:, 0]
