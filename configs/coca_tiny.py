@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0))
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=50, end_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,
+      lr=1e-3, warmup_steps=min(50, a.steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,
       weight_decay=0.1, grad_clip=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict(dict(

@@ -41,7 +41,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {**step_metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+  step_metrics = {**step_metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
@@ -91,8 +91,11 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,))
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the closing summary."""
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the closing summary.
+
+  `stop_after` ends the run early at that step, with a checkpoint, as a preempted run would.
+  """
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
@@ -121,14 +124,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start)
   step_fn = compile_train_step(cfg, s)
+  last = min(cfg.total_steps, stop_after or cfg.total_steps)
   pending = None  # (step, device metrics): fetched only after the next step is dispatched
-  for step in range(start + 1, cfg.total_steps + 1):
+  for step in range(start + 1, last + 1):
     state, step_metrics = step_fn(state, next(data))
     if pending is not None:
       writer.write(pending[0], jax.device_get(pending[1]))
-    log = step % cfg.log_every == 0 or step == start + 1 or step == cfg.total_steps
+    log = step % cfg.log_every == 0 or step in (start + 1, last)
     pending = (step, step_metrics) if log else None
-    if step % cfg.ckpt_every == 0 or step == cfg.total_steps:
+    if step % cfg.ckpt_every == 0 or step == last:
       ckpt.save(step, state, data.get_state())
   if pending is not None:
     writer.write(pending[0], jax.device_get(pending[1]))

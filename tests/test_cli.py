@@ -1,0 +1,35 @@
+import json
+import os
+import subprocess
+import sys
+
+from conftest import MICRO, ROOT
+
+
+def _run(*args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "vlmjax.cli", *args], capture_output=True, text=True,
+                        cwd=ROOT, env=env)
+
+
+def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
+  data, workdir = tmp_path / "shapes", tmp_path / "run"
+  proc = _run("data", "synth", "--out", str(data), "--num-shards", "2", "--samples-per-shard", "40")
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(os.listdir(data)) == ["00000.tar", "00001.tar"]
+  overrides = [f"--config.{k}={v}" for k, v in MICRO] + [
+      f"--config.data.train.source=tar:{data}/{{00000..00001}}.tar", "--config.log_every=2",
+      "--config.ckpt_every=4"]
+  proc = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith("step      1/4 | loss ") and "ETA" in lines[1] and "samples/s" in lines[1]
+  assert lines[-1].startswith("done: steps 0->4")
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 4]
+  assert {"train/loss", "train/caption_loss", "train/contrastive_loss", "train/lr"} <= set(rows[0])
+  assert "train/samples_per_sec" in rows[1]
+  assert json.load(open(workdir / "config.json"))["total_steps"] == 4
+  assert os.listdir(workdir / "tb") and os.listdir(workdir / "checkpoints") == ["4"]
+  again = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
+  assert again.returncode == 0 and "already finished at step 4" in again.stdout

@@ -1,0 +1,62 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vlmjax import config
+
+from conftest import ROOT
+
+TINY = os.path.join(ROOT, "configs/coca_tiny.py")
+
+
+def test_load_applies_typed_overrides():
+  cfg = config.load(TINY + ":steps=7,batch=16", [("optim.lr", "3e-4"), ("model.vision.posemb", "sincos2d"),
+                                                ("mesh.rules.batch", "('data',)")])
+  assert cfg.total_steps == 7 and cfg.batch_size == 16
+  assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+  assert cfg.model.vision.posemb == "sincos2d"
+  assert cfg.mesh.rules.batch == ("data",)
+
+
+def test_unknown_key_names_closest():
+  with pytest.raises(config.ConfigError, match=r"unknown config key 'optim\.lrr'.*optim\.lr"):
+    config.load(TINY, [("optim.lrr", "1")])
+
+
+def test_wrong_type_and_missing_file_and_bad_arg():
+  with pytest.raises(config.ConfigError, match="not a valid int"):
+    config.load(TINY, [("total_steps", "many")])
+  with pytest.raises(config.ConfigError, match="does not exist"):
+    config.load("configs/nope.py")
+  with pytest.raises(config.ConfigError, match="unknown config key 'stepz'"):
+    config.load(TINY + ":stepz=3")
+  with pytest.raises(config.ConfigError, match="is a group"):
+    config.load(TINY, [("model.vision", "3")])
+
+
+def test_validation():
+  with pytest.raises(config.ConfigError, match="positive int"):
+    config.load(TINY, [("batch_size", "0")])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config.optim.lrr=1"], "optim.lr"),
+    (["--config.total_steps=abc"], "not a valid int"),
+    (["--bogus"], "unrecognized argument"),
+])
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, args, needle):
+  proc = subprocess.run(
+      [sys.executable, "-m", "vlmjax.cli", "train", "--config", TINY, "--workdir", str(tmp_path)] + args,
+      capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and needle in lines[0], proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_config_file_exits_2(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "vlmjax.cli", "train", "--config", "nope.py",
+                         "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 2 and "does not exist" in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -1,0 +1,61 @@
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vlmjax import config, models, sharding, train
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_builds_abstractly(path):
+  cfg = config.load(path)
+  mesh = sharding.make_mesh(cfg.mesh)
+  s = train.setup(cfg, mesh)  # jax.eval_shape under the hood: nothing is allocated
+  leaves = jax.tree.leaves(s.abstract_state.params)
+  assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  assert jax.tree.structure(s.state_shardings.params) == jax.tree.structure(s.abstract_state.params)
+
+
+def _model_and_batch(cfg, batch=4, seed=0):
+  model = models.build(cfg.model, nnx.Rngs(0))
+  rng = np.random.default_rng(seed)
+  S, L = cfg.model.image_size, cfg.model.text.context_length
+  image = rng.normal(size=(batch, S, S, 3)).astype(np.float32)
+  text = rng.integers(3, cfg.model.text.vocab_size, size=(batch, L)).astype(np.int32)
+  text[:, 0] = 1
+  text[:, L // 2:] = 0  # padded tail
+  return model, image, text
+
+
+@pytest.mark.parametrize("overrides", [(), (("model.pooler.mode", "cascade"), ("model.vision.posemb", "sincos2d"))])
+def test_coca_shapes_norms_finite(micro_cfg, overrides):
+  cfg = micro_cfg(*overrides)
+  model, image, text = _model_and_batch(cfg)
+  out = model(image, text, train=True)
+  E, V, L = cfg.model.embed_dim, cfg.model.text.vocab_size, cfg.model.text.context_length
+  assert out.image_emb.shape == (4, E) and out.text_emb.shape == (4, E)
+  assert out.caption_logits.shape == (4, L, V)
+  np.testing.assert_allclose(jnp.linalg.norm(out.image_emb, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(out.text_emb, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out.logit_scale, cfg.model.init_logit_scale, rtol=1e-5)
+  assert all(np.isfinite(np.asarray(x)).all() for x in (out.image_emb, out.text_emb, out.caption_logits))
+  np.testing.assert_allclose(model.encode_image(image), out.image_emb, atol=1e-6)
+  np.testing.assert_allclose(model.encode_text(text), out.text_emb, atol=1e-6)
+
+
+def test_caption_logits_are_causal(micro_cfg):
+  cfg = micro_cfg()
+  model, image, text = _model_and_batch(cfg)
+  t = 5
+  changed = text.copy()
+  changed[:, t + 1:cfg.model.text.context_length // 2] = 7  # only tokens after position t
+  a = model(image, text).caption_logits
+  b = model(image, changed).caption_logits
+  np.testing.assert_allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-5)
+  assert not np.allclose(a[:, t + 1:], b[:, t + 1:])

@@ -1,0 +1,100 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vlmjax import checkpoint, sharding, train
+from vlmjax.data import pipeline
+
+
+def _fixed_batch(cfg, s, seed=0):
+  data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=seed,
+                        image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
+                        sharding=s.batch_sharding)
+  return next(data)
+
+
+def test_step_on_8_devices_equals_1_device(micro_cfg):
+  cfg = micro_cfg()
+  s1 = train.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+  s8 = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  assert s8.mesh.shape["data"] == 8
+  state1 = train.init_state(cfg, s1)
+  state8 = jax.device_put(jax.device_get(state1), s8.state_shardings)  # a copy: state1 is donated
+  batch = jax.device_get(_fixed_batch(cfg, s1))
+  out1, m1 = train.compile_train_step(cfg, s1)(state1, jax.device_put(batch, s1.batch_sharding))
+  out8, m8 = train.compile_train_step(cfg, s8)(state8, jax.device_put(batch, s8.batch_sharding))
+  assert len(out8.params["vision"]["embed"]["kernel"].sharding.device_set) == 8
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out8.params, out1.params)
+
+
+def test_fsdp_and_tensor_rules_shard_params_and_match(micro_cfg):
+  cfg = micro_cfg(("mesh.data", "2"), ("mesh.fsdp", "2"), ("mesh.tensor", "2"))
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  kernel_sh = s.state_shardings.params["vision"]["blocks"][0]["mlp"]["fc1"]["kernel"]
+  assert kernel_sh.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  ref = micro_cfg()
+  s1 = train.setup(ref, sharding.make_mesh(ref.mesh, devices=jax.devices()[:1]))
+  state1 = train.init_state(ref, s1)
+  host_state = jax.device_get(state1)
+  batch = jax.device_get(_fixed_batch(ref, s1))
+  _, m1 = train.compile_train_step(ref, s1)(state1, jax.device_put(batch, s1.batch_sharding))
+  _, m = train.compile_train_step(cfg, s)(jax.device_put(host_state, s.state_shardings),
+                                          jax.device_put(batch, s.batch_sharding))
+  np.testing.assert_allclose(m["loss"], m1["loss"], rtol=1e-5)
+
+
+def test_ten_steps_on_one_batch_reduce_loss(micro_cfg):
+  cfg = micro_cfg(("optim.lr", "3e-3"))
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state, step = train.init_state(cfg, s), train.compile_train_step(cfg, s)
+  batch = _fixed_batch(cfg, s)
+  losses = []
+  for _ in range(10):
+    state, m = step(state, batch)
+    losses.append(float(m["loss"]))
+  assert int(state.step) == 10
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_checkpoint_round_trip_is_exact(micro_cfg, tmp_path):
+  cfg = micro_cfg()
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state, step = train.init_state(cfg, s), train.compile_train_step(cfg, s)
+  state, _ = step(state, _fixed_batch(cfg, s))  # non-trivial optimiser state
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), cfg)
+  ckpt.save(1, state, {"next_index": 7})
+  ckpt.wait()
+  restored, data_state = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+  ckpt.close()
+  assert data_state == {"next_index": 7}
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state)
+  assert restored.params["text"]["token_embed"]["embedding"].sharding == \
+      s.state_shardings.params["text"]["token_embed"]["embedding"]
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_resume_equals_uninterrupted(micro_cfg, tmp_path, capsys):
+  common = (("log_every", "1"), ("ckpt_every", "3"), ("optim.warmup_steps", "1"))
+  full = micro_cfg(*common, spec="configs/coca_tiny.py:steps=6")
+  train.train(full, str(tmp_path / "full"))
+  train.train(full, str(tmp_path / "resumed"), stop_after=4)  # as if preempted after step 4
+  summary = train.train(full, str(tmp_path / "resumed"))
+  assert summary["steps"] == (4, 6)
+  assert "resuming from step 4" in capsys.readouterr().out
+  a, b = _read_metrics(tmp_path / "full"), _read_metrics(tmp_path / "resumed")
+  assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # steps 5-6 come from the resumed process
+  assert [r["train/loss"] for r in a] == [r["train/loss"] for r in b]
+  for name in ("config.json", "tb"):
+    assert os.path.exists(tmp_path / "full" / name)
+  again = train.train(full, str(tmp_path / "full"))
+  assert again["finished"] and "already finished" in capsys.readouterr().out
