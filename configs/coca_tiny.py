@@ -12,14 +12,14 @@ import ml_collections
 from vlmjax.config import parse_arg
 
 def get_config(arg=None):
-  a = parse_arg(arg, steps=300, batch=64)
+  a = parse_arg(arg, steps=240, batch=64)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = a.batch
   c.total_steps = a.steps
   c.log_every = 20
   c.eval_every = 0            # evaluators arrive with the evaluation issue
-  c.ckpt_every = 100
+  c.ckpt_every = 80
   c.ckpt_keep = 3             # keep the latest N checkpoints ...
   c.ckpt_keep_every = 0       # ... and every K-th step (0: none)
 
