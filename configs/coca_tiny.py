@@ -3,25 +3,21 @@
     vlmjax train --config configs/coca_tiny.py --workdir runs/demo
 
 (`make demo` runs this on tar shards it writes first.) On a 2-core CPU it trains
-in about two minutes; the combined loss falls from ~12 to well under half of it.
+240 steps in about 2.5 minutes; the combined loss falls from ~16 to under 1.
 Config argument (`configs/coca_tiny.py:steps=300,batch=32`): steps, batch.
 """
 
 import ml_collections
 
-from vlmjax.config import parse_arg
+from vlmjax.config import base, parse_arg
+
 
 def get_config(arg=None):
   a = parse_arg(arg, steps=240, batch=64)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.batch_size = a.batch
-  c.total_steps = a.steps
+  c = base(batch_size=a.batch, total_steps=a.steps)
   c.log_every = 20
-  c.eval_every = 0            # evaluators arrive with the evaluation issue
   c.ckpt_every = 80
-  c.ckpt_keep = 3             # keep the latest N checkpoints ...
-  c.ckpt_keep_every = 0       # ... and every K-th step (0: none)
+  c.optim.warmup_steps = min(50, a.steps // 5)
 
   m = c.model = ml_collections.ConfigDict()
   m.name = "coca"
@@ -40,16 +36,6 @@ def get_config(arg=None):
   m.pooler = ml_collections.ConfigDict(dict(mode="parallel", n_queries=16, heads=4))
 
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0))
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=min(50, a.steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,
-      weight_decay=0.1, grad_clip=1.0))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.mesh.rules = ml_collections.ConfigDict(dict(
-      batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None))
-
-  c.data = ml_collections.ConfigDict()
-  c.data.train = ml_collections.ConfigDict(dict(
-      source="synthetic:shapes", tokenizer="bytes", num_threads=2, prefetch=4))
-  c.evals = ml_collections.ConfigDict()
+      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
+      z_loss=0.0))
   return c

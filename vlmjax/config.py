@@ -147,3 +147,27 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
   with open(path, "w") as f:
     f.write(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")
+
+
+def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
+  """Run, optimiser, mesh and data defaults shared by configs; each config sets `model` and `loss`."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = batch_size
+  c.total_steps = total_steps
+  c.log_every = 50
+  c.eval_every = 0            # evaluators arrive with the evaluation issue
+  c.ckpt_every = 1000
+  c.ckpt_keep = 3             # keep the latest N checkpoints ...
+  c.ckpt_keep_every = 0       # ... and every K-th step (0: none)
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=min(10_000, total_steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98,
+      eps=1e-6, weight_decay=0.1, grad_clip=1.0))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh.rules = ml_collections.ConfigDict(dict(
+      batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None))
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ml_collections.ConfigDict(dict(
+      source="synthetic:shapes", tokenizer="bytes", num_threads=2, prefetch=4))
+  c.evals = ml_collections.ConfigDict()
+  return c

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from vlmjax.models.coca import CoCa, Output
+from vlmjax.models.coca import CoCa
+from vlmjax.models.output import Output
+from vlmjax.models.two_tower import TwoTower
 
-REGISTRY = {"coca": CoCa}
+REGISTRY = {"coca": CoCa, "two_tower": TwoTower}
 
 
 def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:

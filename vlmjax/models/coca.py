@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,25 +21,11 @@ from flax import nnx
 
 from vlmjax.models import layers
 from vlmjax.models.fusion import AttentionPooler, MultimodalDecoder
+from vlmjax.models.output import Output, l2_normalize
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vision import ViT
 
 POOLER_MODES = ("parallel", "cascade")
-
-
-@flax.struct.dataclass
-class Output:
-  """What a model's forward pass gives its losses; fields a model lacks are None."""
-  image_emb: jax.Array | None = None      # [B, E], L2-normalised
-  text_emb: jax.Array | None = None       # [B, E], L2-normalised
-  logit_scale: jax.Array | None = None    # scalar, the positive multiplier (exp of the parameter)
-  logit_bias: jax.Array | None = None     # scalar or None
-  caption_logits: jax.Array | None = None  # [B, L, V], position t predicts token t+1
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
 class CoCa(nnx.Module):

@@ -1,0 +1,39 @@
+"""SigLIP ViT-B/16 at 224 px (Zhai et al., 2023): two towers, sigmoid loss, MAP image head.
+
+    vlmjax train --config configs/siglip_b16.py --workdir runs/siglip_b16 \
+        --config.data.train.source='tar:/data/webli/{00000..09999}.tar'
+
+B/16 image tower (width 768, 12 layers, 12 heads, MLP 3072, learned position
+embedding, MAP pooling); B-sized bidirectional text tower over 64 tokens with a
+32k vocabulary, pooled at the last token; embedding 768; t' = log 10, b = -10.
+Batch 32k as in the paper. Config argument: batch, steps.
+"""
+
+import ml_collections
+
+from vlmjax.config import base, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, batch=32_768, steps=100_000)
+  c = base(batch_size=a.batch, total_steps=a.steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
+  c.optim.warmup_steps = min(5_000, a.steps // 5)
+
+  m = c.model = ml_collections.ConfigDict()
+  m.name = "two_tower"
+  m.dtype = "bfloat16"
+  m.param_dtype = "float32"
+  m.attention = "auto"
+  m.image_size = 224
+  m.embed_dim = 768
+  m.init_logit_scale = 10.0
+  m.init_logit_bias = -10.0
+  m.vision = ml_collections.ConfigDict(dict(
+      patch_size=16, width=768, depth=12, heads=12, mlp_dim=3072, posemb="learn", pool="map"))
+  m.text = ml_collections.ConfigDict(dict(
+      vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
+      causal=False, pool="eos"))
+  c.loss = ml_collections.ConfigDict(dict(
+      contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0, z_loss=0.0))
+  return c
