@@ -59,3 +59,18 @@ def test_caption_logits_are_causal(micro_cfg):
   b = model(image, changed).caption_logits
   np.testing.assert_allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-5)
   assert not np.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "softmax"])
+def test_two_tower_shapes_and_init(loss):
+  small = [("model.vision.width", "32"), ("model.vision.depth", "1"), ("model.vision.heads", "2"),
+           ("model.text.width", "32"), ("model.text.depth", "1"), ("model.text.heads", "2"),
+           ("model.embed_dim", "16")]
+  cfg = config.load(os.path.join(ROOT, f"configs/siglip_tiny.py:loss={loss}"), small)
+  model, image, text = _model_and_batch(cfg)
+  out = model(image, text)
+  assert out.image_emb.shape == (4, 16) and out.text_emb.shape == (4, 16) and out.caption_logits is None
+  np.testing.assert_allclose(jnp.linalg.norm(out.text_emb, axis=-1), 1.0, rtol=1e-5)
+  want_scale, want_bias = (10.0, -10.0) if loss == "sigmoid" else (1 / 0.07, 0.0)
+  np.testing.assert_allclose(out.logit_scale, want_scale, rtol=1e-5)
+  np.testing.assert_allclose(out.logit_bias, want_bias)
