@@ -1,4 +1,4 @@
-"""The `vlmjax` command: train | data synth.
+"""The `vlmjax` command: train | info | data synth.
 
 User errors (bad config, bad override, bad data spec) print one line and exit
 with status 2; no traceback.
@@ -7,6 +7,7 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from vlmjax.config import ConfigError
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--config", required=True, help="config file, optionally FILE:k=v,...")
   p.add_argument("--workdir", required=True)
 
+  p = sub.add_parser("info", help="parameter counts and training FLOPs of a config, without allocating it")
+  p.add_argument("--config", required=True, help="config file, optionally FILE:k=v,...")
+  p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
   p = sub.add_parser("data", help="data tools")
   data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
   d = data_sub.add_parser("synth", help="write the synthetic shapes set as img2dataset-style tar shards")
@@ -58,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
       from vlmjax import config, train  # jax imports are slow; keep `--help` fast
       cfg = config.load(args.config, _split_overrides(extra, parser))
       train.train(cfg, args.workdir)
+      return 0
+    if args.command == "info":
+      from vlmjax import config, info
+      cfg = config.load(args.config, _split_overrides(extra, parser))
+      counts, flops = info.param_counts(cfg), info.train_flops_per_example(cfg)
+      if args.json:
+        print(json.dumps({"params": counts, "train_flops_per_example": flops}))
+      else:
+        for name, n in counts.items():
+          print(f"{name:<20} {n:>15,}  ({n / 1e6:.2f}M)")
+        print(f"{'train GFLOP/example':<20} {flops / 1e9:>15,.2f}  (forward + backward, XLA count)")
       return 0
     if extra:
       parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,9 +1,12 @@
 """Losses: pure functions of arrays, plus `composite` which adds the configured terms.
 
-Shape legend: B batch (global), E embedding dim, L text length, V vocabulary.
+Shape legend: B batch (global), b batch per device, N devices in the ring,
+E embedding dim, L text length, V vocabulary.
 Contrastive losses take the global batch; under `jax.jit` with a batch sharded
 over the mesh, XLA inserts the collectives, so the value and its gradients are
-those of the single-device computation.
+those of the single-device computation. `sigmoid_contrastive_ring` is the same
+loss as `sigmoid_contrastive` computed without ever building the global BxB
+logits: memory per device grows with b^2, not B^2.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh, PartitionSpec as P
 
-CONTRASTIVE = ("softmax", "none")
+CONTRASTIVE = ("softmax", "sigmoid", "none")
 
 
 def softmax_contrastive(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
@@ -26,13 +30,80 @@ def softmax_contrastive(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
   return 0.5 * (i2t + t2i)
 
 
+def _sigmoid_block_sum(image_emb_bxE: jax.Array, text_emb_bxE: jax.Array, logit_scale: jax.Array,
+                       logit_bias: jax.Array, positive_diagonal: bool) -> jax.Array:
+  """Sum over one block of pairs of -log sigmoid(z * logit); z = +1 on the diagonal iff `positive_diagonal`."""
+  logits_bxb = logit_scale * jnp.einsum(
+      "ie,te->it", image_emb_bxE.astype(jnp.float32), text_emb_bxE.astype(jnp.float32)) + logit_bias
+  z_bxb = -jnp.ones_like(logits_bxb)
+  if positive_diagonal:
+    z_bxb = z_bxb + 2.0 * jnp.eye(logits_bxb.shape[0], dtype=jnp.float32)
+  return -jnp.sum(jax.nn.log_sigmoid(z_bxb * logits_bxb))
+
+
+def sigmoid_contrastive(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
+                        logit_scale: jax.Array, logit_bias: jax.Array) -> jax.Array:
+  """SigLIP: -1/B sum_ij log sigmoid(z_ij (scale x_i.y_j + bias)), z = +1 for matching pairs, -1 otherwise."""
+  total = _sigmoid_block_sum(image_emb_BxE, text_emb_BxE, jnp.asarray(logit_scale, jnp.float32),
+                             jnp.asarray(logit_bias, jnp.float32), positive_diagonal=True)
+  return total / image_emb_BxE.shape[0]
+
+
+def sigmoid_contrastive_ring(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
+                             logit_scale: jax.Array, logit_bias: jax.Array, *, mesh: Mesh,
+                             axes: tuple[str, ...] = ("data", "fsdp")) -> jax.Array:
+  """`sigmoid_contrastive` with the batch sharded over `axes`, chunked around a ring of devices.
+
+  Each device keeps its b = B/N images and passes its texts to the next device N-1
+  times, summing its block of the loss at every step; only the first step (its own
+  texts) has positive pairs, on the block's diagonal. The steps are rematerialised
+  in the backward pass, so a device holds O(b^2) logits, never BxB or N of bxb.
+  Returns the global mean, replicated. Mesh axes of `axes` that are absent or of
+  size 1 are ignored; with none left this is `sigmoid_contrastive`.
+  """
+  ring = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+  if not ring:
+    return sigmoid_contrastive(image_emb_BxE, text_emb_BxE, logit_scale, logit_bias)
+  n = 1
+  for a in ring:
+    n *= mesh.shape[a]
+  batch = image_emb_BxE.shape[0]
+  if batch % n:
+    raise ValueError(f"batch {batch} is not divisible by the {n} devices of mesh axes {ring}")
+  to_next = [(i, (i + 1) % n) for i in range(n)]
+  negatives = jax.checkpoint(lambda x, y, s, b: _sigmoid_block_sum(x, y, s, b, positive_diagonal=False))
+
+  def local(image_emb_bxE, text_emb_bxE, scale, bias):
+    total = _sigmoid_block_sum(image_emb_bxE, text_emb_bxE, scale, bias, positive_diagonal=True)
+
+    def step(_, carry):
+      text_emb_bxE, total = carry
+      text_emb_bxE = jax.lax.ppermute(text_emb_bxE, ring, to_next)
+      return text_emb_bxE, total + negatives(image_emb_bxE, text_emb_bxE, scale, bias)
+
+    _, total = jax.lax.fori_loop(1, n, step, (text_emb_bxE, total))
+    return jax.lax.psum(total, ring) / batch
+
+  mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(ring), P(ring), P(), P()), out_specs=P(),
+                         check_vma=True)
+  return mapped(image_emb_BxE, text_emb_BxE, jnp.asarray(logit_scale, jnp.float32),
+                jnp.asarray(logit_bias, jnp.float32))
+
+
 def caption_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array,
-                 label_smoothing: float = 0.0) -> jax.Array:
-  """Next-token cross-entropy averaged over the tokens where `mask` is true."""
-  logp_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+                 label_smoothing: float = 0.0, z_loss: float = 0.0) -> jax.Array:
+  """Next-token cross-entropy averaged over the tokens where `mask` is true.
+
+  `z_loss` adds z_loss * mean(logsumexp(logits)^2) over the same tokens (PaLM's
+  auxiliary loss, keeping the softmax normaliser near 1).
+  """
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
   nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
   if label_smoothing:
     nll_BxL = (1.0 - label_smoothing) * nll_BxL - label_smoothing * logp_BxLxV.mean(axis=-1)
+  if z_loss:
+    nll_BxL = nll_BxL + z_loss * jnp.square(jax.nn.logsumexp(logits_BxLxV, axis=-1))
   mask_BxL = mask_BxL.astype(jnp.float32)
   return jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
 
@@ -47,10 +118,18 @@ def composite(out, batch: dict, cfg: ml_collections.ConfigDict) -> tuple[jax.Arr
     metrics["contrastive_loss"] = con
     metrics["logit_scale"] = out.logit_scale
     total = total + cfg.contrastive_weight * con
+  if cfg.contrastive == "sigmoid" and cfg.contrastive_weight:
+    if out.logit_bias is None:
+      raise ValueError("loss.contrastive='sigmoid' needs a model that outputs logit_bias")
+    con = sigmoid_contrastive(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias)
+    metrics["contrastive_loss"] = con
+    metrics["logit_scale"] = out.logit_scale
+    metrics["logit_bias"] = out.logit_bias
+    total = total + cfg.contrastive_weight * con
   if cfg.caption_weight:
     text_BxL = batch["text"]
     cap = caption_xent(out.caption_logits[:, :-1], text_BxL[:, 1:], text_BxL[:, 1:] != 0,
-                       label_smoothing=cfg.label_smoothing)
+                       label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
     metrics["caption_loss"] = cap
     total = total + cfg.caption_weight * cap
   metrics["loss"] = total
