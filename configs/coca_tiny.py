@@ -32,7 +32,7 @@ def get_config(arg=None):
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
       causal=True, pool="cls"))
-  m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512))
+  m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512, tie_embedding=False))
   m.pooler = ml_collections.ConfigDict(dict(mode="parallel", n_queries=16, heads=4))
 
   c.loss = ml_collections.ConfigDict(dict(

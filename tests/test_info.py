@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vlmjax import config, info
 
 from conftest import ROOT
@@ -24,3 +26,24 @@ def test_info_cli_json():
   assert set(out["params"]) >= {"vision", "text", "decoder", "caption_pool", "contrastive_pool", "total"}
   # forward+backward is about 3x the forward matmuls: 2 * params * tokens is a lower bound of the forward.
   assert 3 * 2 * out["params"]["vision"] * 16 < out["train_flops_per_example"] < 1e10
+
+
+@pytest.mark.parametrize("size, image, decoder, total", [
+    ("base", 86e6, 297e6, 383e6), ("large", 303e6, 484e6, 787e6), ("2b", 1.0e9, 1.1e9, 2.1e9)])
+def test_coca_table1_parameter_counts(size, image, decoder, total):
+  """CoCa paper, Table 1: image encoder, text decoder (unimodal + multimodal + embeddings), total.
+
+  The table's totals are image + decoder; the attentional poolers (~5-16M) are not in them.
+  """
+  c = info.param_counts(config.load(os.path.join(ROOT, f"configs/coca_{size}.py")))
+  got = (c["vision"], c["text"] + c["decoder"], c["vision"] + c["text"] + c["decoder"])
+  for g, want in zip(got, (image, decoder, total)):
+    assert abs(g / want - 1) < 0.02, (size, got)
+
+
+def test_vit_presets():
+  from vlmjax import presets
+  v = presets.vit("So400m/14", pool="map")
+  assert (v.width, v.depth, v.mlp_dim, v.heads, v.patch_size, v.pool) == (1152, 27, 4304, 16, 14, "map")
+  with pytest.raises(ValueError, match="unknown ViT variant"):
+    presets.vit("B16")

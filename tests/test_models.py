@@ -74,3 +74,37 @@ def test_two_tower_shapes_and_init(loss):
   want_scale, want_bias = (10.0, -10.0) if loss == "sigmoid" else (1 / 0.07, 0.0)
   np.testing.assert_allclose(out.logit_scale, want_scale, rtol=1e-5)
   np.testing.assert_allclose(out.logit_bias, want_bias)
+
+
+def test_tied_vocabulary_head_uses_the_input_embedding(micro_cfg):
+  untied = models.build(micro_cfg().model, nnx.Rngs(0))
+  cfg = micro_cfg(("model.decoder.tie_embedding", "true"))
+  model, image, text = _model_and_batch(cfg)
+  assert model.decoder.head is None
+  n = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m)))
+  assert n(untied) - n(model) == cfg.model.text.width * cfg.model.text.vocab_size
+  logits = model(image, text).caption_logits
+  assert logits.shape == (4, cfg.model.text.context_length, cfg.model.text.vocab_size)
+  emb = model.text.token_embed.embedding
+  emb[...] = emb[...] * 2.0
+  assert not np.allclose(model(image, text).caption_logits, logits)
+  tokens, _ = model.text(text)
+  _, caption = model._image(image)
+  x = model.decoder.ln(_decoder_blocks(model.decoder, tokens, caption))
+  np.testing.assert_allclose(model(image, text).caption_logits, x @ emb[...].T, rtol=1e-4, atol=1e-4)
+
+
+def _decoder_blocks(decoder, x, ctx):
+  for block in decoder.blocks:
+    x = block(x, causal=True, ctx_BxSxC=ctx)
+  return x
+
+
+def test_abstract_model_has_the_real_structure(micro_cfg):
+  cfg = micro_cfg()
+  real = nnx.to_pure_dict(nnx.state(models.build(cfg.model, nnx.Rngs(3))))
+  fake = nnx.to_pure_dict(nnx.state(models.abstract(cfg.model)))
+  assert jax.tree.structure(real) == jax.tree.structure(fake)
+  jax.tree.map(lambda r, f: (r.shape, r.dtype) == (f.shape, f.dtype) or pytest.fail(f"{r.shape} {f.shape}"),
+               real, fake)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(fake))

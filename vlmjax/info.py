@@ -11,7 +11,7 @@ from vlmjax import losses, models
 
 
 def _abstract(cfg: ml_collections.ConfigDict):
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: models.build(cfg.model, nnx.Rngs(0))))
+  graphdef, state = nnx.split(models.abstract(cfg.model))
   return graphdef, nnx.to_pure_dict(state)
 
 

@@ -59,7 +59,7 @@ class Setup(NamedTuple):
 def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Builds the model abstractly (no allocation) and derives the state's shardings."""
   try:
-    abstract_model = nnx.eval_shape(lambda: models.build(cfg.model, nnx.Rngs(0)))
+    abstract_model = models.abstract(cfg.model)
   except ValueError as e:
     raise config.ConfigError(f"model config: {e}") from None
   graphdef, abstract_params = nnx.split(abstract_model)

@@ -46,7 +46,7 @@ class CoCa(nnx.Module):
     self.text_proj = layers.dense(t.width, cfg.embed_dim, ("embed", None), use_bias=False,
                                   std=t.width**-0.5, **dense_kw)
     self.decoder = MultimodalDecoder(t.width, cfg.decoder.heads, cfg.decoder.mlp_dim, cfg.decoder.depth,
-                                     v.width, t.vocab_size, **kw)
+                                     v.width, t.vocab_size, tie_embedding=cfg.decoder.tie_embedding, **kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
 
   def _image(self, image_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -70,5 +70,5 @@ class CoCa(nnx.Module):
         image_emb=image_emb,
         text_emb=l2_normalize(self.text_proj(pooled_BxD)),
         logit_scale=jnp.exp(self.logit_scale[...]),
-        caption_logits=self.decoder(tokens_BxLxD, caption_BxQxC),
+        caption_logits=self.decoder(tokens_BxLxD, caption_BxQxC, embed=self.text.token_embed),
     )

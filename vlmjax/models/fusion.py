@@ -35,16 +35,22 @@ class MultimodalDecoder(nnx.Module):
   """Causal self-attention over text tokens, cross-attention to image tokens, vocabulary head."""
 
   def __init__(self, dim: int, heads: int, mlp_dim: int, depth: int, ctx_dim: int, vocab_size: int,
-               *, attention: str, dtype, param_dtype, rngs: nnx.Rngs):
+               *, tie_embedding: bool = False, attention: str, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.blocks = nnx.List([layers.Block(dim, heads, mlp_dim, cross_dim=ctx_dim, impl=attention, **kw)
                             for _ in range(depth)])
     self.ln = layers.layer_norm(dim, **kw)
-    self.head = layers.dense(dim, vocab_size, ("embed", "vocab"), use_bias=False, **kw)
+    self.head = (None if tie_embedding
+                 else layers.dense(dim, vocab_size, ("embed", "vocab"), use_bias=False, **kw))
 
-  def __call__(self, tokens_BxLxD: jax.Array, image_BxQxC: jax.Array) -> jax.Array:
-    """Returns caption logits [B, L, V]: position t predicts token t+1."""
+  def __call__(self, tokens_BxLxD: jax.Array, image_BxQxC: jax.Array,
+               embed: nnx.Embed | None = None) -> jax.Array:
+    """Returns caption logits [B, L, V]: position t predicts token t+1.
+
+    With a tied embedding the vocabulary head is `embed`'s table, transposed.
+    """
     x = tokens_BxLxD
     for block in self.blocks:
       x = block(x, causal=True, ctx_BxSxC=image_BxQxC)
-    return self.head(self.ln(x))
+    x = self.ln(x)
+    return embed.attend(x) if self.head is None else self.head(x)

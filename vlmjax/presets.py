@@ -1,0 +1,59 @@
+"""Named architecture sizes, so configs say `vit("B/16")` instead of repeating numbers.
+
+ViT sizes follow big_vision (Ti, S, B, L, H, g, So400m; Zhai et al. 2022, Alabdulmohsin
+et al. 2023); CoCa sizes follow Table 1 of the CoCa paper (Yu et al., 2022).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VIT = {  # width, depth, MLP, heads
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "So400m": (1152, 27, 4304, 16),
+}
+
+COCA = {  # image (width, depth, MLP, heads); decoder (n_uni, n_multi, MLP); hidden / heads shared
+    "base": dict(vision="B", uni=12, multi=12, dec_mlp=3072, width=768, heads=12, tie=False),
+    "large": dict(vision="L", uni=12, multi=12, dec_mlp=4096, width=1024, heads=16, tie=False),
+    # Table 1's 1.1B decoder (2.1B total) is only reached with the vocabulary head tied to the
+    # input embedding; Base's 297M and Large's 484M need them separate.
+    "2b": dict(vision="g", uni=18, multi=18, dec_mlp=5632, width=1408, heads=16, tie=True),
+}
+
+
+def vit(variant: str, **overrides) -> ml_collections.ConfigDict:
+  """`vit("B/16")` or `vit("So400m/14", pool="map")`: a `model.vision` config."""
+  name, _, patch = variant.partition("/")
+  if name not in VIT or not patch.isdigit():
+    raise ValueError(f"unknown ViT variant {variant!r}; expected NAME/PATCH with NAME in {', '.join(VIT)}")
+  width, depth, mlp, heads = VIT[name]
+  cfg = dict(patch_size=int(patch), width=width, depth=depth, heads=heads, mlp_dim=mlp,
+             posemb="learn", pool="none")
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_collections.ConfigDict:
+  """A CoCa `model` config of a Table 1 size: `base`, `large` or `2b`."""
+  if size not in COCA:
+    raise ValueError(f"unknown CoCa size {size!r}; valid: {', '.join(COCA)}")
+  s = COCA[size]
+  m = ml_collections.ConfigDict()
+  m.name = "coca"
+  m.dtype, m.param_dtype, m.attention = "bfloat16", "float32", "auto"
+  m.embed_dim = s["width"]
+  m.init_logit_scale = 1 / 0.07
+  m.vision = vit(f"{s['vision']}/{patch}")
+  m.text = ml_collections.ConfigDict(dict(
+      vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
+      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls"))
+  m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
+                                             tie_embedding=s["tie"]))
+  m.pooler = ml_collections.ConfigDict(dict(mode="cascade", n_queries=256, heads=s["heads"]))
+  return m
