@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlmjax.config import base, parse_arg
+
 VIT = {  # width, depth, MLP, heads
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
@@ -57,3 +59,21 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
                                              tie_embedding=s["tie"]))
   m.pooler = ml_collections.ConfigDict(dict(mode="cascade", n_queries=256, heads=s["heads"]))
   return m
+
+
+def coca_paper(size: str, arg: str | None) -> ml_collections.ConfigDict:
+  """The full experiment of a CoCa paper size (288 px, patch 18, 64k vocabulary, batch 65,536).
+
+  Config argument: batch, steps. Optimiser as in the paper: AdamW (beta2 0.999, weight
+  decay 0.01), peak lr 8e-4 after 2k warm-up steps; caption weight 2, contrastive 1,
+  label smoothing 0.1.
+  """
+  a = parse_arg(arg, batch=65_536, steps=500_000)
+  c = base(batch_size=a.batch, total_steps=a.steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 8e-4, 0.01, 0.999
+  c.optim.warmup_steps = min(2_000, a.steps // 5)
+  c.model = coca(size, patch=18, vocab_size=64_000, context_length=64)
+  c.model.image_size = 288
+  c.loss = ml_collections.ConfigDict(dict(
+      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.1, z_loss=0.0))
+  return c
