@@ -24,6 +24,7 @@ def get_config(arg=None):
   m.dtype = "float32"         # compute dtype
   m.param_dtype = "float32"
   m.attention = "auto"        # auto | xla | cudnn
+  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
   m.image_size = 32
   m.embed_dim = 128
   m.init_logit_scale = 1 / 0.07

@@ -25,6 +25,7 @@ def get_config(arg=None):
   m.dtype = "bfloat16"
   m.param_dtype = "float32"
   m.attention = "auto"
+  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
   m.image_size = 224
   m.embed_dim = 768
   m.init_logit_scale = 10.0

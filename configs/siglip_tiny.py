@@ -22,6 +22,7 @@ def get_config(arg=None):
   m.dtype = "float32"
   m.param_dtype = "float32"
   m.attention = "auto"
+  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
   m.image_size = 32
   m.embed_dim = 128
   sigmoid = a.loss == "sigmoid"

@@ -48,7 +48,7 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   s = COCA[size]
   m = ml_collections.ConfigDict()
   m.name = "coca"
-  m.dtype, m.param_dtype, m.attention = "bfloat16", "float32", "auto"
+  m.dtype, m.param_dtype, m.attention, m.remat = "bfloat16", "float32", "auto", "dots_no_batch"
   m.embed_dim = s["width"]
   m.init_logit_scale = 1 / 0.07
   m.vision = vit(f"{s['vision']}/{patch}")

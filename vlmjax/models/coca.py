@@ -33,7 +33,7 @@ class CoCa(nnx.Module):
     if cfg.pooler.mode not in POOLER_MODES:
       raise ValueError(f"model.pooler.mode must be one of {'|'.join(POOLER_MODES)}, got {cfg.pooler.mode!r}")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
     self.pooler_mode = cfg.pooler.mode

@@ -17,7 +17,8 @@ class AttentionPooler(nnx.Module):
   """Q learned queries cross-attend to image tokens (CoCa / SigLIP MAP head)."""
 
   def __init__(self, dim: int, ctx_dim: int, heads: int, n_queries: int, *, attention: str,
-               dtype, param_dtype, rngs: nnx.Rngs):
+               remat: str = "none", dtype, param_dtype, rngs: nnx.Rngs):
+    del remat  # one attention layer: nothing worth recomputing
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.queries = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (n_queries, dim), param_dtype),
                              axes=(None, "embed"))
@@ -35,10 +36,12 @@ class MultimodalDecoder(nnx.Module):
   """Causal self-attention over text tokens, cross-attention to image tokens, vocabulary head."""
 
   def __init__(self, dim: int, heads: int, mlp_dim: int, depth: int, ctx_dim: int, vocab_size: int,
-               *, tie_embedding: bool = False, attention: str, dtype, param_dtype, rngs: nnx.Rngs):
+               *, tie_embedding: bool = False, attention: str, remat: str, dtype, param_dtype,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.blocks = nnx.List([layers.Block(dim, heads, mlp_dim, cross_dim=ctx_dim, impl=attention, **kw)
                             for _ in range(depth)])
+    self.remat = remat
     self.ln = layers.layer_norm(dim, **kw)
     self.head = (None if tie_embedding
                  else layers.dense(dim, vocab_size, ("embed", "vocab"), use_bias=False, **kw))
@@ -49,8 +52,6 @@ class MultimodalDecoder(nnx.Module):
 
     With a tied embedding the vocabulary head is `embed`'s table, transposed.
     """
-    x = tokens_BxLxD
-    for block in self.blocks:
-      x = block(x, causal=True, ctx_BxSxC=image_BxQxC)
+    x = layers.run_blocks(self.blocks, tokens_BxLxD, remat=self.remat, causal=True, ctx=image_BxQxC)
     x = self.ln(x)
     return embed.attend(x) if self.head is None else self.head(x)

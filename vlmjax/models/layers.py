@@ -118,3 +118,26 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> jax.Ar
   y = y.reshape(-1)[:, None] * omega[None]
   x = x.reshape(-1)[:, None] * omega[None]
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+
+
+REMAT_POLICIES = {
+    "none": None,  # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute each block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the rest
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def run_blocks(blocks, x: jax.Array, *, remat: str, mask: jax.Array | None = None,
+               causal: bool = False, ctx: jax.Array | None = None) -> jax.Array:
+  """Applies transformer blocks in order, each under `jax.checkpoint` with the named policy."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {'|'.join(REMAT_POLICIES)}, got {remat!r}")
+
+  def apply(block, x, mask, ctx):
+    return block(x, mask_BxTxT=mask, causal=causal, ctx_BxSxC=ctx)
+  if remat != "none":
+    apply = nnx.remat(apply, policy=REMAT_POLICIES[remat], prevent_cse=True)
+  for block in blocks:
+    x = apply(block, x, mask, ctx)
+  return x

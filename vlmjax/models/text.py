@@ -17,13 +17,13 @@ POOLS = ("cls", "eos", "first")
 
 
 class TextTransformer(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, *, attention: str, dtype, param_dtype,
+  def __init__(self, cfg: ml_collections.ConfigDict, *, attention: str, remat: str, dtype, param_dtype,
                rngs: nnx.Rngs):
     if cfg.pool not in POOLS:
       raise ValueError(f"model.text.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = cfg.width
-    self.pool, self.causal, self.dtype = cfg.pool, cfg.causal, dtype
+    self.pool, self.causal, self.remat = cfg.pool, cfg.causal, remat
     self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, param_dtype=param_dtype,
                                  embedding_init=nnx.initializers.normal(0.02),
                                  embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)
@@ -50,8 +50,7 @@ class TextTransformer(nnx.Module):
     mask_BxTxT = valid_BxT[:, None, :]
     if self.causal:
       mask_BxTxT = mask_BxTxT & jnp.tril(jnp.ones((T, T), bool))[None]
-    for block in self.blocks:
-      x_BxTxD = block(x_BxTxD, mask_BxTxT=mask_BxTxT)
+    x_BxTxD = layers.run_blocks(self.blocks, x_BxTxD, remat=self.remat, mask=mask_BxTxT)
     x_BxTxD = self.ln(x_BxTxD)
     if self.pool == "cls":
       return x_BxTxD[:, :L], x_BxTxD[:, L]

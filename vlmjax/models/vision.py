@@ -18,14 +18,14 @@ POOLS = ("cls", "gap", "map", "none")
 
 
 class ViT(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, image_size: int, *, attention: str,
+  def __init__(self, cfg: ml_collections.ConfigDict, image_size: int, *, attention: str, remat: str,
                dtype, param_dtype, rngs: nnx.Rngs):
     if cfg.pool not in POOLS:
       raise ValueError(f"model.vision.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
     if image_size % cfg.patch_size:
       raise ValueError(f"image size {image_size} is not divisible by patch size {cfg.patch_size}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.patch, self.pool = cfg.patch_size, cfg.pool
+    self.patch, self.pool, self.remat = cfg.patch_size, cfg.pool, remat
     self.grid = image_size // cfg.patch_size
     d = cfg.width
     self.embed = layers.dense(3 * cfg.patch_size**2, d, ("patch", "embed"), **kw)
@@ -56,8 +56,7 @@ class ViT(nnx.Module):
     if self.cls is not None:
       cls = jnp.broadcast_to(self.cls[...].astype(x_BxNxD.dtype), (B, 1, x_BxNxD.shape[-1]))
       x_BxNxD = jnp.concatenate([cls, x_BxNxD], axis=1)
-    for block in self.blocks:
-      x_BxNxD = block(x_BxNxD)
+    x_BxNxD = layers.run_blocks(self.blocks, x_BxNxD, remat=self.remat)
     x_BxNxD = self.ln(x_BxNxD)
     if self.pool == "cls":
       return x_BxNxD[:, 1:], x_BxNxD[:, 0]
