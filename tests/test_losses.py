@@ -108,7 +108,7 @@ def test_sigmoid_contrastive_matches_numpy(scale, bias):
   assert losses.sigmoid_contrastive(eye, eye, jnp.float32(100.0), jnp.float32(-50.0)) < 1e-6
 
 
-def _ring_vs_dense(mesh, axes, batch_spec, seed):
+def _check_ring_equals_dense(mesh, axes, batch_spec, seed):
   img, txt = pairs(seed, 16)
   scale, bias = jnp.float32(10.0), jnp.float32(-3.0)
   dense = jax.value_and_grad(losses.sigmoid_contrastive, argnums=(0, 1, 2, 3))
@@ -127,18 +127,18 @@ def _ring_vs_dense(mesh, axes, batch_spec, seed):
 def test_sigmoid_ring_equals_dense_8_devices():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   # "fsdp" (a default axis) is absent from this mesh and is ignored.
-  _ring_vs_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec("data"), seed=5)
+  _check_ring_equals_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec("data"), seed=5)
 
 
 def test_sigmoid_ring_equals_dense_2_axis_mesh():
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  _ring_vs_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec(("data", "fsdp")), seed=6)
+  _check_ring_equals_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec(("data", "fsdp")), seed=6)
 
 
 def test_sigmoid_ring_ignores_size_one_and_other_axes():
   # fsdp has size 1; tensor is not a batch axis, so the inputs are replicated over it.
   mesh = jax.make_mesh((4, 1, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  _ring_vs_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec("data"), seed=7)
+  _check_ring_equals_dense(mesh, ("data", "fsdp"), jax.sharding.PartitionSpec("data"), seed=7)
 
 
 def test_sigmoid_ring_rejects_indivisible_batch():
