@@ -73,7 +73,7 @@ def test_pipeline_batches_are_global_and_resume_exactly(micro_cfg):
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   build = lambda: pipeline.build(cfg.data.train, global_batch=16, seed=3, image_size=32,
-                                 context_length=40, sharding=sh)
+                                 context_length=40, vocab_size=259, sharding=sh)
   it = build()
   first = [next(it) for _ in range(3)]
   assert first[0]["image"].shape == (16, 32, 32, 3) and first[0]["text"].shape == (16, 40)
@@ -87,5 +87,14 @@ def test_pipeline_batches_are_global_and_resume_exactly(micro_cfg):
     np.testing.assert_array_equal(got["text"], want["text"])
     np.testing.assert_array_equal(got["image"], want["image"])
   # A different seed gives a different order.
-  other = pipeline.build(cfg.data.train, global_batch=16, seed=4, image_size=32, context_length=40, sharding=sh)
+  other = pipeline.build(cfg.data.train, global_batch=16, seed=4, image_size=32, context_length=40, vocab_size=259, sharding=sh)
   assert not np.array_equal(jax.device_get(next(other))["text"], jax.device_get(first[0])["text"])
+
+
+def test_tokenizer_larger_than_model_vocabulary_is_a_config_error(micro_cfg):
+  cfg = micro_cfg()
+  sh = jax.sharding.NamedSharding(jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)),
+                                  jax.sharding.PartitionSpec("data"))
+  with pytest.raises(ConfigError, match="has 259 ids but model.text.vocab_size is 100"):
+    pipeline.build(cfg.data.train, global_batch=16, seed=0, image_size=32, context_length=40,
+                   vocab_size=100, sharding=sh)

@@ -3,7 +3,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from vlmjax import checkpoint, sharding, train
 from vlmjax.data import pipeline
@@ -12,7 +11,7 @@ from vlmjax.data import pipeline
 def _fixed_batch(cfg, s, seed=0):
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
-                        sharding=s.batch_sharding)
+                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
   return next(data)
 
 

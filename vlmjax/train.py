@@ -105,7 +105,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   s = setup(cfg, mesh)
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
-                        sharding=s.batch_sharding)
+                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
 
   restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))

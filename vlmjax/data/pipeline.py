@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vlmjax.config import ConfigError
 from vlmjax.data import sources, tokenizers, transforms
 
 
@@ -38,12 +39,17 @@ class Batches:
 
 
 def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,
-          context_length: int, sharding: jax.sharding.Sharding) -> Batches:
+          context_length: int, vocab_size: int, sharding: jax.sharding.Sharding) -> Batches:
   count, index = jax.process_count(), jax.process_index()
   if global_batch % count:
-    raise ValueError(f"batch_size {global_batch} is not divisible by {count} processes")
+    raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
   source = sources.open_source(data_cfg.source, image_size=image_size)
+  if data_cfg.tokenizer not in tokenizers.TOKENIZERS:
+    raise ConfigError(f"data tokenizer {data_cfg.tokenizer!r} is unknown; valid: {', '.join(tokenizers.TOKENIZERS)}")
   tokenizer = tokenizers.build(data_cfg.tokenizer)
+  if tokenizer.vocab_size > vocab_size:
+    raise ConfigError(f"tokenizer {data_cfg.tokenizer!r} has {tokenizer.vocab_size} ids but "
+                      f"model.text.vocab_size is {vocab_size}")
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=seed)           # a fresh permutation of the whole source every epoch
         .repeat(None)
