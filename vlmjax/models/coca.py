@@ -62,6 +62,14 @@ class CoCa(nnx.Module):
   def encode_text(self, text_BxL: jax.Array) -> jax.Array:
     return l2_normalize(self.text_proj(self.text(text_BxL)[1]))
 
+  def caption_context(self, image_BxHxWx3: jax.Array) -> jax.Array:
+    """What the caption decoder attends to: [B, Q, C]."""
+    return self._image(image_BxHxWx3)[1]
+
+  def caption_logits(self, ctx_BxQxC: jax.Array, text_BxL: jax.Array) -> jax.Array:
+    """Caption logits [B, L, V] for a text prefix; position t predicts token t+1 (causal)."""
+    return self.decoder(self.text(text_BxL)[0], ctx_BxQxC, embed=self.text.token_embed)
+
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False) -> Output:
     del train  # no dropout in CoCa pretraining
     image_emb, caption_BxQxC = self._image(image_BxHxWx3)
