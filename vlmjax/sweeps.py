@@ -1,0 +1,367 @@
+"""Ablation sweeps: expand an `experiments/` sweep file into runs, run them, record each run's status.
+
+A sweep file defines `get_sweep()` returning a dict:
+
+    base    "configs/coca_tiny.py:steps=60"    config spec every run starts from (required)
+    seeds   [0, 1]                             each combination runs once per seed -> `seed` (required)
+    grid    {"loss.caption_weight": [0.0, 1.0]}  cartesian product over keys (optional)
+    zip     {"a.b": [1, 2], "c.d": [3, 4]}       values taken together, one combination per index (optional)
+    fixed   {"log_every": 10}                  overrides shared by every run (optional)
+    labels  {"loss.caption_weight": "lambda_cap"}  name of a key in run names; None leaves it out
+                                               (optional; default: the key's last component)
+
+Runs are the product of grid combinations, zip rows and seeds (seeds innermost), named like
+`lambda_cap=1.0,seed=1`. Each run trains in `WORKDIR/<name>` with its output in `log.txt` and
+its state (running | done | failed, the error's last lines) in `status.json`. `vlmjax report`
+(vlmjax/report.py) turns a sweep's workdir into tables and plots.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+from vlmjax.config import ConfigError
+
+SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels")
+STATUS = "status.json"
+LOG = "log.txt"
+TRAIN_CMD = (sys.executable, "-m", "vlmjax.cli", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str                              # `lambda_cap=1.0,seed=1`: its directory under the workdir
+  group: str                             # the name without the seed: runs that differ only in seed
+  index: int                             # position in the sweep (report order)
+  seed: int
+  params: dict                           # label -> value of the swept keys
+  overrides: tuple[tuple[str, str], ...]  # (dotted key, raw value): fixed, command line, swept, seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  path: str
+  base: str
+  runs: tuple[Run, ...]
+  swept: tuple[str, ...]                 # the keys the sweep varies (besides seed)
+  n_fixed: int                           # leading overrides of each run that every run shares
+
+
+def format_value(value) -> str:
+  """The command-line text of an override value (parsed back by config.parse_value)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, str):
+    return value
+  return repr(value)
+
+
+def _values(where: str, key: str, values) -> list:
+  if not isinstance(values, (list, tuple)) or not values:
+    raise ConfigError(f"{where}[{key!r}] must be a non-empty list of values, got {values!r}")
+  return list(values)
+
+
+def _mapping(where: str, spec: dict, key: str) -> dict:
+  value = spec.get(key, {})  # documented as optional in the module docstring: absent means none
+  if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+    raise ConfigError(f"{where}: {key!r} must be a dict of dotted config keys, got {value!r}")
+  return value
+
+
+def expand(spec: dict, where: str = "sweep") -> Sweep:
+  """Validates a sweep dict and returns its runs."""
+  if not isinstance(spec, dict):
+    raise ConfigError(f"{where}: get_sweep() must return a dict with keys {', '.join(SWEEP_KEYS)}, "
+                      f"got {type(spec).__name__}")
+  unknown = [k for k in spec if k not in SWEEP_KEYS]
+  if unknown:
+    raise ConfigError(f"{where}: unknown sweep key {unknown[0]!r}; valid keys: {', '.join(SWEEP_KEYS)}")
+  for key in ("base", "seeds"):
+    if key not in spec:
+      raise ConfigError(f"{where}: sweep is missing required key {key!r}")
+  base = spec["base"]
+  if not isinstance(base, str) or not base:
+    raise ConfigError(f"{where}: 'base' must be a config spec like 'configs/coca_tiny.py:steps=60', got {base!r}")
+  seeds = _values(f"{where}: seeds", "seeds", spec["seeds"])
+  if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+    raise ConfigError(f"{where}: 'seeds' must be distinct ints, got {seeds!r}")
+  grid, zipped = _mapping(where, spec, "grid"), _mapping(where, spec, "zip")
+  fixed, labels = _mapping(where, spec, "fixed"), _mapping(where, spec, "labels")
+  grid = {k: _values(f"{where}: grid", k, v) for k, v in grid.items()}
+  zipped = {k: _values(f"{where}: zip", k, v) for k, v in zipped.items()}
+  lengths = {len(v) for v in zipped.values()}
+  if len(lengths) > 1:
+    sizes = ", ".join(f"{k}: {len(v)}" for k, v in zipped.items())
+    raise ConfigError(f"{where}: 'zip' lists must have equal lengths, got {sizes}")
+  swept = list(grid) + list(zipped)
+  for key in swept + list(fixed):
+    if key == "seed":
+      raise ConfigError(f"{where}: set seeds with the 'seeds' key, not as an override of 'seed'")
+  clash = [k for k in swept if k in fixed or (k in grid and k in zipped)]
+  if clash:
+    raise ConfigError(f"{where}: key {clash[0]!r} appears in more than one of grid, zip, fixed")
+  for key, label in labels.items():
+    if key not in swept:
+      raise ConfigError(f"{where}: labels names {key!r}, which is not swept (swept: {', '.join(swept) or 'none'})")
+    if label is not None and (not isinstance(label, str) or not label or any(c in label for c in ",=/ ")):
+      raise ConfigError(f"{where}: label for {key!r} must be None or a word without ',', '=', '/' or spaces, "
+                        f"got {label!r}")
+  label_of = {k: labels[k] if k in labels else k.rsplit(".", 1)[-1] for k in swept}
+
+  zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] or [{}]
+  combos = [dict(zip(grid, g)) | z for g in itertools.product(*grid.values()) for z in zip_rows]
+  fixed_overrides = tuple((k, format_value(v)) for k, v in fixed.items())
+  runs, seen = [], {}
+  for combo in combos:
+    params = {label_of[k]: v for k, v in combo.items() if label_of[k] is not None}
+    group = ",".join(f"{label}={format_value(v)}" for label, v in params.items())
+    for seed in seeds:
+      name = ",".join(filter(None, [group, f"seed={seed}"]))
+      if "/" in name or name.startswith("."):
+        raise ConfigError(f"{where}: run name {name!r} is not a valid directory name; give the key a label")
+      if name in seen:
+        raise ConfigError(f"{where}: two runs are both named {name!r}; give labels to the keys left out of names")
+      seen[name] = True
+      overrides = fixed_overrides + tuple((k, format_value(v)) for k, v in combo.items()) + (("seed", str(seed)),)
+      runs.append(Run(name, group, len(runs), seed, params, overrides))
+  return Sweep(where, base, tuple(runs), tuple(swept), len(fixed_overrides))
+
+
+def load_sweep(path: str) -> Sweep:
+  """Loads a sweep file (a module with `get_sweep()`) and expands it."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"sweep file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"vlmjax_sweep_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"sweep file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"sweep file {path!r} defines no get_sweep() function")
+  return expand(module.get_sweep(), where=path)
+
+
+def check_configs(sweep: Sweep, extra: tuple[tuple[str, str], ...] = ()) -> None:
+  """Loads every run's config so a bad key or value fails before anything trains."""
+  from vlmjax import config
+  for run in sweep.runs:
+    try:
+      config.load(sweep.base, extra + run.overrides)
+    except ConfigError as e:
+      raise ConfigError(f"run {run.name}: {e}") from None
+
+
+def with_extra(sweep: Sweep, extra: tuple[tuple[str, str], ...]) -> Sweep:
+  """Adds command-line overrides to every run: after the sweep's fixed ones, before the swept ones."""
+  for key, _ in extra:
+    if key == "seed" or key in sweep.swept:
+      raise ConfigError(f"--config.{key} on the command line would change {key!r}, which the sweep varies")
+  n = sweep.n_fixed
+  runs = tuple(dataclasses.replace(r, overrides=r.overrides[:n] + extra + r.overrides[n:]) for r in sweep.runs)
+  return dataclasses.replace(sweep, runs=runs, n_fixed=n + len(extra))
+
+
+def read_status(rundir: str) -> dict | None:
+  path = os.path.join(rundir, STATUS)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_status(rundir: str, status: dict) -> None:
+  tmp = os.path.join(rundir, STATUS + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(json.dumps(status, indent=2) + "\n")
+  os.replace(tmp, os.path.join(rundir, STATUS))
+
+
+def state_of(sweep: Sweep, run: Run, workdir: str) -> str:
+  """new | done | failed | running (also: interrupted) | changed (done with other settings)."""
+  status = read_status(os.path.join(workdir, run.name))
+  if status is None:
+    return "new"
+  if status["state"] == "done" and (status["base"], status["overrides"]) != (sweep.base, [list(o) for o in run.overrides]):
+    return "changed"
+  return status["state"]
+
+
+def train_argv(base: str, rundir: str, run: Run, train_cmd=TRAIN_CMD) -> list[str]:
+  return [*train_cmd, "--config", base, "--workdir", rundir, *(f"--config.{k}={v}" for k, v in run.overrides)]
+
+
+def _tail(path: str, offset: int, n: int = 20) -> list[str]:
+  with open(path, errors="replace") as f:
+    f.seek(offset)
+    lines = [line.rstrip() for line in f.read().splitlines() if line.strip()]
+  return lines[-n:]
+
+
+def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD) -> dict:
+  """Trains one run in WORKDIR/<name> (train resumes from its checkpoint) and records its status."""
+  rundir = os.path.join(workdir, run.name)
+  os.makedirs(rundir, exist_ok=True)
+  argv = train_argv(sweep.base, rundir, run, train_cmd)
+  status = dict(name=run.name, group=run.group, index=run.index, seed=run.seed, params=run.params,
+                base=sweep.base, overrides=[list(o) for o in run.overrides], sweep=sweep.path,
+                command=shlex.join(argv), state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+  previous = read_status(rundir)
+  status["attempts"] = (previous or {}).get("attempts", 0) + 1  # a status from an older runner may lack it
+  _write_status(rundir, status)
+  log_path = os.path.join(rundir, LOG)
+  start = time.time()
+  with open(log_path, "a") as log:
+    log.write(f"==> attempt {status['attempts']} at {status['started']}: {status['command']}\n")
+    log.flush()
+    offset = log.tell()
+    try:
+      rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    except OSError as e:
+      log.write(f"could not start the train command: {e}\n")
+      rc = 127
+  status.update(seconds=round(time.time() - start, 1), returncode=rc, state="done" if rc == 0 else "failed")
+  if rc != 0:
+    tail = _tail(log_path, offset)
+    status.update(error=tail[-1] if tail else f"exit status {rc} with no output", log_tail=tail)
+  _write_status(rundir, status)
+  return status
+
+
+def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_CMD,
+              print_fn=print) -> dict[str, str]:
+  """Runs every unfinished run (N at a time); skips finished ones. Returns name -> final state."""
+  if parallel < 1:
+    raise ConfigError(f"--parallel must be at least 1, got {parallel}")
+  os.makedirs(workdir, exist_ok=True)
+  states, todo = {}, []
+  for run in sweep.runs:
+    state = state_of(sweep, run, workdir)
+    if state == "done":
+      states[run.name] = "done"
+      print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: done, skipped")
+    else:
+      todo.append((run, state))
+  lock = threading.Lock()
+
+  def work(item):
+    run, before = item
+    note = {"new": "", "changed": " (settings changed since it finished)"}.get(before, f" (was {before}; resuming)")
+    with lock:
+      print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: training{note} -> "
+               f"{os.path.join(workdir, run.name, LOG)}")
+    status = run_one(sweep, run, workdir, train_cmd)
+    with lock:
+      if status["state"] == "done":
+        print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: done in {status['seconds']:.0f}s")
+      else:
+        print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: FAILED (exit {status['returncode']}): "
+                 f"{status['error']}")
+    return run.name, status["state"]
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+    for name, state in pool.map(work, todo):
+      states[name] = state
+  failed = [n for n in states if states[n] != "done"]
+  print_fn(f"sweep {sweep.path}: {len(states) - len(failed)}/{len(states)} runs done"
+           + (f"; failed: {', '.join(failed)}" if failed else ""))
+  return {r.name: states[r.name] for r in sweep.runs}
+
+
+def slurm_script(sweep: Sweep, workdir: str, *, parallel: int, extra: tuple[tuple[str, str], ...] = (),
+                 sbatch: tuple[str, ...] = ()) -> str:
+  """An array job: task i runs `vlmjax sweep FILE --only <run i>`, so skip/resume/status are shared."""
+  names = " ".join(shlex.quote(r.name) for r in sweep.runs)
+  cmd = [sys.executable, "-m", "vlmjax.cli", "sweep", os.path.abspath(sweep.path), "--workdir",
+         os.path.abspath(workdir), *(f"--config.{k}={v}" for k, v in extra)]
+  throttle = f"%{parallel}" if parallel > 1 else "%1"
+  job = os.path.splitext(os.path.basename(sweep.path))[0]
+  lines = [
+      "#!/bin/bash",
+      f"# Sweep {sweep.path}: {len(sweep.runs)} runs of {sweep.base}, one array task each.",
+      f"# Written by `vlmjax sweep {sweep.path} --workdir {workdir} --launcher slurm`; submit with",
+      f"#   sbatch {os.path.join(workdir, 'sweep.sbatch')}",
+      "# Add #SBATCH lines for partition, GPUs and time with --sbatch=... (or edit this file).",
+      f"#SBATCH --job-name={job}",
+      f"#SBATCH --array=0-{len(sweep.runs) - 1}{throttle}",
+      f"#SBATCH --output={os.path.abspath(workdir)}/slurm-%A_%a.out",
+      *(f"#SBATCH {s}" for s in sbatch),
+      "set -euo pipefail",
+      f"RUNS=({names})",
+      f"cd {shlex.quote(os.getcwd())}",
+      f'exec {shlex.join(cmd)} --only "${{RUNS[$SLURM_ARRAY_TASK_ID]}}"',
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def _select(sweep: Sweep, only: list[str] | None) -> Sweep:
+  if not only:
+    return sweep
+  names = [r.name for r in sweep.runs]
+  for name in only:
+    if name not in names:
+      raise ConfigError(f"--only {name!r} is not a run of {sweep.path}; runs: {', '.join(names)}")
+  return dataclasses.replace(sweep, runs=tuple(r for r in sweep.runs if r.name in only))
+
+
+def _sweep(args, overrides) -> int:
+  sweep = with_extra(load_sweep(args.file), tuple(overrides))
+  extra = tuple(overrides)
+  check_configs(sweep)
+  sweep = _select(sweep, args.only)
+  if args.dry_run:
+    print(f"sweep {sweep.path}: {len(sweep.runs)} runs of {sweep.base} in {args.workdir}")
+    width = max(len(r.name) for r in sweep.runs)
+    for run in sweep.runs:
+      state = state_of(sweep, run, args.workdir)
+      flags = " ".join(f"--config.{k}={v}" for k, v in run.overrides)
+      print(f"  {run.name:<{width}}  {state:<8} {flags}")
+    example = train_argv(sweep.base, os.path.join(args.workdir, sweep.runs[0].name), sweep.runs[0])
+    print(f"each run: {shlex.join(['vlmjax', *example[3:]])}")
+    return 0
+  if args.launcher == "slurm":
+    os.makedirs(args.workdir, exist_ok=True)
+    path = os.path.join(args.workdir, "sweep.sbatch")
+    with open(path, "w") as f:
+      f.write(slurm_script(sweep, args.workdir, parallel=args.parallel, extra=extra, sbatch=tuple(args.sbatch)))
+    print(f"wrote {path} ({len(sweep.runs)} array tasks); submit it with: sbatch {path}")
+    return 0
+  states = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  return 0 if all(s == "done" for s in states.values()) else 1
+
+
+def _report(args, overrides) -> int:
+  from vlmjax import report
+  print(report.write_report(args.workdir, args.metric or None), end="")
+  return 0
+
+
+def add_parsers(sub) -> None:
+  p = sub.add_parser("sweep", help="run (or list, or write a Slurm array job for) an experiments/ sweep")
+  p.add_argument("file", help="sweep file defining get_sweep(), e.g. experiments/caption_weight.py")
+  p.add_argument("--workdir", required=True, help="each run trains in WORKDIR/<run name>")
+  p.add_argument("--dry-run", action="store_true", help="list the runs, their overrides and states; run nothing")
+  p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                 help="local: train here; slurm: write WORKDIR/sweep.sbatch (an array job) instead")
+  p.add_argument("--parallel", type=int, default=1, help="runs at a time (local) or array throttle (slurm)")
+  p.add_argument("--only", action="append", metavar="RUN", help="run only this run (repeatable)")
+  p.add_argument("--sbatch", action="append", default=[], metavar="OPT",
+                 help="extra #SBATCH option for --launcher slurm, e.g. --sbatch=--gres=gpu:8 (repeatable)")
+  p.set_defaults(run=_sweep, takes_overrides=True)
+
+  p = sub.add_parser("report", help="tables and plots of a sweep's runs: WORKDIR/report.md")
+  p.add_argument("workdir", help="a sweep's workdir (one subdirectory per run)")
+  p.add_argument("--metric", action="append", metavar="NAME[:min|max]",
+                 help="metric to tabulate and plot (repeatable); default: train losses and every eval metric")
+  p.set_defaults(run=_report)
