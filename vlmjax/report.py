@@ -147,7 +147,8 @@ def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]]
   groups = groups_of(runs)
   lines = [f"# Sweep report: {workdir}", "",
            f"{len(runs)} runs in {len(groups)} groups; {sum(r.state == 'done' for r in runs)} done. "
-           "Values are mean ± sample std over the seeds of a group (n = runs with the metric); "
+           "n = runs in the group (one per seed); values are mean ± sample std over the runs that logged the "
+           "metric; "
            "final = last logged value, best = min (losses) or max (other metrics) over logged steps.", ""]
   header = ["group", "n", "status"]
   for metric, mode in metrics:

@@ -1,0 +1,247 @@
+"""Sweeps: expansion, the local runner (with a fake train command), Slurm scripts, reports."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vlmjax import cli, report, sweeps
+from vlmjax.config import ConfigError
+
+from conftest import ROOT
+
+# Stands in for `vlmjax train`: logs `step`/`train/loss` rows to metrics.jsonl, resumes from
+# `progress`, and fails half-way when override x equals $FAKE_FAIL (so a rerun has something to resume).
+FAKE_TRAIN = r"""
+import json, os, sys
+args = sys.argv[1:]
+workdir = args[args.index("--workdir") + 1]
+ov = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+total, x, seed = int(ov.get("total_steps", "4")), float(ov["x"]), int(ov["seed"])
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(workdir, "calls"), "a") as f:
+  f.write("call\n")
+progress = os.path.join(workdir, "progress")
+start = int(open(progress).read()) if os.path.exists(progress) else 0
+if start >= total:
+  print("already finished"); sys.exit(0)
+if start:
+  print(f"resuming from step {start}")
+json.dump({"total_steps": total, "seed": seed}, open(os.path.join(workdir, "config.json"), "w"))
+for step in range(start + 1, total + 1):
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": step, "train/loss": x + seed / 10 + 1 / step}) + "\n")
+  open(progress, "w").write(str(step))
+  if os.environ.get("FAKE_FAIL") == ov["x"] and step == total // 2:
+    print("Traceback (most recent call last):\nValueError: boom at step", step); sys.exit(1)
+print("done")
+"""
+
+
+@pytest.fixture
+def fake_train(tmp_path):
+  path = tmp_path / "fake_train.py"
+  path.write_text(FAKE_TRAIN)
+  return (sys.executable, str(path))
+
+
+def _names(sweep):
+  return [r.name for r in sweep.runs]
+
+
+def test_expand_grid_zip_seeds_and_names():
+  sweep = sweeps.expand(dict(
+      base="configs/coca_tiny.py:steps=8", seeds=[0, 1],
+      grid={"loss.caption_weight": [0.0, 1.0], "model.pooler.mode": ["parallel", "cascade"]},
+      zip={"loss.contrastive": ["softmax", "sigmoid"], "model.init_logit_bias": [0.0, -10.0]},
+      fixed={"log_every": 2, "model.remat": "none"},
+      labels={"loss.caption_weight": "lambda_cap", "model.init_logit_bias": None}))
+  assert len(sweep.runs) == 2 * 2 * 2 * 2
+  assert _names(sweep)[:3] == [
+      "lambda_cap=0.0,mode=parallel,contrastive=softmax,seed=0",
+      "lambda_cap=0.0,mode=parallel,contrastive=softmax,seed=1",
+      "lambda_cap=0.0,mode=parallel,contrastive=sigmoid,seed=0"]
+  run = sweep.runs[2]
+  assert run.group == "lambda_cap=0.0,mode=parallel,contrastive=sigmoid" and run.seed == 0 and run.index == 2
+  assert run.params == {"lambda_cap": 0.0, "mode": "parallel", "contrastive": "sigmoid"}
+  assert run.overrides == (("log_every", "2"), ("model.remat", "none"), ("loss.caption_weight", "0.0"),
+                           ("model.pooler.mode", "parallel"), ("loss.contrastive", "sigmoid"),
+                           ("model.init_logit_bias", "-10.0"), ("seed", "0"))
+  only_seeds = sweeps.expand(dict(base="configs/coca_tiny.py", seeds=[3, 4]))
+  assert _names(only_seeds) == ["seed=3", "seed=4"] and only_seeds.runs[0].group == ""
+
+
+@pytest.mark.parametrize("spec, match", [
+    (dict(seeds=[0]), "missing required key 'base'"),
+    (dict(base="c.py", seeds=[0], grdi={}), "unknown sweep key 'grdi'; valid keys: base, seeds"),
+    (dict(base="c.py", seeds=[0, 0]), "'seeds' must be distinct ints"),
+    (dict(base="c.py", seeds=[0], grid={"a": 1.0}), r"grid\['a'\] must be a non-empty list"),
+    (dict(base="c.py", seeds=[0], zip={"a": [1, 2], "b": [1]}), "equal lengths, got a: 2, b: 1"),
+    (dict(base="c.py", seeds=[0], grid={"seed": [1, 2]}), "set seeds with the 'seeds' key"),
+    (dict(base="c.py", seeds=[0], grid={"a": [1]}, fixed={"a": 2}), "'a' appears in more than one"),
+    (dict(base="c.py", seeds=[0], grid={"a": [1]}, labels={"b": "B"}), "labels names 'b', which is not swept"),
+    (dict(base="c.py", seeds=[0], zip={"a": [1, 2], "b": [3, 4]}, labels={"a": None, "b": None}),
+     "two runs are both named 'seed=0'"),
+])
+def test_expand_errors_are_one_line(spec, match):
+  with pytest.raises(ConfigError, match=match) as e:
+    sweeps.expand(spec, where="exp.py")
+  assert "\n" not in str(e.value) and str(e.value).startswith("exp.py: ")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py"))))
+def test_shipped_sweeps_load_and_their_configs_validate(path):
+  sweep = sweeps.load_sweep(path)
+  sweeps.check_configs(sweep)
+  assert len(sweep.runs) >= 4 and "vlmjax sweep experiments/" in open(path).read()
+
+
+def test_dry_run_lists_runs_and_applies_command_line_overrides(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  rc = cli.main(["sweep", "experiments/caption_weight.py", "--workdir", str(tmp_path), "--dry-run",
+                 "--config.optim.lr=3e-4"])
+  out = capsys.readouterr().out.splitlines()
+  assert rc == 0 and out[0].startswith("sweep experiments/caption_weight.py: 6 runs of configs/coca_tiny.py")
+  assert out[1].split()[:2] == ["lambda_cap=0.0,seed=0", "new"]
+  assert "--config.optim.lr=3e-4 --config.loss.caption_weight=0.0 --config.seed=0" in out[1]
+  assert not os.listdir(tmp_path)  # nothing ran
+  assert cli.main(["sweep", "experiments/caption_weight.py", "--workdir", str(tmp_path), "--dry-run",
+                   "--config.loss.caption_weight=3"]) == 2
+  assert "which the sweep varies" in capsys.readouterr().err
+  assert cli.main(["sweep", "experiments/caption_weight.py", "--workdir", str(tmp_path), "--dry-run",
+                   "--config.optim.lrr=1"]) == 2
+  assert "run lambda_cap=0.0,seed=0: override: unknown config key 'optim.lrr'" in capsys.readouterr().err
+
+
+def _status(workdir, name):
+  return json.load(open(os.path.join(workdir, name, "status.json")))
+
+
+def _calls(workdir, name):
+  return len(open(os.path.join(workdir, name, "calls")).read().splitlines())
+
+
+def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_path, fake_train, monkeypatch):
+  sweep = sweeps.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0, 2.0, 3.0]}, fixed={"total_steps": 6}),
+                        where="fake_sweep.py")
+  workdir, lines = str(tmp_path / "sweep"), []
+  monkeypatch.setenv("FAKE_FAIL", "2.0")
+  states = sweeps.run_sweep(sweep, workdir, parallel=2, train_cmd=fake_train, print_fn=lines.append)
+  assert states == {"x=1.0,seed=0": "done", "x=2.0,seed=0": "failed", "x=3.0,seed=0": "done"}
+  failed = _status(workdir, "x=2.0,seed=0")
+  assert failed["returncode"] == 1 and failed["error"] == "ValueError: boom at step 3"
+  assert failed["log_tail"][-2:] == ["Traceback (most recent call last):", "ValueError: boom at step 3"]
+  assert "--workdir" in failed["command"] and failed["attempts"] == 1
+  assert any("x=2.0,seed=0: FAILED (exit 1): ValueError: boom" in line for line in lines)
+  assert lines[-1] == "sweep fake_sweep.py: 2/3 runs done; failed: x=2.0,seed=0"
+  log = open(os.path.join(workdir, "x=1.0,seed=0", "log.txt")).read()
+  assert log.startswith("==> attempt 1") and log.rstrip().endswith("done")
+
+  # A run killed while running (status still "running") is resumed too.
+  interrupted = _status(workdir, "x=3.0,seed=0") | {"state": "running"}
+  json.dump(interrupted, open(os.path.join(workdir, "x=3.0,seed=0", "status.json"), "w"))
+  monkeypatch.delenv("FAKE_FAIL")
+  lines.clear()
+  states = sweeps.run_sweep(sweep, workdir, train_cmd=fake_train, print_fn=lines.append)
+  assert set(states.values()) == {"done"}
+  assert lines[0] == "[1/3] x=1.0,seed=0: done, skipped" and _calls(workdir, "x=1.0,seed=0") == 1
+  assert "(was failed; resuming)" in lines[1] and "(was running; resuming)" in lines[3]
+  assert "resuming from step 3" in open(os.path.join(workdir, "x=2.0,seed=0", "log.txt")).read()
+  assert _status(workdir, "x=2.0,seed=0")["attempts"] == 2 and "error" not in _status(workdir, "x=2.0,seed=0")
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "x=2.0,seed=0", "metrics.jsonl"))]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+  # Changing a setting of a finished run runs it again (train resumes or says it is finished).
+  longer = sweeps.with_extra(sweep, (("total_steps", "8"),))
+  lines.clear()
+  sweeps.run_sweep(longer, workdir, train_cmd=fake_train, print_fn=lines.append)
+  assert "(settings changed since it finished)" in lines[0] and _calls(workdir, "x=1.0,seed=0") == 2
+
+
+def test_missing_train_command_is_a_failed_run(tmp_path):
+  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1]))
+  states = sweeps.run_sweep(sweep, str(tmp_path), train_cmd=(str(tmp_path / "nope"),), print_fn=lambda _: None)
+  assert states == {"seed=0": "failed", "seed=1": "failed"}
+  assert _status(tmp_path, "seed=0")["returncode"] == 127
+
+
+def test_slurm_writes_an_array_job(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(ROOT)
+  workdir = tmp_path / "runs"
+  assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--launcher", "slurm",
+                   "--parallel", "2", "--sbatch=--gres=gpu:8", "--config.optim.lr=3e-4"]) == 0
+  script = (workdir / "sweep.sbatch").read_text()
+  assert "#SBATCH --array=0-3%2" in script and "#SBATCH --gres=gpu:8" in script
+  assert "RUNS=(pooler=parallel,seed=0 pooler=parallel,seed=1 pooler=cascade,seed=0 pooler=cascade,seed=1)" in script
+  assert '--config.optim.lr=3e-4 --only "${RUNS[$SLURM_ARRAY_TASK_ID]}"' in script
+  assert subprocess.run(["bash", "-n", str(workdir / "sweep.sbatch")]).returncode == 0
+  assert "submit it with: sbatch" in capsys.readouterr().out
+  assert sorted(os.listdir(workdir)) == ["sweep.sbatch"]
+  assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--dry-run",
+                   "--only", "pooler=cascade,seed=1"]) == 0
+  assert "1 runs of" in capsys.readouterr().out
+  assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--only", "pooler=x"]) == 2
+
+
+def _fixture_run(workdir, name, group, index, seed, state, rows, total=4, error=None):
+  rundir = workdir / name
+  rundir.mkdir(parents=True)
+  status = dict(name=name, group=group, index=index, seed=seed, state=state, seconds=12.0)
+  if error:
+    status["error"] = error
+  (rundir / "status.json").write_text(json.dumps(status))
+  (rundir / "config.json").write_text(json.dumps({"total_steps": total, "seed": seed}))
+  (rundir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_table_on_finished_runs(tmp_path, capsys):
+  w = tmp_path / "sweep"
+  def rows(losses, acc=None):
+    out = [{"step": 2 * (i + 1), "train/loss": l} for i, l in enumerate(losses)]
+    if acc is not None:
+      out[-1]["eval/shapes/top1"] = acc
+    return out
+  _fixture_run(w, "lam=0,seed=0", "lam=0", 0, 0, "done", rows([3.0, 1.0], acc=0.5))
+  _fixture_run(w, "lam=0,seed=1", "lam=0", 1, 1, "done", rows([3.0, 2.0], acc=0.7))
+  # Resumed run: steps 2 and 4 logged twice; the later values win.
+  _fixture_run(w, "lam=1,seed=0", "lam=1", 2, 0, "done",
+               rows([0.2, 9.0]) + [{"step": 4, "train/loss": 0.5, "eval/shapes/top1": 0.9}])
+  _fixture_run(w, "lam=1,seed=1", "lam=1", 3, 1, "failed", rows([5.0]), error="ValueError: boom")
+  (w / "not_a_run").mkdir()
+
+  assert cli.main(["report", str(w)]) == 0
+  printed = capsys.readouterr().out
+  text = (w / "report.md").read_text()
+  assert printed == text
+  groups = text.split("## Groups")[1].split("## Runs")[0]
+  assert "| group | n | status | loss final | loss best (min) | eval/shapes/top1 final | eval/shapes/top1 best (max) |" in groups
+  # lam=0: final losses 1 and 2 -> 1.5 ± 0.7071 (sample std); best equal to final; top1 0.6 ± 0.1414
+  assert "| lam=0 | 2 | 2 done | 1.5000 ± 0.7071 | 1.5000 ± 0.7071 | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 |" in groups
+  # lam=1: final 0.5 (resumed; best 0.2) and 5.0 (failed at step 2); only one run has top1
+  assert "| lam=1 | 2 | 1 done, 1 failed | 2.7500 ± 3.1820 | 2.6000 ± 3.3941 | 0.9000 | 0.9000 |" in groups
+  assert "| lam=1,seed=0 | done | 4/4 | 12s | 0.5000 / 0.2000 | 0.9000 / 0.9000 |" in text
+  assert "| lam=1,seed=1 | failed | 2/4 | 12s | 5.0000 / 5.0000 | - |" in text
+  assert "- `lam=1,seed=1`: ValueError: boom" in text
+  assert "not_a_run" not in text
+  for png in ("train_loss.png", "eval_shapes_top1.png"):
+    assert f"![{png}]({png})" in text and (w / png).read_bytes()[:4] == b"\x89PNG"
+
+  text = report.write_report(str(w), ["eval/shapes/top1:min"])
+  assert "top1 best (min)" in text and "| lam=0 | 2 | 2 done | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 |" in text
+  with pytest.raises(ConfigError, match="no run logged 'eval/x'; logged metrics: eval/shapes/top1, train/loss"):
+    report.write_report(str(w), ["eval/x"])
+  with pytest.raises(ConfigError, match="no runs in"):
+    report.write_report(str(tmp_path / "sweep" / "not_a_run"))
+
+
+def test_mean_std_and_metric_direction():
+  assert report.mean_std([1.0, None, 3.0]) == f"2.0000 ± {math.sqrt(2):.4f}"
+  assert report.mean_std([None]) == "-"
+  assert report.parse_metric("train/caption_loss") == ("train/caption_loss", "min")
+  assert report.parse_metric("eval/retrieval/i2t_r1") == ("eval/retrieval/i2t_r1", "max")
+  with pytest.raises(ConfigError, match="must be min or max"):
+    report.parse_metric("eval/x:best")
