@@ -230,6 +230,9 @@ def test_report_table_on_finished_runs(tmp_path, capsys):
   for png in ("train_loss.png", "eval_shapes_top1.png"):
     assert f"![{png}]({png})" in text and (w / png).read_bytes()[:4] == b"\x89PNG"
 
+  text = report.write_report(str(w), ["train/loss"], last=2)
+  assert "final = mean of the last 2 logged values" in text
+  assert "| lam=1,seed=0 | done | 4/4 | 12s | 0.3500 / 0.2000 |" in text
   text = report.write_report(str(w), ["eval/shapes/top1:min"])
   assert "top1 best (min)" in text and "| lam=0 | 2 | 2 done | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 |" in text
   with pytest.raises(ConfigError, match="no run logged 'eval/x'; logged metrics: eval/shapes/top1, train/loss"):

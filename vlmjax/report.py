@@ -108,11 +108,13 @@ def default_metrics(runs: list[RunResult]) -> list[str]:
   return [m for m in DEFAULT_TRAIN_METRICS if m in present] + evals
 
 
-def final_and_best(run: RunResult, metric: str, mode: str) -> tuple[float | None, float | None]:
+def final_and_best(run: RunResult, metric: str, mode: str, last: int = 1) -> tuple[float | None, float | None]:
+  """Final = mean of the last `last` logged values (1: the last one); best over all logged values."""
   _, values = run.series(metric)
   if not values:
     return None, None
-  return values[-1], (min(values) if mode == "min" else max(values))
+  tail = values[-last:]
+  return sum(tail) / len(tail), (min(values) if mode == "min" else max(values))
 
 
 def mean_std(values: list[float]) -> str:
@@ -143,13 +145,14 @@ def _short(metric: str) -> str:
   return metric.removeprefix("train/")
 
 
-def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]], plots: list[str]) -> str:
+def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]], plots: list[str],
+             last: int = 1) -> str:
   groups = groups_of(runs)
+  final = "last logged value" if last == 1 else f"mean of the last {last} logged values"
   lines = [f"# Sweep report: {workdir}", "",
            f"{len(runs)} runs in {len(groups)} groups; {sum(r.state == 'done' for r in runs)} done. "
            "n = runs in the group (one per seed); values are mean ± sample std over the runs that logged the "
-           "metric; "
-           "final = last logged value, best = min (losses) or max (other metrics) over logged steps.", ""]
+           f"metric; final = {final}, best = min (losses) or max (other metrics) over logged steps.", ""]
   header = ["group", "n", "status"]
   for metric, mode in metrics:
     header += [f"{_short(metric)} final", f"{_short(metric)} best ({mode})"]
@@ -159,7 +162,7 @@ def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]]
     status = ", ".join(f"{sum(r.state == s for r in members)} {s}" for s in states)
     row = [group or "(base)", str(len(members)), status]
     for metric, mode in metrics:
-      pairs = [final_and_best(r, metric, mode) for r in members]
+      pairs = [final_and_best(r, metric, mode, last) for r in members]
       row += [mean_std([f for f, _ in pairs]), mean_std([b for _, b in pairs])]
     rows.append(row)
   lines += ["## Groups", ""] + _table(header, rows) + [""]
@@ -171,7 +174,7 @@ def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]]
     time_ = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
     row = [r.name, r.state, steps, time_]
     for metric, mode in metrics:
-      final, best = final_and_best(r, metric, mode)
+      final, best = final_and_best(r, metric, mode, last)
       row.append("-" if final is None else f"{final:.4f} / {best:.4f}")
     rows.append(row)
   lines += ["## Runs", ""] + _table(header, rows) + [""]
@@ -214,8 +217,10 @@ def plot(workdir: str, runs: list[RunResult], metric: str) -> str | None:
   return name
 
 
-def write_report(workdir: str, metric_specs: list[str] | None = None) -> str:
+def write_report(workdir: str, metric_specs: list[str] | None = None, last: int = 1) -> str:
   """Writes WORKDIR/report.md and its plots; returns the markdown."""
+  if last < 1:
+    raise ConfigError(f"report: --last must be at least 1, got {last}")
   runs = collect(workdir)
   if metric_specs:
     metrics = [parse_metric(m) for m in metric_specs]
@@ -230,7 +235,7 @@ def write_report(workdir: str, metric_specs: list[str] | None = None) -> str:
   if "train/loss" not in plot_metrics:
     plot_metrics.insert(0, "train/loss")
   plots = [p for p in (plot(workdir, runs, m) for m in plot_metrics) if p]
-  text = markdown(workdir, runs, metrics, plots)
+  text = markdown(workdir, runs, metrics, plots, last)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(text)
   return text

@@ -246,11 +246,13 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
     raise ConfigError(f"--parallel must be at least 1, got {parallel}")
   os.makedirs(workdir, exist_ok=True)
   states, todo = {}, []
+  n = len(sweep.runs)
+  tag = {run.name: f"[{i + 1}/{n}] {run.name}" for i, run in enumerate(sweep.runs)}
   for run in sweep.runs:
     state = state_of(sweep, run, workdir)
     if state == "done":
       states[run.name] = "done"
-      print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: done, skipped")
+      print_fn(f"{tag[run.name]}: done, skipped")
     else:
       todo.append((run, state))
   lock = threading.Lock()
@@ -259,14 +261,14 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
     run, before = item
     note = {"new": "", "changed": " (settings changed since it finished)"}.get(before, f" (was {before}; resuming)")
     with lock:
-      print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: training{note} -> "
+      print_fn(f"{tag[run.name]}: training{note} -> "
                f"{os.path.join(workdir, run.name, LOG)}")
     status = run_one(sweep, run, workdir, train_cmd)
     with lock:
       if status["state"] == "done":
-        print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: done in {status['seconds']:.0f}s")
+        print_fn(f"{tag[run.name]}: done in {status['seconds']:.0f}s")
       else:
-        print_fn(f"[{run.index + 1}/{len(sweep.runs)}] {run.name}: FAILED (exit {status['returncode']}): "
+        print_fn(f"{tag[run.name]}: FAILED (exit {status['returncode']}): "
                  f"{status['error']}")
     return run.name, status["state"]
 
@@ -343,7 +345,7 @@ def _sweep(args, overrides) -> int:
 
 def _report(args, overrides) -> int:
   from vlmjax import report
-  print(report.write_report(args.workdir, args.metric or None), end="")
+  print(report.write_report(args.workdir, args.metric or None, args.last), end="")
   return 0
 
 
@@ -364,4 +366,6 @@ def add_parsers(sub) -> None:
   p.add_argument("workdir", help="a sweep's workdir (one subdirectory per run)")
   p.add_argument("--metric", action="append", metavar="NAME[:min|max]",
                  help="metric to tabulate and plot (repeatable); default: train losses and every eval metric")
+  p.add_argument("--last", type=int, default=1, metavar="K",
+                 help="final value = mean of the last K logged values (smooths noisy train losses)")
   p.set_defaults(run=_report)
