@@ -206,7 +206,9 @@ def test_report_table_on_finished_runs(tmp_path, capsys):
       out[-1]["eval/shapes/top1"] = acc
     return out
   _fixture_run(w, "lam=0,seed=0", "lam=0", 0, 0, "done", rows([3.0, 1.0], acc=0.5))
-  _fixture_run(w, "lam=0,seed=1", "lam=0", 1, 1, "done", rows([3.0, 2.0], acc=0.7))
+  _fixture_run(w, "lam=0,seed=1", "lam=0", 1, 1, "done", rows([3.0, 2.0]))
+  (w / "lam=0,seed=1" / "eval").mkdir()  # written by `vlmjax eval --workdir`
+  (w / "lam=0,seed=1" / "eval" / "4.json").write_text(json.dumps({"step": 4, "eval/shapes/top1": 0.7}))
   # Resumed run: steps 2 and 4 logged twice; the later values win.
   _fixture_run(w, "lam=1,seed=0", "lam=1", 2, 0, "done",
                rows([0.2, 9.0]) + [{"step": 4, "train/loss": 0.5, "eval/shapes/top1": 0.9}])

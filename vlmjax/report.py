@@ -1,7 +1,7 @@
 """Sweep reports: every run's final and best metrics, mean ± std over seeds, status, and plots.
 
 `write_report(workdir)` reads each `WORKDIR/<run>/` (`metrics.jsonl`, `status.json` from the sweep
-runner, `config.json` from training) and writes `WORKDIR/report.md` plus one PNG per metric.
+runner, `config.json` from training, `eval/<step>.json` from `vlmjax eval`) and writes `WORKDIR/report.md` plus one PNG per metric.
 Runs that differ only in seed form a group (the sweep's run name without `seed=`).
 """
 
@@ -41,22 +41,26 @@ class RunResult:
     return [s for s, _ in pts], [v for _, v in pts]
 
 
-def read_metrics(path: str) -> list[dict]:
-  """metrics.jsonl rows merged by step (a resumed run re-logs steps: the later value wins)."""
+def read_metrics(rundir: str) -> list[dict]:
+  """`metrics.jsonl` rows and `eval/<step>.json` (from `vlmjax eval`) merged by step, sorted.
+
+  A resumed run re-logs the steps after its last checkpoint: the later value wins.
+  """
   by_step: dict[int, dict] = {}
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut short by a killed run
-      if isinstance(row, dict) and isinstance(row.get("step"), int):
-        by_step.setdefault(row["step"], {}).update(row)
+  path = os.path.join(rundir, "metrics.jsonl")
+  lines = open(path).read().splitlines() if os.path.isfile(path) else []
+  eval_dir = os.path.join(rundir, "eval")
+  if os.path.isdir(eval_dir):
+    for name in sorted(os.listdir(eval_dir)):
+      if name.endswith(".json"):
+        lines.append(open(os.path.join(eval_dir, name)).read())
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut short by a killed run
+    if isinstance(row, dict) and isinstance(row.get("step"), int):
+      by_step.setdefault(row["step"], {}).update(row)
   return [by_step[s] for s in sorted(by_step)]
 
 
@@ -86,7 +90,7 @@ def collect(workdir: str) -> list[RunResult]:
       group = re.sub(r"(^|,)seed=-?\d+", "", name).strip(",")
       index, seed, state, error, seconds = math.inf, cfg.get("seed"), "unknown", None, None
     runs.append(RunResult(name, group, index, seed, state, error, seconds, cfg.get("total_steps"),
-                          read_metrics(metrics_path)))
+                          read_metrics(rundir)))
   if not runs:
     raise ConfigError(f"report: no runs in {workdir!r} (no subdirectory holds status.json or metrics.jsonl)")
   return sorted(runs, key=lambda r: (r.index, r.name))
