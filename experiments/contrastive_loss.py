@@ -9,13 +9,13 @@ eval/ metrics (retrieval, zero-shot) once siglip_tiny has evaluators, not by tra
     vlmjax sweep experiments/contrastive_loss.py --workdir runs/contrastive_loss
     vlmjax report runs/contrastive_loss
 
-4 runs of 80 steps; about 4 minutes on a 2-core CPU, one run at a time. Results: experiments/README.md.
+4 runs of 80 steps (batch 32); about 4 minutes on a 2-core CPU, one run at a time. Results: experiments/README.md.
 """
 
 
 def get_sweep():
   return dict(
-      base="configs/siglip_tiny.py:steps=80",
+      base="configs/siglip_tiny.py:steps=80,batch=32",
       fixed={"log_every": 5, "ckpt_every": 40},
       zip={"loss.contrastive": ["softmax", "sigmoid"],
            "model.init_logit_scale": [1 / 0.07, 10.0],

@@ -8,13 +8,13 @@ train/caption_loss (same weights in both arms, so the total loss is comparable t
     vlmjax sweep experiments/pooler.py --workdir runs/pooler
     vlmjax report runs/pooler
 
-4 runs of 60 steps; about 5 minutes on a 2-core CPU, one run at a time. Results: experiments/README.md.
+4 runs of 60 steps (batch 32); about 5 minutes on a 2-core CPU, one run at a time. Results: experiments/README.md.
 """
 
 
 def get_sweep():
   return dict(
-      base="configs/coca_tiny.py:steps=60",
+      base="configs/coca_tiny.py:steps=60,batch=32",
       fixed={"log_every": 5, "ckpt_every": 30},
       grid={"model.pooler.mode": ["parallel", "cascade"]},
       labels={"model.pooler.mode": "pooler"},

@@ -185,6 +185,9 @@ def test_slurm_writes_an_array_job(tmp_path, monkeypatch, capsys):
                    "--only", "pooler=cascade,seed=1"]) == 0
   assert "1 runs of" in capsys.readouterr().out
   assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--only", "pooler=x"]) == 2
+  assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--launcher", "slurm"]) == 0
+  assert "#SBATCH --array=0-3\n" in (workdir / "sweep.sbatch").read_text()
+  assert cli.main(["sweep", "experiments/pooler.py", "--workdir", str(workdir), "--parallel", "0"]) == 2
 
 
 def _fixture_run(workdir, name, group, index, seed, state, rows, total=4, error=None):

@@ -281,13 +281,13 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
   return {r.name: states[r.name] for r in sweep.runs}
 
 
-def slurm_script(sweep: Sweep, workdir: str, *, parallel: int, extra: tuple[tuple[str, str], ...] = (),
+def slurm_script(sweep: Sweep, workdir: str, *, parallel: int | None, extra: tuple[tuple[str, str], ...] = (),
                  sbatch: tuple[str, ...] = ()) -> str:
   """An array job: task i runs `vlmjax sweep FILE --only <run i>`, so skip/resume/status are shared."""
   names = " ".join(shlex.quote(r.name) for r in sweep.runs)
   cmd = [sys.executable, "-m", "vlmjax.cli", "sweep", os.path.abspath(sweep.path), "--workdir",
          os.path.abspath(workdir), *(f"--config.{k}={v}" for k, v in extra)]
-  throttle = f"%{parallel}" if parallel > 1 else "%1"
+  throttle = f"%{parallel}" if parallel else ""  # Slurm's array throttle: at most N tasks at once
   job = os.path.splitext(os.path.basename(sweep.path))[0]
   lines = [
       "#!/bin/bash",
@@ -332,6 +332,8 @@ def _sweep(args, overrides) -> int:
     example = train_argv(sweep.base, os.path.join(args.workdir, sweep.runs[0].name), sweep.runs[0])
     print(f"each run: {shlex.join(['vlmjax', *example[3:]])}")
     return 0
+  if args.parallel is not None and args.parallel < 1:
+    raise ConfigError(f"--parallel must be at least 1, got {args.parallel}")
   if args.launcher == "slurm":
     os.makedirs(args.workdir, exist_ok=True)
     path = os.path.join(args.workdir, "sweep.sbatch")
@@ -339,7 +341,7 @@ def _sweep(args, overrides) -> int:
       f.write(slurm_script(sweep, args.workdir, parallel=args.parallel, extra=extra, sbatch=tuple(args.sbatch)))
     print(f"wrote {path} ({len(sweep.runs)} array tasks); submit it with: sbatch {path}")
     return 0
-  states = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  states = run_sweep(sweep, args.workdir, parallel=1 if args.parallel is None else args.parallel)
   return 0 if all(s == "done" for s in states.values()) else 1
 
 
@@ -356,7 +358,8 @@ def add_parsers(sub) -> None:
   p.add_argument("--dry-run", action="store_true", help="list the runs, their overrides and states; run nothing")
   p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                  help="local: train here; slurm: write WORKDIR/sweep.sbatch (an array job) instead")
-  p.add_argument("--parallel", type=int, default=1, help="runs at a time (local) or array throttle (slurm)")
+  p.add_argument("--parallel", type=int, default=None, metavar="N",
+                 help="runs at a time: local default 1; slurm default unlimited (the array's %%N throttle)")
   p.add_argument("--only", action="append", metavar="RUN", help="run only this run (repeatable)")
   p.add_argument("--sbatch", action="append", default=[], metavar="OPT",
                  help="extra #SBATCH option for --launcher slurm, e.g. --sbatch=--gres=gpu:8 (repeatable)")
