@@ -1,0 +1,20 @@
+"""Evaluation: zero-shot classification, image-text retrieval, captioning.
+
+`run_all(cfg, graphdef, params, mesh, step=...)` runs the evaluators of
+`cfg.evals` due at `step` and returns {"eval/<name>/<metric>": value}. Build
+evaluator configs with `vlmjax.evals.defaults`. This package's top level stays
+light (no jax import) so that `vlmjax --help` is fast.
+"""
+
+from __future__ import annotations
+
+from vlmjax.evals.defaults import due
+
+
+def run_all(cfg, graphdef, params, mesh, *, step: int, final: bool = False) -> dict[str, float]:
+  """Runs the evaluators due at `step` (every one when `final`), sharded over `mesh`."""
+  from vlmjax.evals.runner import run_all as run  # noqa: PLC0415
+  return run(cfg, graphdef, params, mesh, step=step, final=final)
+
+
+__all__ = ["due", "run_all"]

@@ -1,0 +1,68 @@
+"""`vlmjax eval` and `vlmjax caption`: evaluators and decoding on a workdir's checkpoint."""
+
+from __future__ import annotations
+
+from vlmjax.config import ConfigError
+
+
+def _eval(args, overrides) -> int:
+  from vlmjax.evals import runner  # noqa: PLC0415 (jax is slow to import; keep --help fast)
+  step, metrics, path = runner.evaluate_workdir(args.workdir, overrides, args.step)
+  width = max(map(len, metrics))
+  for key, value in metrics.items():
+    print(f"{key:<{width}}  {value:.4f}")
+  print(f"step {step}: wrote {path}")
+  return 0
+
+
+def _caption(args, overrides) -> int:
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from vlmjax import sharding  # noqa: PLC0415
+  from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
+  from vlmjax.evals import data, decode, runner  # noqa: PLC0415
+  cfg = runner.load_workdir_config(args.workdir, overrides)
+  if args.max_len > cfg.model.text.context_length:
+    raise ConfigError(f"--max-len {args.max_len} exceeds model.text.context_length={cfg.model.text.context_length}")
+  images = []
+  for path in args.images:
+    try:
+      with open(path, "rb") as f:
+        images.append(transforms.normalize(transforms.decode_image(f.read(), cfg.model.image_size)))
+    except OSError as e:
+      raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
+  s, params, step = runner.restore(args.workdir, cfg, args.step)
+  batch_sh = sharding.batch_sharding(s.mesh, cfg.mesh.rules)
+  shards = data.num_shards(batch_sh)
+  n = len(images)
+  batch = np.stack(images + [images[-1]] * (-n % shards))
+  tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, batch_sh), jax.random.key(args.seed),
+                               max_len=args.max_len, method=args.method, beam_size=args.beam_size,
+                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                               length_penalty=args.length_penalty)
+  tokenizer = tokenizers.build(cfg.data.train.tokenizer)
+  for path, row in zip(args.images, data.gather(tokens, n)):
+    print(f"{path}\t{tokenizer.decode(row)}")
+  return 0
+
+
+def add_parsers(sub) -> None:
+  p = sub.add_parser("eval", help="run the configured evaluators on a workdir's checkpoint")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.set_defaults(run=_eval, takes_overrides=True)
+
+  p = sub.add_parser("caption", help="print captions for image files, from a workdir's checkpoint")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("images", nargs="+", metavar="IMAGE")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
+  p.add_argument("--max-len", type=int, default=32)
+  p.add_argument("--beam-size", type=int, default=4)
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--length-penalty", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(run=_caption, takes_overrides=True)

@@ -1,0 +1,139 @@
+"""Evaluation data: the first `num_examples` records of a source, in fixed-size global batches.
+
+Records come from `data.sources.open_source` ({"key", "image", "caption"}, plus
+"label" for classification sets and optionally "captions", a list, for sets with
+several references per image). Every batch has the evaluator's `batch_size`
+(the last one padded), so each model function compiles once; each process
+reads only the rows its devices hold.
+
+Shape legend: B batch, S image size, L context length, E embedding dim.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent import futures
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from vlmjax import models, sharding
+from vlmjax.config import ConfigError
+from vlmjax.data import sources, tokenizers, transforms
+
+
+class EvalSet:
+  """The examples one evaluator reads, and the mesh it reads them onto."""
+
+  def __init__(self, name: str, ev: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh):
+    self.name, self.mesh = name, mesh
+    self.model_name, self.model_class = cfg.model.name, models.REGISTRY[cfg.model.name]
+    self.image_size = cfg.model.image_size
+    self.context_length = cfg.model.text.context_length
+    self.tokenizer = tokenizers.build(cfg.data.train.tokenizer)
+    self.sharding = sharding.batch_sharding(mesh, cfg.mesh.rules)
+    self.batch_size = ev.batch_size
+    shards = num_shards(self.sharding)
+    if self.batch_size % shards:
+      raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
+                        f"batch shards of the mesh")
+    self.source = sources.open_source(ev.data.source, image_size=self.image_size)
+    if ev.num_examples > len(self.source):
+      raise ConfigError(f"evals.{name}.num_examples={ev.num_examples} exceeds the {len(self.source)} "
+                        f"examples of {ev.data.source!r}; use 0 for all of them")
+    self.num_examples = ev.num_examples or len(self.source)
+    self._meta: list[dict] | None = None
+
+  def meta(self) -> list[dict]:
+    """Every record without its image (captions, labels), read once; the same on all processes."""
+    if self._meta is None:
+      self._meta = [{k: v for k, v in self.source[i].items() if k != "image"} for i in range(self.num_examples)]
+    return self._meta
+
+  def captions(self) -> list[list[str]]:
+    return [list(m["captions"]) if "captions" in m else [m["caption"]] for m in self.meta()]
+
+  def labels(self) -> np.ndarray:
+    meta = self.meta()
+    if meta and "label" not in meta[0]:
+      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no 'label' field; "
+                        f"zero-shot classification needs a labelled set")
+    return np.asarray([m["label"] for m in meta], np.int32)
+
+  def image_batches(self):
+    """Yields (global image array [B, S, S, 3], number of real rows) over the examples."""
+    pool = futures.ThreadPoolExecutor(4)
+    for start in range(0, self.num_examples, self.batch_size):
+      n = min(self.batch_size, self.num_examples - start)
+
+      def rows(lo: int, hi: int, start=start, n=n) -> np.ndarray:
+        idx = [start + min(i, n - 1) for i in range(lo, hi)]  # padding repeats the last real row
+        return np.stack(list(pool.map(self._image, idx)))
+      yield self.global_batch((self.batch_size, self.image_size, self.image_size, 3), rows), n
+    pool.shutdown()
+
+  def _image(self, index: int) -> np.ndarray:
+    return transforms.normalize(transforms.decode_image(self.source[index]["image"], self.image_size))
+
+  def text_batches(self, texts: list[str]):
+    """Yields (global token array [B, L], number of real rows) over `texts`."""
+    tokens = np.stack([self.tokenizer.encode(t, self.context_length) for t in texts]) if texts else None
+    for start in range(0, len(texts), self.batch_size):
+      n = min(self.batch_size, len(texts) - start)
+      chunk = tokens[start:start + n]
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+      yield self.global_batch(chunk.shape, lambda lo, hi, c=chunk: c[lo:hi]), n
+
+  def global_batch(self, shape: tuple[int, ...], rows) -> jax.Array:
+    """A global array from `rows(lo, hi)`, called once for this process's contiguous row range."""
+    index_map = self.sharding.addressable_devices_indices_map(shape)
+    spans = [idx[0].indices(shape[0])[:2] for idx in index_map.values()]
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    local = rows(lo, hi)
+    return jax.make_array_from_callback(shape, self.sharding,
+                                        lambda idx: local[(_shift(idx[0], lo, shape[0]), *idx[1:])])
+
+
+def _shift(s: slice, lo: int, size: int) -> slice:
+  start, stop, _ = s.indices(size)
+  return slice(start - lo, stop - lo)
+
+
+def num_shards(batch_sharding: jax.sharding.NamedSharding) -> int:
+  spec = batch_sharding.spec[0] if batch_sharding.spec else None
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return int(np.prod([batch_sharding.mesh.shape[a] for a in axes]))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method"))
+def _apply(params, x, *, graphdef: nnx.GraphDef, method: str):
+  return getattr(nnx.merge(graphdef, params), method)(x)
+
+
+def gather(x: jax.Array, n: int) -> np.ndarray:
+  """The first `n` rows of a global array, on every process."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:n]
+
+
+def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params) -> np.ndarray:
+  """L2-normalised image embeddings [num_examples, E] (float32, host)."""
+  require(ds, "encode_image")
+  out = [gather(_apply(params, x, graphdef=graphdef, method="encode_image"), n) for x, n in ds.image_batches()]
+  return np.concatenate(out).astype(np.float32)
+
+
+def embed_texts(ds: EvalSet, graphdef: nnx.GraphDef, params, texts: list[str]) -> np.ndarray:
+  """L2-normalised text embeddings [len(texts), E] (float32, host)."""
+  require(ds, "encode_text")
+  out = [gather(_apply(params, t, graphdef=graphdef, method="encode_text"), n) for t, n in ds.text_batches(texts)]
+  return np.concatenate(out).astype(np.float32)
+
+
+def require(ds: EvalSet, method: str) -> None:
+  if not hasattr(ds.model_class, method):
+    raise ConfigError(f"evals.{ds.name} needs a model with {method}(); "
+                      f"model.name={ds.model_name!r} ({ds.model_class.__name__}) has none")

@@ -1,0 +1,151 @@
+"""Autoregressive caption decoding: greedy, beam search, top-k / top-p sampling.
+
+`generate` is traceable: call it inside `jax.jit` (`jit_generate` does, from a
+graphdef and parameters). The model needs `caption_context(image) -> ctx` and
+`caption_logits(ctx, text_BxL) -> logits_BxLxV` (position t predicts token t+1,
+causally). How each step's logits are computed is a `Stepper`: `Recompute`
+runs the whole zero-padded prefix buffer through the decoder at every step; a
+KV-cached stepper with the same `init` / `step` drops in without touching the
+search code (beam search reorders a stepper's state with `jax.tree.map`, so
+any pytree whose leaves lead with the batch dimension works).
+
+Output: tokens [B, T] with T = max_len, the BOS excluded, EOS included, PAD (0)
+after it.
+
+Shape legend: B batch, K beams, T max_len, V vocabulary, Q context tokens, C context width.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+METHODS = ("greedy", "beam", "sample")
+PAD = 0
+
+
+class Stepper(Protocol):
+  def init(self, model, ctx_BxQxC: jax.Array, max_len: int) -> Any: ...
+  def step(self, model, state: Any, token_B: jax.Array, t: jax.Array) -> tuple[jax.Array, Any]: ...
+
+
+class Recompute:
+  """Uncached: writes token t into a fixed [B, T] buffer and recomputes all positions."""
+
+  def init(self, model, ctx_BxQxC, max_len):
+    return {"ctx": ctx_BxQxC, "buf": jnp.zeros((ctx_BxQxC.shape[0], max_len), jnp.int32)}
+
+  def step(self, model, state, token_B, t):
+    buf_BxT = jax.lax.dynamic_update_slice_in_dim(state["buf"], token_B[:, None].astype(jnp.int32), t, axis=1)
+    logits_BxTxV = model.caption_logits(state["ctx"], buf_BxT)
+    logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxTxV, t, axis=1, keepdims=False)
+    return logits_BxV.astype(jnp.float32), {**state, "buf": buf_BxT}
+
+
+def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Sets logits outside the top k, then outside the smallest nucleus of mass >= top_p, to -inf.
+
+  Ties at the k-th value are all kept; the nucleus always keeps the most likely token.
+  """
+  if top_k > 0:
+    kth_B = jax.lax.top_k(logits_BxV, top_k)[0][:, -1]
+    logits_BxV = jnp.where(logits_BxV < kth_B[:, None], -jnp.inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep = mass_before_BxV < top_p  # a token stays if the mass ranked above it is short of top_p
+    cutoff_B = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1)
+    logits_BxV = jnp.where(logits_BxV < cutoff_B[:, None], -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "greedy", beam_size: int = 4,
+             top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, length_penalty: float = 1.0,
+             rng: jax.Array | None = None, bos_id: int = 1, eos_id: int = 2,
+             stepper: Stepper | None = None) -> jax.Array:
+  """Decodes captions for a batch of images: tokens [B, max_len] (see module docstring).
+
+  greedy: argmax. sample: softmax(logits / temperature) after top-k / top-p filtering (needs
+  `rng`). beam: `beam_size` beams by summed log-probability; the returned beam maximises
+  score / length ** length_penalty (length counts the EOS).
+  """
+  if method not in METHODS:
+    raise ValueError(f"decode method must be one of {'|'.join(METHODS)}, got {method!r}")
+  if method == "sample" and rng is None:
+    raise ValueError("decode method 'sample' needs an rng")
+  stepper = stepper or Recompute()
+  ctx_BxQxC = model.caption_context(image_BxHxWx3)
+  if method == "beam":
+    return _beam(model, stepper, ctx_BxQxC, max_len, beam_size, length_penalty, bos_id, eos_id)
+
+  def choose(logits_BxV, t):
+    if method == "greedy":
+      return jnp.argmax(logits_BxV, axis=-1)
+    logits_BxV = filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p)
+    return jax.random.categorical(jax.random.fold_in(rng, t), logits_BxV, axis=-1)
+
+  B = ctx_BxQxC.shape[0]
+
+  def body(carry):
+    t, token_B, state, out_BxT, done_B = carry
+    logits_BxV, state = stepper.step(model, state, token_B, t)
+    token_B = jnp.where(done_B, PAD, choose(logits_BxV, t)).astype(jnp.int32)
+    out_BxT = jax.lax.dynamic_update_slice_in_dim(out_BxT, token_B[:, None], t, axis=1)
+    return t + 1, token_B, state, out_BxT, done_B | (token_B == eos_id)
+
+  carry = (jnp.int32(0), jnp.full((B,), bos_id, jnp.int32), stepper.init(model, ctx_BxQxC, max_len),
+           jnp.zeros((B, max_len), jnp.int32), jnp.zeros((B,), bool))
+  carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~jnp.all(c[4]), body, carry)
+  return carry[3]
+
+
+def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id):
+  B = ctx_BxQxC.shape[0]
+  ctx_BKxQxC = jnp.repeat(ctx_BxQxC, K, axis=0)
+  state = stepper.init(model, ctx_BKxQxC, max_len)
+  score_BxK = jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf)[None].repeat(B, axis=0)  # one live beam at first
+
+  def body(carry):
+    t, token_BK, state, out_BxKxT, score_BxK, done_BxK, length_BxK = carry
+    logits_BKxV, state = stepper.step(model, state, token_BK, t)
+    V = logits_BKxV.shape[-1]
+    logp_BxKxV = jax.nn.log_softmax(logits_BKxV, axis=-1).reshape(B, K, V)
+    finished_V = jnp.where(jnp.arange(V) == PAD, 0.0, -jnp.inf)  # a finished beam only continues with PAD
+    logp_BxKxV = jnp.where(done_BxK[..., None], finished_V, logp_BxKxV)
+    cand_BxKV = (score_BxK[..., None] + logp_BxKxV).reshape(B, K * V)
+    score_BxK, idx_BxK = jax.lax.top_k(cand_BxKV, K)
+    beam_BxK, token_BxK = idx_BxK // V, (idx_BxK % V).astype(jnp.int32)
+    reorder = lambda x: jnp.take_along_axis(x, beam_BxK.reshape((B, K) + (1,) * (x.ndim - 2)), axis=1)
+    flat = (beam_BxK + K * jnp.arange(B)[:, None]).reshape(B * K)
+    state = jax.tree.map(lambda x: x[flat], state)
+    was_done_BxK = reorder(done_BxK)
+    length_BxK = reorder(length_BxK) + (~was_done_BxK).astype(jnp.int32)
+    out_BxKxT = jax.lax.dynamic_update_slice_in_dim(reorder(out_BxKxT), token_BxK[..., None], t, axis=2)
+    done_BxK = was_done_BxK | (token_BxK == eos_id)
+    return t + 1, token_BxK.reshape(B * K), state, out_BxKxT, score_BxK, done_BxK, length_BxK
+
+  carry = (jnp.int32(0), jnp.full((B * K,), bos_id, jnp.int32), state, jnp.zeros((B, K, max_len), jnp.int32),
+           score_BxK, jnp.zeros((B, K), bool), jnp.zeros((B, K), jnp.int32))
+  carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~jnp.all(c[5]), body, carry)
+  _, _, _, out_BxKxT, score_BxK, _, length_BxK = carry
+  norm_BxK = score_BxK / jnp.maximum(length_BxK, 1).astype(jnp.float32) ** length_penalty
+  best_B = jnp.argmax(norm_BxK, axis=1)
+  return jnp.take_along_axis(out_BxKxT, best_B[:, None, None], axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
+def _generate_jit(params, image_BxHxWx3, rng, *, graphdef: nnx.GraphDef, options: tuple):
+  return generate(nnx.merge(graphdef, params), image_BxHxWx3, rng=rng, **dict(options))
+
+
+def jit_generate(graphdef: nnx.GraphDef, params, image_BxHxWx3: jax.Array, rng: jax.Array | None = None,
+                 **options) -> jax.Array:
+  """`generate` compiled once per (graphdef, options, shapes); parameters stay as sharded."""
+  if rng is None:
+    rng = jax.random.key(0)
+  return _generate_jit(params, image_BxHxWx3, rng, graphdef=graphdef, options=tuple(sorted(options.items())))

@@ -1,0 +1,94 @@
+"""Evaluator configs: one complete ConfigDict per type, for `cfg.evals.<name>` (no jax imported).
+
+    c.evals.shapes_zs = defaults.zero_shot("synthetic:shapes:validation", num_examples=512)
+
+Every field is present, so `--config.evals.<name>.<field>=v` overrides work and
+nothing is read with a silent default. Common fields: `type`, `data.source` (a
+data spec), `batch_size` (global), `every` (run when step % every == 0; 0: only
+at the last step; always at the last step), `num_examples` (the first N
+records; 0: all).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vlmjax.config import ConfigError
+
+TYPES = ("zero_shot", "retrieval", "captioning")
+
+
+def _common(type_: str, source: str, *, batch_size: int, every: int, num_examples: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      type=type_, data=ml_collections.ConfigDict(dict(source=source)), batch_size=batch_size, every=every,
+      num_examples=num_examples))
+
+
+def zero_shot(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
+              templates="photo", class_names: str = "") -> ml_collections.ConfigDict:
+  """templates: a named set (shapes | photo | plain) or a tuple of strings with one '{}'.
+  class_names: '' (from the source) or a file with one name per line, in label order."""
+  c = _common("zero_shot", source, batch_size=batch_size, every=every, num_examples=num_examples)
+  c.templates = templates
+  c.class_names = class_names
+  return c
+
+
+def retrieval(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
+              ks: tuple[int, ...] = (1, 5, 10)) -> ml_collections.ConfigDict:
+  c = _common("retrieval", source, batch_size=batch_size, every=every, num_examples=num_examples)
+  c.ks = tuple(ks)
+  return c
+
+
+def captioning(source: str, *, batch_size: int = 64, every: int = 0, num_examples: int = 0, max_len: int = 32,
+               method: str = "greedy", beam_size: int = 4, top_k: int = 0, top_p: float = 1.0,
+               temperature: float = 1.0, length_penalty: float = 1.0, seed: int = 0,
+               meteor: bool = True) -> ml_collections.ConfigDict:
+  """method: greedy | beam | sample. meteor: add METEOR when Java is present."""
+  c = _common("captioning", source, batch_size=batch_size, every=every, num_examples=num_examples)
+  c.update(dict(max_len=max_len, method=method, beam_size=beam_size, top_k=top_k, top_p=top_p,
+                temperature=temperature, length_penalty=length_penalty, seed=seed, meteor=meteor))
+  return c
+
+
+FIELDS = {
+    "zero_shot": set(zero_shot("x").keys()),
+    "retrieval": set(retrieval("x").keys()),
+    "captioning": set(captioning("x").keys()),
+}
+
+
+def validate(name: str, ev) -> None:
+  """One-line ConfigError for a malformed evaluator config."""
+  where = f"evals.{name}"
+  if not isinstance(ev, ml_collections.ConfigDict) or "type" not in ev:
+    raise ConfigError(f"{where} must be a group with a 'type' ({' | '.join(TYPES)}); "
+                      f"build it with vlmjax.evals.defaults")
+  if ev.type not in TYPES:
+    raise ConfigError(f"{where}.type={ev.type!r} is unknown; valid: {', '.join(TYPES)}")
+  keys = set(ev.keys())
+  missing, extra = FIELDS[ev.type] - keys, keys - FIELDS[ev.type]
+  if missing or extra:
+    raise ConfigError(f"{where} ({ev.type}): missing {sorted(missing)}, unknown {sorted(extra)}; "
+                      f"valid keys: {', '.join(sorted(FIELDS[ev.type]))}")
+  if "source" not in ev.data:
+    raise ConfigError(f"{where}.data needs a 'source' data spec, e.g. synthetic:shapes:validation")
+  for key in ("batch_size",):
+    if not isinstance(ev[key], int) or ev[key] <= 0:
+      raise ConfigError(f"{where}.{key} must be a positive int, got {ev[key]!r}")
+  for key in ("every", "num_examples"):
+    if not isinstance(ev[key], int) or ev[key] < 0:
+      raise ConfigError(f"{where}.{key} must be an int >= 0, got {ev[key]!r}")
+  if ev.type == "captioning":
+    if ev.method not in ("greedy", "beam", "sample"):
+      raise ConfigError(f"{where}.method={ev.method!r} is unknown; valid: greedy, beam, sample")
+    if ev.max_len <= 0 or ev.beam_size <= 0 or ev.top_k < 0 or not 0 < ev.top_p <= 1 or ev.temperature <= 0:
+      raise ConfigError(f"{where}: need max_len > 0, beam_size > 0, top_k >= 0, 0 < top_p <= 1, "
+                        f"temperature > 0; got {ev.max_len}, {ev.beam_size}, {ev.top_k}, {ev.top_p}, {ev.temperature}")
+
+
+def due(evals: ml_collections.ConfigDict, step: int, final: bool = False) -> list[str]:
+  """Names of the evaluators that run at `step` (all of them when `final`)."""
+  return [name for name in evals.keys()
+          if final or (evals[name].every > 0 and step % evals[name].every == 0)]

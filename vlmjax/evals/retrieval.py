@@ -1,0 +1,56 @@
+"""Image-text retrieval: recall@k both ways, with several captions per image.
+
+Image->text: a query image hits at k if any of its captions is among the top k
+texts. Text->image: a query caption hits at k if its image is among the top k
+images. Ties are pessimistic (see `ranking`): wrong candidates scoring equal to
+the best correct one count as ranked ahead of it.
+
+Shape legend: I images, T texts (captions), E embedding dim, B batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from vlmjax.evals import ranking
+
+
+def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 10), *,
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """{"i2t@k", "t2i@k"} recall as fractions in [0, 1] for L2-normalised embeddings.
+
+  image_emb [I, E], text_emb [T, E], text_image_ids [T]: the image index (0..I-1) of each
+  caption; every image needs at least one caption.
+  """
+  image_IxE, text_TxE = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
+  ids_T = np.asarray(text_image_ids)
+  num_images = len(image_IxE)
+  if ids_T.shape != (len(text_TxE),):
+    raise ValueError(f"text_image_ids has shape {ids_T.shape}, expected ({len(text_TxE)},), one per text")
+  if len(ids_T) and (ids_T.min() < 0 or ids_T.max() >= num_images):
+    raise ValueError(f"text_image_ids must lie in [0, {num_images}), got [{ids_T.min()}, {ids_T.max()}]")
+  missing = np.setdiff1d(np.arange(num_images), ids_T)
+  if len(missing):
+    raise ValueError(f"{len(missing)} image(s) have no caption, e.g. image {missing[0]}")
+  if any(k < 1 for k in ks):
+    raise ValueError(f"recall ks must be >= 1, got {tuple(ks)}")
+  image_ids_I = np.arange(num_images)
+  i2t = ranking.ranks(image_IxE, image_ids_I, text_TxE, ids_T, mesh=mesh)
+  t2i = ranking.ranks(text_TxE, ids_T, image_IxE, image_ids_I, mesh=mesh)
+  out = {f"i2t@{k}": float(np.mean(i2t < k)) for k in ks}
+  out.update({f"t2i@{k}": float(np.mean(t2i < k)) for k in ks})
+  return out
+
+
+def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
+  """The `retrieval` evaluator: embeds `num_examples` images and all their captions."""
+  from vlmjax.evals import data  # noqa: PLC0415 (keeps this module light for recall_at_k users)
+  ds = data.EvalSet(name, ev, cfg, mesh)
+  image_IxE = data.embed_images(ds, graphdef, params)
+  captions = [c for caps in ds.captions() for c in caps]
+  text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]
+  text_TxE = data.embed_texts(ds, graphdef, params, captions)
+  return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), tuple(ev.ks), mesh=mesh)

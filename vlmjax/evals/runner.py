@@ -1,0 +1,78 @@
+"""Runs configured evaluators: inside the train loop (`run_all`) and on a restored checkpoint (`evaluate_workdir`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+
+from vlmjax.evals import captioning, defaults, retrieval, zero_shot
+
+EVALUATORS = {"zero_shot": zero_shot.evaluate, "retrieval": retrieval.evaluate, "captioning": captioning.evaluate}
+
+
+def run_all(cfg: ml_collections.ConfigDict, graphdef, params, mesh: jax.sharding.Mesh, *, step: int,
+            final: bool = False) -> dict[str, float]:
+  """{"eval/<name>/<metric>": value} for the evaluators due at `step`; params as sharded for training."""
+  out = {}
+  for name in defaults.due(cfg.evals, step, final):
+    ev = cfg.evals[name]
+    defaults.validate(name, ev)
+    start = time.perf_counter()
+    metrics = EVALUATORS[ev.type](name, ev, cfg, graphdef, params, mesh)
+    out.update({f"eval/{name}/{k}": float(v) for k, v in metrics.items()})
+    out[f"eval/{name}/seconds"] = time.perf_counter() - start
+  return out
+
+
+def restore(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
+  """(setup, params, step) from the checkpoint at `step` (latest if None) of `workdir`."""
+  from vlmjax import checkpoint, sharding, train  # noqa: PLC0415
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  steps = ckpt.manager.all_steps()
+  if not steps or (step is not None and step not in steps):
+    ckpt.close()
+    raise ConfigError(f"no checkpoint at step {step if step is not None else '(any)'} in {workdir}; "
+                      f"available: {sorted(steps) or 'none'}")
+  step = max(steps) if step is None else step
+  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
+  ckpt.close()
+  return s, state.params, step
+
+
+def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote (`config.json`), with `--config.*` overrides applied."""
+  from vlmjax import config  # noqa: PLC0415
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise config.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
+  with open(path) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  for key, raw in overrides:
+    config.apply_override(cfg, key, raw)
+  config.validate(cfg)
+  for name in cfg.evals.keys():
+    defaults.validate(name, cfg.evals[name])
+  return cfg
+
+
+def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
+  """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json`. Returns (step, metrics, path)."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  cfg = load_workdir_config(workdir, overrides)
+  if not cfg.evals:
+    raise ConfigError(f"{workdir}/config.json defines no evaluators (cfg.evals is empty)")
+  s, params, step = restore(workdir, cfg, step)
+  metrics = run_all(cfg, s.graphdef, params, s.mesh, step=step, final=True)
+  path = os.path.join(workdir, "eval", f"{step}.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"step": step, **metrics}, f, indent=2, sort_keys=True)
+      f.write("\n")
+  return step, metrics, path

@@ -1,0 +1,108 @@
+"""Zero-shot classification: class names x prompt templates -> a text classifier; top-1/top-5.
+
+Each class's prompts are embedded, averaged and renormalised into one class
+embedding; an image is classified by its highest-scoring class. Ties are
+pessimistic (see `ranking`): a wrong class scoring equal to the true one counts
+as ranked ahead of it.
+
+Class names come from the source: the shapes set's colour x shape classes, or a
+TFDS set's `label` feature (cifar10/100; underscores become spaces). ImageNet's
+TFDS names are WordNet ids, so `class_names` must then name a file with one
+readable name per line, in label order.
+
+Shape legend: I images, K classes, P prompt templates, E embedding dim.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from vlmjax.config import ConfigError
+from vlmjax.data import synthetic
+
+TEMPLATES = {
+    # The shapes set's captions place a sized shape somewhere; prompts mimic them.
+    "shapes": ("a small {}, center", "a large {}, center", "small {} at top left", "large {} at bottom right",
+               "center: small {}", "top right: large {}"),
+    "photo": ("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.",
+              "a photo of the small {}.", "a photo of the large {}.", "a low resolution photo of a {}.",
+              "a bright photo of a {}.", "a drawing of a {}."),
+    "plain": ("{}",),
+}
+
+
+def templates(spec: str | Sequence[str], where: str) -> tuple[str, ...]:
+  """A named template set (`shapes`, `photo`, `plain`) or a sequence of strings with one `{}`."""
+  if isinstance(spec, str):
+    if spec not in TEMPLATES:
+      raise ConfigError(f"{where}={spec!r} is not a template set; valid: {', '.join(TEMPLATES)} "
+                        f"or a tuple of strings containing '{{}}'")
+    return TEMPLATES[spec]
+  out = tuple(spec)
+  bad = [t for t in out if not isinstance(t, str) or t.count("{}") != 1]
+  if not out or bad:
+    raise ConfigError(f"{where}: every template needs exactly one '{{}}', got {bad or out!r}")
+  return out
+
+
+def class_names(source_spec: str, source, class_names_file: str, where: str) -> tuple[str, ...]:
+  """Class names in label order: from `class_names_file` when set, else from the source."""
+  if class_names_file:
+    if not os.path.isfile(class_names_file):
+      raise ConfigError(f"{where}={class_names_file!r} is not a file (one class name per line)")
+    with open(class_names_file) as f:
+      return tuple(line.strip() for line in f if line.strip())
+  if source_spec.startswith("synthetic:shapes"):
+    return synthetic.CLASS_NAMES
+  names = getattr(source, "class_names", None)
+  if names is None and source_spec.startswith("tfds:"):
+    names = _tfds_class_names(source_spec.split(":")[1], where)
+  if names is None:
+    raise ConfigError(f"{where}: {source_spec!r} does not provide class names; set it to a file "
+                      f"with one class name per line")
+  if names and all(re.fullmatch(r"n\d{8}", n) for n in names):
+    raise ConfigError(f"{where}: {source_spec!r} names its classes by WordNet id; set it to a file "
+                      f"with one readable class name per line")
+  return tuple(n.replace("_", " ") for n in names)
+
+
+def _tfds_class_names(name: str, where: str) -> list[str] | None:
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (optional, heavy)
+  except ImportError:
+    raise ConfigError(f"{where}: tensorflow_datasets is not installed; cannot read class names of {name!r}") from None
+  info = tfds.builder(name).info  # reads the prepared data set's metadata; downloads nothing
+  label = info.features["label"] if "label" in info.features else None
+  return list(label.names) if label is not None and hasattr(label, "names") else None
+
+
+def classifier(class_emb_KPxE: np.ndarray, num_classes: int) -> np.ndarray:
+  """Averages each class's prompt embeddings ([K*P, E], class-major) and renormalises: [K, E]."""
+  emb_KxPxE = class_emb_KPxE.reshape(num_classes, -1, class_emb_KPxE.shape[-1])
+  mean_KxE = emb_KxPxE.mean(axis=1)
+  return mean_KxE / np.linalg.norm(mean_KxE, axis=-1, keepdims=True)
+
+
+def accuracy(image_IxE: np.ndarray, labels_I: np.ndarray, classes_KxE: np.ndarray, ks: Sequence[int] = (1, 5),
+             *, mesh=None) -> dict[str, float]:
+  """{"top1", "top5", ...}: fraction of images whose true class ranks within the top k."""
+  from vlmjax.evals import ranking  # noqa: PLC0415
+  if len(labels_I) and (labels_I.min() < 0 or labels_I.max() >= len(classes_KxE)):
+    raise ConfigError(f"labels lie in [{labels_I.min()}, {labels_I.max()}] but there are {len(classes_KxE)} classes")
+  r = ranking.ranks(image_IxE, labels_I, classes_KxE, np.arange(len(classes_KxE)), mesh=mesh)
+  return {f"top{k}": float(np.mean(r < k)) for k in ks}
+
+
+def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
+  """The `zero_shot` evaluator."""
+  from vlmjax.evals import data  # noqa: PLC0415
+  ds = data.EvalSet(name, ev, cfg, mesh)
+  names = class_names(ev.data.source, ds.source, ev.class_names, f"evals.{name}.class_names")
+  prompts = templates(ev.templates, f"evals.{name}.templates")
+  text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in names for t in prompts])
+  image_emb = data.embed_images(ds, graphdef, params)
+  return accuracy(image_emb, ds.labels(), classifier(text_emb, len(names)), mesh=mesh)
