@@ -71,6 +71,11 @@ def test_expand_grid_zip_seeds_and_names():
   assert run.overrides == (("log_every", "2"), ("model.remat", "none"), ("loss.caption_weight", "0.0"),
                            ("model.pooler.mode", "parallel"), ("loss.contrastive", "sigmoid"),
                            ("model.init_logit_bias", "-10.0"), ("seed", "0"))
+  paths = sweeps.expand(dict(base="c.py", seeds=[0], grid={"data.train.source": ["tar:/d/{0..3}.tar"]},
+                             zip={"mesh.rules.batch": [("data", "fsdp")]}))
+  assert _names(paths) == ["source=tar:_d_{0..3}.tar,batch=('data','fsdp'),seed=0"]
+  assert paths.runs[0].overrides[:2] == (("data.train.source", "tar:/d/{0..3}.tar"),
+                                         ("mesh.rules.batch", "('data', 'fsdp')"))
   only_seeds = sweeps.expand(dict(base="configs/coca_tiny.py", seeds=[3, 4]))
   assert _names(only_seeds) == ["seed=3", "seed=4"] and only_seeds.runs[0].group == ""
 

@@ -125,11 +125,12 @@ def expand(spec: dict, where: str = "sweep") -> Sweep:
   runs, seen = [], {}
   for combo in combos:
     params = {label_of[k]: v for k, v in combo.items() if label_of[k] is not None}
-    group = ",".join(f"{label}={format_value(v)}" for label, v in params.items())
+    # Values as names: a path's '/' would nest directories, so it becomes '_'.
+    group = ",".join(f"{label}={format_value(v).replace('/', '_').replace(' ', '')}" for label, v in params.items())
     for seed in seeds:
       name = ",".join(filter(None, [group, f"seed={seed}"]))
-      if "/" in name or name.startswith("."):
-        raise ConfigError(f"{where}: run name {name!r} is not a valid directory name; give the key a label")
+      if name.startswith("."):
+        raise ConfigError(f"{where}: run name {name!r} starts with '.', a hidden directory; relabel the key")
       if name in seen:
         raise ConfigError(f"{where}: two runs are both named {name!r}; give labels to the keys left out of names")
       seen[name] = True
@@ -153,12 +154,12 @@ def load_sweep(path: str) -> Sweep:
   return expand(module.get_sweep(), where=path)
 
 
-def check_configs(sweep: Sweep, extra: tuple[tuple[str, str], ...] = ()) -> None:
+def check_configs(sweep: Sweep) -> None:
   """Loads every run's config so a bad key or value fails before anything trains."""
   from vlmjax import config
   for run in sweep.runs:
     try:
-      config.load(sweep.base, extra + run.overrides)
+      config.load(sweep.base, run.overrides)
     except ConfigError as e:
       raise ConfigError(f"run {run.name}: {e}") from None
 
