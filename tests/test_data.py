@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from vlmjax.config import ConfigError
-from vlmjax.data import pipeline, sources, synthetic, tokenizers, transforms
+from vlmjax.data import pipeline, synthetic, tokenizers, transforms
 
 
 def test_shapes_are_deterministic_and_captioned():
@@ -27,45 +27,6 @@ def test_byte_tokenizer_round_trip_pad_and_truncate():
   short = tok.encode("x" * 50, 8)
   assert short[-1] == tokenizers.EOS and tok.decode(short) == "x" * 6
   assert tok.decode(tok.encode("café", 10)) == "café"
-
-
-def test_tar_shards_round_trip(tmp_path):
-  synthetic.write_tar_shards(str(tmp_path), num_shards=3, samples_per_shard=5, image_size=24, seed=0)
-  src = sources.open_source(f"tar:{tmp_path}/{{00000..00002}}.tar", image_size=24)
-  assert len(src) == 15 and src.skipped == {"no_image": 0, "no_caption": 0, "bad_shard": 0}
-  ex = src[7]
-  want = synthetic.example(7, seed=0, image_size=24)
-  assert ex["caption"] == want["caption"] and ex["key"] == "000010002"
-  decoded = transforms.decode_image(ex["image"], 24)
-  assert np.abs(decoded.astype(int) - want["image"]).mean() < 6  # JPEG at quality 95
-  assert len(sources.open_source(f"tar:{tmp_path}/*.tar", image_size=24)) == 15
-
-
-def test_tar_source_counts_incomplete_samples_and_bad_shards(tmp_path):
-  import io
-  import tarfile
-  synthetic.write_tar_shards(str(tmp_path), num_shards=1, samples_per_shard=2, image_size=16)
-  with tarfile.open(tmp_path / "00001.tar", "w") as tar:  # one image without its caption
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, format="PNG")
-    info = tarfile.TarInfo("lonely.png")
-    info.size = len(buf.getvalue())
-    tar.addfile(info, io.BytesIO(buf.getvalue()))
-  (tmp_path / "00002.tar").write_bytes(b"not a tar at all" * 10)
-  src = sources.open_source(f"tar:{tmp_path}/*.tar", image_size=16)
-  assert len(src) == 2
-  assert src.skipped == {"no_image": 0, "no_caption": 1, "bad_shard": 1}
-
-
-@pytest.mark.parametrize("spec, match", [
-    ("tar:/nonexistent/{00000..00003}.tar", "matches no file"),
-    ("tar:", "names no path"),
-    ("synthetic:cats", "unknown synthetic set"),
-    ("webdataset:/x", "unknown data source"),
-])
-def test_bad_specs_are_one_line_config_errors(spec, match):
-  with pytest.raises(ConfigError, match=match):
-    sources.open_source(spec, image_size=32)
 
 
 def test_pipeline_batches_are_global_and_resume_exactly(micro_cfg):
@@ -98,3 +59,56 @@ def test_tokenizer_larger_than_model_vocabulary_is_a_config_error(micro_cfg):
   with pytest.raises(ConfigError, match="has 259 ids but model.text.vocab_size is 100"):
     pipeline.build(cfg.data.train, global_batch=16, seed=0, image_size=32, context_length=40,
                    vocab_size=100, sharding=sh)
+
+
+def _train_tokenizers(tmp_path):
+  import sentencepiece as spm
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  texts = [synthetic.example(i)["caption"] for i in range(300)]
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "sp"), vocab_size=31,
+                                 model_type="word", minloglevel=2)
+  hf = Tokenizer(models.WordLevel(unk_token="<unk>"))
+  hf.pre_tokenizer = pre_tokenizers.Whitespace()
+  hf.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+  hf.save(str(tmp_path / "tokenizer.json"))
+  return f"sentencepiece:{tmp_path}/sp.model", f"hf:{tmp_path}/tokenizer.json"
+
+
+def test_sentencepiece_and_hf_tokenizers_pad_with_zero_and_round_trip(tmp_path):
+  sp_spec, hf_spec = _train_tokenizers(tmp_path)
+  for spec, shift in ((sp_spec, 1), (hf_spec, 0)):  # sentencepiece's id 0 is <unk>: shifted up by one
+    tok = tokenizers.build(spec)
+    assert tok.shift == shift
+    ids = tok.encode("a small red circle, center", 16)
+    assert ids.dtype == np.int32 and ids.shape == (16,) and ids[-1] == 0 and (ids[:7] > 0).all()
+    assert ids.max() < tok.vocab_size and tok.eos in ids.tolist()
+    assert tok.decode(ids).replace(" ,", ",") == "a small red circle, center"
+    short = tok.encode("a small red circle, center", 4)
+    assert short[-1] == tok.eos and (short > 0).all()
+  for spec, match in (("sentencepiece:/nope.model", "does not exist"), ("gpt2", "unknown"), ("bytes:x", "unknown")):
+    with pytest.raises(ConfigError, match=match):
+      tokenizers.build(spec)
+
+
+def test_decoder_crops_at_reduced_size_and_rejects_bad_bytes():
+  import io
+  y, x = np.mgrid[:512, :640]
+  image = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=95)
+  data = buf.getvalue()
+  full = transforms.ImageDecoder(64)(data)
+  assert full.shape == (64, 64, 3)
+  ref = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR)).astype(int)
+  assert np.abs(full.astype(int) - ref).mean() < 12  # reduced decode + area resize ~ full resize
+  rrc = transforms.ImageDecoder(64, "random_resized_crop", 0.2)
+  a, b = (rrc(data, np.random.default_rng(s)) for s in (1, 1))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, rrc(data, np.random.default_rng(2)))
+  assert transforms.ImageDecoder(32, "center_crop")(image).shape == (32, 32, 3)
+  png = io.BytesIO()
+  Image.fromarray(image[:40, :50]).convert("L").save(png, format="PNG")
+  assert transforms.ImageDecoder(32)(png.getvalue()).shape == (32, 32, 3)
+  for bad in (b"not an image", data[: len(data) // 2], b"\xff\xd8\xff" + b"\x00" * 100):
+    with pytest.raises(transforms.BadImage):
+      transforms.ImageDecoder(32)(bad)

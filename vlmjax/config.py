@@ -168,6 +168,14 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None))
   c.data = ml_collections.ConfigDict()
   c.data.train = ml_collections.ConfigDict(dict(
-      source="synthetic:shapes", tokenizer="bytes", num_threads=2, prefetch=4))
+      source="synthetic:shapes",  # a spec (see vlmjax/data/sources.py) or "{spec: weight, ...}" to mix
+      data_dir="",                # TFDS data_dir for tfds: specs ("": TFDS's default)
+      tokenizer="bytes",          # bytes | sentencepiece:MODEL | hf:TOKENIZER_JSON
+      num_threads=2,              # decode threads per host
+      prefetch=4,                 # batches prepared ahead
+      shuffle_buffer=2000,        # window shuffle for streamed (tar) sources
+      image_mode="resize",        # resize | center_crop | random_resized_crop
+      crop_min_scale=0.9,         # smallest area fraction of a random_resized_crop
+      max_skip_fraction=0.1))     # stop when more samples than this are unreadable
   c.evals = ml_collections.ConfigDict()
   return c

@@ -1,6 +1,9 @@
-"""`vlmjax data ...`: tools over data sources (synth)."""
+"""`vlmjax data ...`: tools over data sources (synth, inspect, convert)."""
 
 from __future__ import annotations
+
+import itertools
+import time
 
 from vlmjax.config import ConfigError
 
@@ -9,9 +12,78 @@ def _synth(args, overrides) -> int:
   from vlmjax.data import synthetic
   if min(args.num_shards, args.samples_per_shard, args.image_size) <= 0:
     raise ConfigError("--num-shards, --samples-per-shard and --image-size must be positive")
+  if args.format == "tfds":
+    from vlmjax.data import tfds_shapes
+    print(f"prepared tfds:vlmjax_shapes in {tfds_shapes.prepare(args.out, args.tfds_config)}")
+    return 0
   paths = synthetic.write_tar_shards(args.out, args.num_shards, args.samples_per_shard,
                                      image_size=args.image_size, seed=args.seed)
   print(f"wrote {len(paths)} shards x {args.samples_per_shard} samples to {args.out}")
+  return 0
+
+
+def raw_records(spec: str, *, data_dir: str | None = None):
+  """(records in source order, the source) for a spec; streams read each tar shard once, in order."""
+  from vlmjax.data import sources, tar_stream
+  kind, _, rest = spec.partition(":")
+  if kind == "tar" and rest:
+    src = tar_stream.TarStream(sources.expand_pattern(rest), seed=0, shuffle_shards=False, repeat=False)
+    return iter(src), src
+  src = sources.open_source(spec, image_size=64, data_dir=data_dir)
+  return (src[i] for i in range(len(src))), src
+
+
+def _inspect(args, overrides) -> int:
+  import numpy as np
+  from vlmjax.data import transforms
+  records, src = raw_records(args.spec, data_dir=args.data_dir)
+  skips: dict[str, int] = {}
+  shown = bad = 0
+  start = time.perf_counter()
+  for rec in itertools.islice(records, args.num):
+    for reason, _ in rec.get("_skips", ()):
+      skips[reason] = skips.get(reason, 0) + 1
+    if rec.get("image") is None:
+      continue
+    image = rec["image"]
+    try:
+      size = "x".join(map(str, transforms.original_size(image)))
+    except transforms.BadImage as e:
+      bad, size = bad + 1, f"unreadable ({e})"
+    caption = rec["caption"]
+    kind = f"{len(image)} bytes" if isinstance(image, bytes) else f"array {np.asarray(image).dtype}"
+    print(f"{rec['key']:<16} {size:<10} {kind:<14} {caption!r}")
+    shown += 1
+  elapsed = time.perf_counter() - start
+  print(f"-- {src!r}")
+  size = f"{len(src)} examples" if hasattr(src, "__len__") else "stream (size unknown)"
+  print(f"-- {size}; read {shown} in {elapsed:.2f}s; undecodable {bad}; skipped while reading: "
+        + (", ".join(f"{r} {n}" for r, n in sorted(skips.items())) or "none"))
+  return 0
+
+
+def _convert(args, overrides) -> int:
+  from vlmjax.data import records as rec_lib
+  from vlmjax.data import transforms
+  if args.format != "arrayrecord":
+    raise ConfigError(f"--format {args.format!r} is unknown; valid: arrayrecord")
+  records, _ = raw_records(args.spec, data_dir=args.data_dir)
+  counts = {"written": 0, "skipped": 0}
+
+  def usable():
+    for rec in records:
+      counts["skipped"] += len(rec.get("_skips", ()))
+      image, caption = rec.get("image"), rec.get("caption")
+      if image is None or not caption:
+        continue
+      if not isinstance(image, bytes):
+        image = transforms.encode_png(image)
+      counts["written"] += 1
+      yield {"key": rec["key"], "image": image, "caption": caption}
+
+  paths = rec_lib.write_arrayrecord(usable(), args.out, per_file=args.per_file)
+  print(f"wrote {counts['written']} examples in {len(paths)} ArrayRecord file(s) to {args.out} "
+        f"(skipped {counts['skipped']}); read them with arrayrecord:{args.out}/*.array_record")
   return 0
 
 
@@ -24,4 +96,21 @@ def add_parsers(sub) -> None:
   d.add_argument("--samples-per-shard", type=int, default=1000)
   d.add_argument("--image-size", type=int, default=32)
   d.add_argument("--seed", type=int, default=0)
+  d.add_argument("--format", choices=("tar", "tfds"), default="tar",
+                 help="tfds: prepare the TFDS builder vlmjax_shapes (ArrayRecord) in --out as data_dir")
+  d.add_argument("--tfds-config", choices=("default", "tiny"), default="default")
   d.set_defaults(run=_synth)
+
+  d = data_sub.add_parser("inspect", help="print decoded examples and statistics of a data spec")
+  d.add_argument("spec", help="e.g. tar:shards/{00000..00009}.tar, arrayrecord:DIR/*.array_record, tfds:NAME:SPLIT")
+  d.add_argument("--num", type=int, default=5)
+  d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
+  d.set_defaults(run=_inspect)
+
+  d = data_sub.add_parser("convert", help="convert a data spec (e.g. tar shards) to ArrayRecord files")
+  d.add_argument("spec")
+  d.add_argument("--out", required=True)
+  d.add_argument("--format", default="arrayrecord")
+  d.add_argument("--per-file", type=int, default=10_000, help="examples per ArrayRecord file")
+  d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
+  d.set_defaults(run=_convert)

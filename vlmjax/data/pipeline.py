@@ -1,12 +1,24 @@
-"""The grain input pipeline: source -> per-epoch shuffle -> per-host split -> decode -> batch.
+"""The grain input pipeline: sources -> this host's share, shuffled -> mix -> decode + batch -> device.
 
-`build` returns a `Batches` iterator whose items are global, sharded `jax.Array`
-dicts ({"image": [B, S, S, 3], "text": [B, L]}); its `get_state` / `set_state`
-go into the checkpoint, so a resumed run reads exactly the batches an
-uninterrupted one would have read.
+  tar shards       per epoch a fresh shard order, every `process_count`-th shard
+                   for this host, read as a stream, then a window shuffle buffer
+  random access    (ArrayRecord, TFDS, synthetic) a global permutation per epoch,
+                   every `process_count`-th index for this host
+  mixture          `source` as {spec: weight} (or that dict written as a string,
+                   since config keys cannot hold dots): grain's weighted mix
+  decode + batch   `batcher.DecodeBatch` on `num_threads` threads, `prefetch`
+                   batches ahead in a background thread
+
+`build` returns `Batches`, whose items are global sharded `jax.Array` dicts
+({"image": f32 [B, S, S, 3], "text": i32 [B, L]}). `get_state` / `set_state` go
+into the checkpoint: a resumed run reads exactly the batches an uninterrupted one
+would have read. `stats()` gives the cumulative skip counters for metrics.
 """
 
 from __future__ import annotations
+
+import ast
+import weakref
 
 import grain
 import jax
@@ -14,7 +26,8 @@ import ml_collections
 import numpy as np
 
 from vlmjax.config import ConfigError
-from vlmjax.data import sources, tokenizers, transforms
+from vlmjax.data import batcher, sources, tokenizers, transforms
+from vlmjax.data.sources import DataError
 
 
 class Batches:
@@ -22,6 +35,7 @@ class Batches:
 
   def __init__(self, iterator, sharding: jax.sharding.Sharding):
     self._it, self._sharding = iterator, sharding
+    weakref.finalize(self, iterator.close)  # stop prefetch threads before interpreter teardown
 
   def __iter__(self):
     return self
@@ -37,24 +51,79 @@ class Batches:
   def set_state(self, state: dict) -> None:
     self._it.set_state(state)
 
+  def stats(self) -> dict[str, float]:
+    """Cumulative counters up to the last batch returned: data/samples, data/skipped[/<reason>]."""
+    return batcher.stats_of(self._it.get_state())
+
+  def close(self) -> None:
+    self._it.close()
+
+
+def parse_mixture(source) -> list[tuple[str, float]]:
+  """A spec, a {spec: weight} mapping, or that mapping as a string -> [(spec, weight)]."""
+  if isinstance(source, str) and source.strip().startswith("{"):
+    try:
+      source = ast.literal_eval(source.strip())
+    except (ValueError, SyntaxError):
+      raise DataError(f"data source {source!r} is not a {{spec: weight}} dict literal") from None
+  if isinstance(source, str):
+    return [(source, 1.0)]
+  if not hasattr(source, "items") or not source:
+    raise DataError(f"data source {source!r} must be a spec string or a non-empty {{spec: weight}} dict")
+  out = []
+  for spec, weight in source.items():
+    if not isinstance(weight, (int, float)) or weight <= 0:
+      raise DataError(f"mixture weight of {spec!r} must be a positive number, got {weight!r}")
+    out.append((str(spec), float(weight)))
+  return out
+
+
+def host_stream(spec: str, data_cfg: ml_collections.ConfigDict, *, seed: int, image_size: int,
+                index: int, count: int) -> grain.IterDataset:
+  """Raw records of one source for host `index` of `count`, shuffled, repeating forever."""
+  kind, _, rest = spec.partition(":")
+  if kind == "tar":
+    if not rest:
+      raise DataError(f"data spec {spec!r} names no path; expected tar:PATTERN")
+    from vlmjax.data import tar_stream
+    ds = tar_stream.TarStream(sources.expand_pattern(rest), seed=seed, host_index=index, host_count=count)
+    if data_cfg.shuffle_buffer > 1:
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=data_cfg.shuffle_buffer, seed=seed)
+    return ds
+  source = sources.open_source(spec, image_size=image_size, data_dir=data_cfg.data_dir or None)
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=seed)           # a fresh permutation of the whole source every epoch
+        .repeat(None)
+        [index::count])               # this host's share of every global batch
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
+                                              prefetch_buffer_size=4 * max(1, data_cfg.num_threads)))
+
 
 def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,
-          context_length: int, vocab_size: int, sharding: jax.sharding.Sharding) -> Batches:
-  count, index = jax.process_count(), jax.process_index()
+          context_length: int, vocab_size: int, sharding: jax.sharding.Sharding,
+          process_index: int | None = None, process_count: int | None = None) -> Batches:
+  """The training iterator; process_index/count default to jax's (tests simulate hosts with them)."""
+  count = jax.process_count() if process_count is None else process_count
+  index = jax.process_index() if process_index is None else process_index
   if global_batch % count:
     raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
-  source = sources.open_source(data_cfg.source, image_size=image_size)
-  if data_cfg.tokenizer not in tokenizers.TOKENIZERS:
-    raise ConfigError(f"data tokenizer {data_cfg.tokenizer!r} is unknown; valid: {', '.join(tokenizers.TOKENIZERS)}")
+  if data_cfg.image_mode not in transforms.MODES:
+    raise ConfigError(f"data image_mode {data_cfg.image_mode!r} is unknown; valid: {', '.join(transforms.MODES)}")
   tokenizer = tokenizers.build(data_cfg.tokenizer)
   if tokenizer.vocab_size > vocab_size:
     raise ConfigError(f"tokenizer {data_cfg.tokenizer!r} has {tokenizer.vocab_size} ids but "
                       f"model.text.vocab_size is {vocab_size}")
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)           # a fresh permutation of the whole source every epoch
-        .repeat(None)
-        [index::count]                # this host's share of every global batch
-        .map(transforms.ImageText(image_size, context_length, tokenizer))
-        .batch(global_batch // count, drop_remainder=True))
-  options = grain.ReadOptions(num_threads=data_cfg.num_threads, prefetch_buffer_size=data_cfg.prefetch)
-  return Batches(iter(ds.to_iter_dataset(options)), sharding)
+  mixture = parse_mixture(data_cfg.source)
+  streams = [host_stream(spec, data_cfg, seed=seed + 7919 * i, image_size=image_size, index=index, count=count)
+             for i, (spec, _) in enumerate(mixture)]
+  if len(streams) == 1:
+    raw = streams[0]
+  else:
+    raw = grain.IterDataset.mix({str(i): s for i, s in enumerate(streams)},
+                                {str(i): w for i, (_, w) in enumerate(mixture)})
+  ds = batcher.DecodeBatch(
+      raw, batch_size=global_batch // count, context_length=context_length, tokenizer=tokenizer,
+      decoder=transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale),
+      seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction)
+  ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.prefetch)
+  return Batches(iter(ds), sharding)

@@ -1,10 +1,29 @@
-"""Tokenizers. Ids: 0 = pad, 1 = bos, 2 = eos; the byte-level tokenizer maps byte b to b + 3."""
+"""Tokenizers named by spec: `bytes`, `sentencepiece:MODEL_PATH`, `hf:TOKENIZER_JSON_PATH`.
+
+Every tokenizer maps text to int32 [L] with 0 = pad: [bos?] ids... eos, truncated
+with the eos kept, zero-padded. A vocabulary whose id 0 is not padding (most
+sentencepiece models put <unk> there) is shifted up by one, so `vocab_size` is
+the model's size plus one. The byte-level tokenizer maps byte b to b + 3 (1 = bos, 2 = eos).
+"""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from vlmjax.config import ConfigError
+
 PAD, BOS, EOS = 0, 1, 2
+SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH"
+
+
+def _pack(ids: list[int], length: int, eos: int | None) -> np.ndarray:
+  if len(ids) > length:
+    ids = ids[:length - 1] + [eos] if eos is not None else ids[:length]
+  out = np.zeros((length,), np.int32)
+  out[:len(ids)] = ids
+  return out
 
 
 class ByteTokenizer:
@@ -14,12 +33,7 @@ class ByteTokenizer:
 
   def encode(self, text: str, length: int) -> np.ndarray:
     """[bos, bytes..., eos] truncated (eos kept) and zero-padded to `length`."""
-    ids = [BOS, *(b + 3 for b in text.encode("utf-8")), EOS]
-    if len(ids) > length:
-      ids = ids[:length - 1] + [EOS]
-    out = np.zeros((length,), np.int32)
-    out[:len(ids)] = ids
-    return out
+    return _pack([BOS, *(b + 3 for b in text.encode("utf-8")), EOS], length, EOS)
 
   def decode(self, ids) -> str:
     out = bytearray()
@@ -31,10 +45,75 @@ class ByteTokenizer:
     return out.decode("utf-8", errors="replace")
 
 
-TOKENIZERS = {"bytes": ByteTokenizer}
+class _VocabTokenizer:
+  """Shared bos/eos/pad handling for vocabulary-file tokenizers (`_ids`, `_detok` in subclasses)."""
+
+  def _setup(self, size: int, pad: int | None, bos: int | None, eos: int | None) -> None:
+    self.shift = 0 if pad == 0 else 1  # make id 0 the padding id
+    self.vocab_size = size + self.shift
+    self.bos = None if bos is None or bos < 0 else bos + self.shift
+    self.eos = None if eos is None or eos < 0 else eos + self.shift
+
+  def encode(self, text: str, length: int) -> np.ndarray:
+    ids = [i + self.shift for i in self._ids(text)]
+    return _pack(([self.bos] if self.bos is not None else []) + ids +
+                 ([self.eos] if self.eos is not None else []), length, self.eos)
+
+  def decode(self, ids) -> str:
+    out = []
+    for i in np.asarray(ids).tolist():
+      if i == self.eos:
+        break
+      if i != PAD and i != self.bos:
+        out.append(i - self.shift)
+    return self._detok(out)
 
 
-def build(name: str):
-  if name not in TOKENIZERS:
-    raise ValueError(f"unknown tokenizer {name!r}; valid: {', '.join(TOKENIZERS)}")
-  return TOKENIZERS[name]()
+class SentencePieceTokenizer(_VocabTokenizer):
+  """A sentencepiece `.model` file."""
+
+  def __init__(self, path: str):
+    import sentencepiece as spm
+    self._sp = spm.SentencePieceProcessor(model_file=path)
+    self._setup(self._sp.get_piece_size(), self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id())
+
+  def _ids(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def _detok(self, ids: list[int]) -> str:
+    return self._sp.decode(ids)
+
+
+class HFTokenizer(_VocabTokenizer):
+  """A Hugging Face `tokenizer.json` (the `tokenizers` library; no transformers)."""
+
+  SPECIAL = {"pad": ("<pad>", "[PAD]", "<|pad|>"), "bos": ("<s>", "[CLS]", "<|startoftext|>", "<bos>"),
+             "eos": ("</s>", "[SEP]", "<|endoftext|>", "<eos>")}
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer
+    self._tok = Tokenizer.from_file(path)
+    find = lambda names: next((i for n in names if (i := self._tok.token_to_id(n)) is not None), None)
+    self._setup(self._tok.get_vocab_size(), find(self.SPECIAL["pad"]), find(self.SPECIAL["bos"]),
+                find(self.SPECIAL["eos"]))
+
+  def _ids(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def _detok(self, ids: list[int]) -> str:
+    return self._tok.decode(ids)
+
+
+TOKENIZERS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
+
+
+def build(spec: str):
+  """`bytes` | `sentencepiece:PATH` | `hf:PATH` -> a tokenizer; a ConfigError names a bad spec or file."""
+  kind, _, path = spec.partition(":")
+  if kind not in TOKENIZERS or (kind == "bytes") != (not path):
+    raise ConfigError(f"data tokenizer {spec!r} is unknown; valid: {SPECS}")
+  if kind == "bytes":
+    return ByteTokenizer()
+  if not os.path.exists(path):
+    raise ConfigError(f"data tokenizer {spec!r}: file {path!r} does not exist")
+  return TOKENIZERS[kind](path)

@@ -1,42 +1,146 @@
-"""Per-example transforms: decode, resize, normalise, tokenise."""
+"""Per-example transforms: decode at reduced size, resize or random-resized-crop, normalise.
+
+Decoding uses OpenCV's reduced JPEG decode (`IMREAD_REDUCED_COLOR_{2,4,8}`: the
+DCT is scaled, so a 512 px JPEG needed at 224 costs about a quarter of a full
+decode), choosing the largest reduction that keeps the crop at least the target
+size; anything OpenCV cannot read falls back to PIL. Measured on this repo's
+2-core dev machine, 512 px JPEG -> 224, one thread: PIL full decode 157 img/s,
+PIL draft 382, OpenCV full 531, OpenCV reduced 622 (the issue's 16-core figures
+rank them the same way).
+"""
 
 from __future__ import annotations
 
 import io
+import math
 
+import cv2
 import numpy as np
 from PIL import Image
+
+cv2.setNumThreads(1)  # parallelism comes from the pipeline's decode threads
 
 # CLIP's normalisation constants (RGB), used by open_clip and most CLIP-family checkpoints.
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
+MODES = ("resize", "center_crop", "random_resized_crop")
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+class BadImage(ValueError):
+  """Image bytes that do not decode (corrupt, truncated or of an unknown format)."""
+
+
+def crop_box(width: int, height: int, mode: str, rng: np.random.Generator | None,
+             min_scale: float = 0.08, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """(x0, y0, w, h) of the region to keep: all of it, the centred square, or an Inception-style random crop."""
+  if mode == "resize":
+    return 0, 0, width, height
+  if mode == "center_crop":
+    s = min(width, height)
+    return (width - s) // 2, (height - s) // 2, s, s
+  area = width * height
+  for _ in range(10):
+    target = area * rng.uniform(min_scale, 1.0)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+  s = min(width, height)  # fall back to the centre square
+  return (width - s) // 2, (height - s) // 2, s, s
+
+
+def _decode_bytes(data: bytes, box_fn) -> np.ndarray:
+  """Bytes -> the cropped region as uint8 RGB, decoded at the largest reduction that keeps it >= size."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
+      width, height, fmt = *im.size, im.format
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise BadImage(f"not an image ({type(e).__name__})") from None
+  if fmt == "JPEG" and b"\xff\xd9" not in data[-32:]:
+    raise BadImage("truncated JPEG (no end-of-image marker)")
+  x0, y0, w, h, size = box_fn(width, height)
+  k = 1
+  if fmt == "JPEG":
+    while k < 8 and w // (2 * k) >= size and h // (2 * k) >= size:
+      k *= 2
+  pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[k])
+  if pixels is None:  # a format OpenCV does not read: PIL, full size
+    k = 1
+    try:
+      with Image.open(io.BytesIO(data)) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+      raise BadImage(f"undecodable image ({type(e).__name__})") from None
+  else:
+    pixels = pixels[..., ::-1]  # BGR -> RGB (a view; the resize below copies)
+  sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
+  top, left = int(y0 * sy), int(x0 * sx)
+  return pixels[top:top + max(1, round(h * sy)), left:left + max(1, round(w * sx))]
+
+
+def _resize(region: np.ndarray, size: int) -> np.ndarray:
+  if region.shape[:2] == (size, size):
+    return np.ascontiguousarray(region)
+  shrink = region.shape[0] > size and region.shape[1] > size
+  return cv2.resize(np.ascontiguousarray(region), (size, size),
+                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+class ImageDecoder:
+  """Encoded bytes or uint8 [H, W, 3] -> uint8 [size, size, 3] RGB; raises BadImage."""
+
+  def __init__(self, size: int, mode: str = "resize", min_scale: float = 0.08):
+    if mode not in MODES:
+      raise ValueError(f"image mode {mode!r} is unknown; valid: {', '.join(MODES)}")
+    self.size, self.mode, self.min_scale = size, mode, min_scale
+
+  def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
+    box = lambda w, h: (*crop_box(w, h, self.mode, rng, self.min_scale), self.size)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+      return _resize(_decode_bytes(bytes(image), box), self.size)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+      raise BadImage(f"image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    x0, y0, w, h, _ = box(image.shape[1], image.shape[0])
+    return _resize(image[y0:y0 + h, x0:x0 + w], self.size)
 
 
 def decode_image(image, size: int) -> np.ndarray:
-  """Encoded bytes or a uint8 array -> uint8 [size, size, 3] RGB (bicubic resize when needed)."""
-  if isinstance(image, (bytes, bytearray, memoryview)):
-    with Image.open(io.BytesIO(image)) as im:
-      im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-      pil = im.convert("RGB")
-  else:
-    pil = None if image.shape[:2] == (size, size) else Image.fromarray(image)
-    if pil is None:
-      return image
-  if pil.size != (size, size):
-    pil = pil.resize((size, size), Image.BICUBIC)
-  return np.asarray(pil)
+  """Encoded bytes or a uint8 array -> uint8 [size, size, 3] RGB, resized (aspect not kept)."""
+  return ImageDecoder(size)(image)
 
 
 def normalize(image_uint8: np.ndarray) -> np.ndarray:
-  return (image_uint8.astype(np.float32) - MEAN) / STD
+  """uint8 [..., 3] -> float32 with CLIP's mean and std."""
+  return (image_uint8.astype(np.float32) - MEAN) * (1.0 / STD)
 
 
 class ImageText:
   """Maps a source example {"image", "caption", ...} to {"image": f32 [S, S, 3], "text": i32 [L]}."""
 
   def __init__(self, image_size: int, context_length: int, tokenizer):
-    self.image_size, self.context_length, self.tokenizer = image_size, context_length, tokenizer
+    self.decoder, self.context_length, self.tokenizer = ImageDecoder(image_size), context_length, tokenizer
 
   def __call__(self, ex: dict) -> dict:
-    image = normalize(decode_image(ex["image"], self.image_size))
-    return {"image": image, "text": self.tokenizer.encode(ex["caption"], self.context_length)}
+    return {"image": normalize(self.decoder(ex["image"])),
+            "text": self.tokenizer.encode(ex["caption"], self.context_length)}
+
+
+def original_size(image) -> tuple[int, int]:
+  """(width, height) of encoded bytes (header only) or of a uint8 array; raises BadImage."""
+  if not isinstance(image, (bytes, bytearray, memoryview)):
+    return np.asarray(image).shape[1], np.asarray(image).shape[0]
+  try:
+    with Image.open(io.BytesIO(image)) as im:
+      im.load()
+      return im.size
+  except (OSError, ValueError, SyntaxError) as e:
+    raise BadImage(f"{type(e).__name__}: {str(e)[:60]}") from None
+
+
+def encode_png(image_uint8: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image_uint8).save(buf, format="PNG")
+  return buf.getvalue()

@@ -1,0 +1,144 @@
+"""ArrayRecord files and TFDS datasets: random-access sources of serialised examples.
+
+A record is a `tf.train.Example` (the proto TFDS writes, from TFDS's own copy, so
+no TensorFlow) with bytes features `image` (encoded), `caption` (UTF-8) and `key`:
+exactly what TFDS stores for Image + Text features, so the ArrayRecord files of a
+prepared TFDS dataset are also readable with `arrayrecord:PATTERN`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+
+import grain
+
+from vlmjax.data.sources import DataError
+
+CAPTION_FEATURES = ("caption", "text")
+
+
+def serialize(key: str, image: bytes, caption: str) -> bytes:
+  from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
+  feats = {name: tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[value]))
+           for name, value in (("key", key.encode()), ("image", image), ("caption", caption.encode()))}
+  return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feats)).SerializeToString()
+
+
+def parse(data: bytes, shard: str) -> dict:
+  """Serialised example -> raw record; an unreadable one becomes a skip marker."""
+  from google.protobuf.message import DecodeError
+  from tensorflow_datasets.proto import tf_example_pb2
+  try:
+    feats = tf_example_pb2.Example.FromString(data).features.feature
+  except DecodeError:
+    return {"key": "", "_skips": [("bad_record", shard)]}
+  value = lambda name: feats[name].bytes_list.value[0] if name in feats and feats[name].bytes_list.value else None
+  caption = next((value(n) for n in CAPTION_FEATURES if value(n) is not None), None)
+  return record((value("key") or b"").decode("utf-8", "replace"), value("image"), caption, shard)
+
+
+def record(key: str, image, caption: bytes | str | None, shard: str, **extra) -> dict:
+  """A raw record with a str caption, or a skip marker when the caption is not UTF-8."""
+  if isinstance(caption, bytes):
+    try:
+      caption = caption.decode("utf-8")
+    except UnicodeDecodeError:
+      return {"key": key, "_skips": [("bad_text", shard)]}
+  return {"key": key, "image": image, "caption": caption, "_shard": shard, **extra}
+
+
+class ArrayRecordSource:
+  """Random access over ArrayRecord files (grain's ArrayRecordDataSource) holding serialised examples."""
+
+  def __init__(self, paths: list[str]):
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+      raise DataError(f"ArrayRecord file {missing[0]!r} does not exist ({len(missing)} of {len(paths)} missing)")
+    self.paths = paths
+    self._source = grain.sources.ArrayRecordDataSource(paths)
+    self._starts = []  # first global index of every file, for naming the shard of a bad record
+    total = 0
+    for p in paths:
+      self._starts.append(total)
+      total += _num_records(p)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, i: int) -> dict:
+    i = int(i)
+    return parse(self._source[i], self.paths[bisect.bisect_right(self._starts, i) - 1])
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource({len(self.paths)} files, {len(self)} examples)"
+
+
+def _num_records(path: str) -> int:
+  from array_record.python import array_record_module
+  reader = array_record_module.ArrayRecordReader(path)
+  n = reader.num_records()
+  reader.close()
+  return n
+
+
+def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: int = 10_000) -> list[str]:
+  """Writes raw records {"key", "image" (bytes), "caption"} as `NAME-00000-of-NNNNN.array_record` files."""
+  from array_record.python import array_record_module
+  os.makedirs(out_dir, exist_ok=True)
+  tmp_paths, writer, n = [], None, 0
+  for rec in records:
+    if n % per_file == 0:
+      if writer is not None:
+        writer.close()
+      tmp_paths.append(os.path.join(out_dir, f".{name}-{len(tmp_paths):05d}.tmp"))
+      writer = array_record_module.ArrayRecordWriter(tmp_paths[-1], "group_size:1")
+    writer.write(serialize(rec["key"], rec["image"], rec["caption"]))
+    n += 1
+  if writer is not None:
+    writer.close()
+  paths = [os.path.join(out_dir, f"{name}-{i:05d}-of-{len(tmp_paths):05d}.array_record") for i in range(len(tmp_paths))]
+  for tmp, path in zip(tmp_paths, paths):
+    os.replace(tmp, path)
+  return paths
+
+
+class TfdsSource:
+  """A TFDS dataset prepared as ArrayRecord, read with `tfds.data_source` (images left encoded)."""
+
+  def __init__(self, name: str, split: str, *, data_dir: str | None):
+    import tensorflow_datasets as tfds
+    from vlmjax.data import tfds_shapes  # registers the shapes builder  # noqa: F401
+    spec = f"tfds:{name}:{split}"
+    try:
+      builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:  # noqa: BLE001 -- tfds raises many types for an unknown or unprepared name
+      raise DataError(f"{spec}: no TFDS dataset {name!r} in data_dir {data_dir!r} "
+                      f"({type(e).__name__}); prepare it or set data.train.data_dir") from None
+    if name.split("/")[0] == tfds_shapes.VlmjaxShapes.name and not builder.is_prepared():
+      builder.download_and_prepare(file_format="array_record")  # procedural: nothing to download
+    if split not in builder.info.splits:
+      raise DataError(f"{spec}: no split {split!r}; valid: {', '.join(builder.info.splits)}")
+    decoders = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+                if isinstance(f, tfds.features.Image)}
+    try:
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None, decoders=decoders,
+                                      builder_kwargs={"file_format": "array_record"})
+    except Exception as e:  # noqa: BLE001
+      raise DataError(f"{spec}: cannot read as ArrayRecord ({type(e).__name__}: {str(e)[:200]}); "
+                      "prepare it with file_format='array_record'") from None
+    self.spec = spec
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, i: int) -> dict:
+    ex = self._source[int(i)]
+    caption = next((ex[n] for n in CAPTION_FEATURES if n in ex), None)
+    key = ex.get("key", str(int(i)))
+    extra = {"label": int(ex["label"])} if "label" in ex else {}
+    return record(key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key),
+                  ex.get("image"), caption, self.spec, **extra)
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self.spec}, {len(self)} examples)"
