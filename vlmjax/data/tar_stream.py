@@ -134,7 +134,7 @@ class TarStreamIterator(grain.DatasetIterator):
       self._tar = tarfile.open(fileobj=self._file, mode="r|")
       return True
     except FileNotFoundError:
-      self._skip("missing_shard")
+      self._skip("unreachable" if is_url(path) else "missing_shard")
     except tarfile.ReadError as e:
       self._skip("empty_shard" if "empty" in str(e) and not self._offset else "bad_shard")
     except (tarfile.TarError, EOFError):
@@ -182,7 +182,7 @@ class TarStreamIterator(grain.DatasetIterator):
           record = self._finish(key, group)
           if record is not None:
             return record
-          group, key = {}, None
+          group, key, self._pending = {}, None, None  # a skipped sample: go on with this member
         if not member.isfile():
           continue
         key = member_key
