@@ -8,7 +8,7 @@ train/caption_loss (same weights in both arms, so the total loss is comparable t
     vlmjax sweep experiments/pooler.py --workdir runs/pooler
     vlmjax report runs/pooler
 
-4 runs of 60 steps (batch 32); about 5 minutes on a 2-core CPU, one run at a time. Results: experiments/README.md.
+4 runs of 60 steps (batch 32); about 7 minutes on 2 busy CPU cores, one run at a time. Results: experiments/README.md.
 """
 
 
