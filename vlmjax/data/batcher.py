@@ -27,7 +27,7 @@ MAX_SHARDS_KEPT = 64       # per-shard skip counts kept in the state (the worst 
 
 
 class DecodeBatch(grain.IterDataset):
-  """Batches of {"image": uint8 [B, S, S, 3] normalised to float32, "text": int32 [B, L]}."""
+  """Batches of {"image": float32 [B, S, S, 3] (normalised), "text": int32 [B, L]}."""
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int, decoder: transforms.ImageDecoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float):
@@ -61,10 +61,10 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._skipped = {k: int(v) for k, v in state["skipped"].items()}
     self._shards = {k: int(v) for k, v in state["shards"].items()}
 
-  def _process(self, raw: dict, index: int):
-    """One raw record -> (image uint8, text int32) or the reason it is skipped."""
+  def _process(self, raw: dict, index: int, slot: int, images: np.ndarray, texts: np.ndarray):
+    """Decodes one raw record into row `slot` of the batch; returns None or the reason it is skipped."""
     if raw.get("image") is None:
-      return "no_image" if "_shard" in raw else None  # None: a marker record that only carries _skips
+      return "no_image" if "_shard" in raw else ""  # "": a marker record that only carries _skips
     caption = raw.get("caption")
     if not caption or not caption.strip():
       return "no_caption"
@@ -72,7 +72,9 @@ class DecodeBatchIterator(grain.DatasetIterator):
       image = self._ds.decoder(raw["image"], np.random.default_rng([self._ds.seed, index]))
     except transforms.BadImage:
       return "bad_image"
-    return image, self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
+    transforms.normalize_into(image, images[slot])
+    texts[slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
+    return None
 
   def _count(self, reason: str, shard: str) -> None:
     self._skipped[reason] = self._skipped.get(reason, 0) + 1
@@ -82,25 +84,24 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     ds = self._ds
-    images = np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.uint8)
+    images = np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32)
     texts = np.empty((ds.batch_size, ds.context_length), np.int32)
-    filled = 0
-    while filled < ds.batch_size:
-      raws = [next(self._parent) for _ in range(ds.batch_size - filled)]
+    free = list(range(ds.batch_size))  # rows still to fill; a failed record leaves its row to the next one
+    while free:
+      raws = [next(self._parent) for _ in free]
       first = self._consumed
       self._consumed += len(raws)
-      results = self._pool.map(self._process, raws, range(first, first + len(raws)))
-      for raw, result in zip(raws, results):
-        for reason, shard in raw.get("_skips", ()):
-          self._count(reason, shard)
-        if isinstance(result, tuple):
-          images[filled], texts[filled] = result
-          filled += 1
-        elif result is not None:
-          self._count(result, raw.get("_shard", "?"))
+      results = list(self._pool.map(self._process, raws, range(first, first + len(raws)), free,
+                                    [images] * len(raws), [texts] * len(raws)))
+      for raw, reason in zip(raws, results):
+        for skip_reason, shard in raw.get("_skips", ()):
+          self._count(skip_reason, shard)
+        if reason:
+          self._count(reason, raw.get("_shard", "?"))
+      free = [row for row, reason in zip(free, results) if reason is not None]
     self._good += ds.batch_size
     self._check()
-    return {"image": transforms.normalize(images), "text": texts}
+    return {"image": images, "text": texts}
 
   def _check(self) -> None:
     skipped = sum(self._skipped.values())

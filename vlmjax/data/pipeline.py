@@ -6,8 +6,8 @@
                    every `process_count`-th index for this host
   mixture          `source` as {spec: weight} (or that dict written as a string,
                    since config keys cannot hold dots): grain's weighted mix
-  decode + batch   `batcher.DecodeBatch` on `num_threads` threads, `prefetch`
-                   batches ahead in a background thread
+  decode + batch   `batcher.DecodeBatch` on `num_threads` threads, then global
+                   sharded arrays, `prefetch` batches ahead in a background thread
 
 `build` returns `Batches`, whose items are global sharded `jax.Array` dicts
 ({"image": f32 [B, S, S, 3], "text": i32 [B, L]}). `get_state` / `set_state` go
@@ -18,6 +18,7 @@ would have read. `stats()` gives the cumulative skip counters for metrics.
 from __future__ import annotations
 
 import ast
+import functools
 import weakref
 
 import grain
@@ -41,9 +42,7 @@ class Batches:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    local = next(self._it)
-    return {k: jax.make_array_from_process_local_data(self._sharding, np.asarray(v))
-            for k, v in local.items()}
+    return next(self._it)  # already global arrays: assembled in the prefetch thread
 
   def get_state(self) -> dict:
     return self._it.get_state()
@@ -57,6 +56,11 @@ class Batches:
 
   def close(self) -> None:
     self._it.close()
+
+
+def to_global(batch: dict[str, np.ndarray], *, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """This host's rows -> global arrays sharded over the batch axis (on device, ahead of the train step)."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def parse_mixture(source) -> list[tuple[str, float]]:
@@ -99,14 +103,9 @@ def host_stream(spec: str, data_cfg: ml_collections.ConfigDict, *, seed: int, im
                                               prefetch_buffer_size=4 * max(1, data_cfg.num_threads)))
 
 
-def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,
-          context_length: int, vocab_size: int, sharding: jax.sharding.Sharding,
-          process_index: int | None = None, process_count: int | None = None) -> Batches:
-  """The training iterator; process_index/count default to jax's (tests simulate hosts with them)."""
-  count = jax.process_count() if process_count is None else process_count
-  index = jax.process_index() if process_index is None else process_index
-  if global_batch % count:
-    raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
+def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int, image_size: int,
+                 context_length: int, vocab_size: int, index: int, count: int) -> grain.IterDataset:
+  """This host's batches as numpy arrays ({"image": f32 [b, S, S, 3], "text": i32 [b, L]})."""
   if data_cfg.image_mode not in transforms.MODES:
     raise ConfigError(f"data image_mode {data_cfg.image_mode!r} is unknown; valid: {', '.join(transforms.MODES)}")
   tokenizer = tokenizers.build(data_cfg.tokenizer)
@@ -121,9 +120,22 @@ def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, 
   else:
     raw = grain.IterDataset.mix({str(i): s for i, s in enumerate(streams)},
                                 {str(i): w for i, (_, w) in enumerate(mixture)})
-  ds = batcher.DecodeBatch(
-      raw, batch_size=global_batch // count, context_length=context_length, tokenizer=tokenizer,
+  return batcher.DecodeBatch(
+      raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer,
       decoder=transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale),
       seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction)
+
+
+def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,
+          context_length: int, vocab_size: int, sharding: jax.sharding.Sharding,
+          process_index: int | None = None, process_count: int | None = None) -> Batches:
+  """The training iterator; process_index/count default to jax's (tests simulate hosts with them)."""
+  count = jax.process_count() if process_count is None else process_count
+  index = jax.process_index() if process_index is None else process_index
+  if global_batch % count:
+    raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
+  ds = host_batches(data_cfg, batch_size=global_batch // count, seed=seed, image_size=image_size,
+                    context_length=context_length, vocab_size=vocab_size, index=index, count=count)
+  ds = ds.map(functools.partial(to_global, sharding=sharding))
   ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.prefetch)
   return Batches(iter(ds), sharding)
