@@ -10,6 +10,7 @@ embedding 512; temperature initialised at 0.07. Config argument: batch, steps.
 
 import ml_collections
 
+from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
 
@@ -19,18 +20,13 @@ def get_config(arg=None):
   c.optim.lr, c.optim.weight_decay, c.optim.b2 = 5e-4, 0.2, 0.98
   c.optim.warmup_steps = min(2_000, a.steps // 5)
 
-  m = c.model = ml_collections.ConfigDict()
-  m.name = "two_tower"
-  m.dtype = "bfloat16"
-  m.param_dtype = "float32"
-  m.attention = "auto"
-  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
+  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False)
   m.image_size = 224
   m.embed_dim = 512
   m.init_logit_scale = 1 / 0.07
-  m.init_logit_bias = 0.0
-  m.vision = ml_collections.ConfigDict(dict(
-      patch_size=16, width=768, depth=12, heads=12, mlp_dim=3072, posemb="learn", pool="cls"))
+  m.init_logit_bias = None   # CLIP has no logit bias
+  m.vision = presets.vit("B/16", pool="cls", cls_token=True, ln_pre=True, patch_bias=False)
+  m.image_proj, m.text_proj = "linear", "linear"
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=49_408, context_length=77, width=512, depth=12, heads=8, mlp_dim=2048,
       causal=True, pool="eos"))

@@ -9,6 +9,7 @@ Config argument (`configs/coca_tiny.py:steps=300,batch=32`): steps, batch.
 
 import ml_collections
 
+from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
 
@@ -19,22 +20,17 @@ def get_config(arg=None):
   c.ckpt_every = 80
   c.optim.warmup_steps = min(50, a.steps // 5)
 
-  m = c.model = ml_collections.ConfigDict()
-  m.name = "coca"
-  m.dtype = "float32"         # compute dtype
-  m.param_dtype = "float32"
-  m.attention = "auto"        # auto | xla | cudnn
-  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
+  m = c.model = presets.model_base("coca", dtype="float32", remat="none", scan=False)
   m.image_size = 32
   m.embed_dim = 128
   m.init_logit_scale = 1 / 0.07
-  m.vision = ml_collections.ConfigDict(dict(
-      patch_size=8, width=128, depth=3, heads=4, mlp_dim=512, posemb="learn", pool="none"))
+  m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
       causal=True, pool="cls"))
-  m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512, tie_embedding=False))
-  m.pooler = ml_collections.ConfigDict(dict(mode="parallel", n_queries=16, heads=4))
+  m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512, layout="fused",
+                                             tie_embedding=False))
+  m.pooler = ml_collections.ConfigDict(dict(mode="parallel", kind="coca", width=128, n_queries=16, heads=4))
 
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,

@@ -11,6 +11,7 @@ Batch 32k as in the paper. Config argument: batch, steps.
 
 import ml_collections
 
+from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
 
@@ -20,18 +21,13 @@ def get_config(arg=None):
   c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
   c.optim.warmup_steps = min(5_000, a.steps // 5)
 
-  m = c.model = ml_collections.ConfigDict()
-  m.name = "two_tower"
-  m.dtype = "bfloat16"
-  m.param_dtype = "float32"
-  m.attention = "auto"
-  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
+  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False)
   m.image_size = 224
   m.embed_dim = 768
   m.init_logit_scale = 10.0
   m.init_logit_bias = -10.0
-  m.vision = ml_collections.ConfigDict(dict(
-      patch_size=16, width=768, depth=12, heads=12, mlp_dim=3072, posemb="learn", pool="map"))
+  m.vision = presets.vit("B/16", pool="map")
+  m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
       causal=False, pool="eos"))

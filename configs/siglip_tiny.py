@@ -8,6 +8,7 @@ Trains on a 2-core CPU in about a minute. Config argument: loss (sigmoid | softm
 
 import ml_collections
 
+from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
 def get_config(arg=None):
@@ -17,20 +18,15 @@ def get_config(arg=None):
   c.ckpt_every = 80
   c.optim.warmup_steps = min(50, a.steps // 5)
 
-  m = c.model = ml_collections.ConfigDict()
-  m.name = "two_tower"
-  m.dtype = "float32"
-  m.param_dtype = "float32"
-  m.attention = "auto"
-  m.remat = "none"            # none | full | dots | dots_no_batch (jax.checkpoint policy per block)
+  m = c.model = presets.model_base("two_tower", dtype="float32", remat="none", scan=False)
   m.image_size = 32
   m.embed_dim = 128
   sigmoid = a.loss == "sigmoid"
   m.init_logit_scale = 10.0 if sigmoid else 1 / 0.07   # SigLIP: t' = log 10, b = -10
-  m.init_logit_bias = -10.0 if sigmoid else 0.0
-  m.vision = ml_collections.ConfigDict(dict(
-      patch_size=8, width=128, depth=3, heads=4, mlp_dim=512, posemb="learn",
-      pool="map" if sigmoid else "gap"))
+  m.init_logit_bias = -10.0 if sigmoid else None
+  m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512,
+                                pool="map" if sigmoid else "gap")
+  m.image_proj, m.text_proj = "linear", "linear"
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
       causal=not sigmoid, pool="eos"))

@@ -22,7 +22,7 @@ MICRO = (
     ("model.vision.mlp_dim", "64"), ("model.text.width", "32"), ("model.text.depth", "1"),
     ("model.text.heads", "2"), ("model.text.mlp_dim", "64"), ("model.text.context_length", "40"),
     ("model.decoder.depth", "1"), ("model.decoder.heads", "2"), ("model.decoder.mlp_dim", "64"),
-    ("model.pooler.n_queries", "4"), ("model.pooler.heads", "2"), ("optim.warmup_steps", "2"),
+    ("model.pooler.n_queries", "4"), ("model.pooler.width", "32"), ("model.pooler.heads", "2"), ("optim.warmup_steps", "2"),
 )
 
 

@@ -13,9 +13,16 @@ from conftest import ROOT
 def test_param_counts_clip_b16_matches_published_size():
   counts = info.param_counts(config.load(os.path.join(ROOT, "configs/clip_b16.py")))
   assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-  # open_clip ViT-B-16 has 149,620,737 parameters: ours lacks its ln_pre (1,536) and adds logit_bias (1).
-  assert counts["total"] == 149_620_737 - 1_536 + 1
-  assert counts["vision"] == 85_799_424 - 1_536  # open_clip's visual tower without proj (393,216)
+  assert counts["total"] == 149_620_737  # open_clip's ViT-B-16, layer for layer
+  assert counts["vision"] == 85_799_424  # open_clip's visual tower without proj (393,216)
+
+
+@pytest.mark.parametrize("name, total", [
+    ("openclip_coca_b16", 251_903_489),  # open_clip 3.3 coca_ViT-B-32 with patch 16
+    ("siglip_b16", 203_155_970),         # transformers SiglipModel (google/siglip-base-patch16-224)
+])
+def test_param_counts_match_reference_implementations(name, total):
+  assert info.param_counts(config.load(os.path.join(ROOT, f"configs/{name}.py")))["total"] == total
 
 
 def test_info_cli_json():
@@ -39,6 +46,14 @@ def test_coca_table1_parameter_counts(size, image, decoder, total):
   got = (c["vision"], c["text"] + c["decoder"], c["vision"] + c["text"] + c["decoder"])
   for g, want in zip(got, (image, decoder, total)):
     assert abs(g / want - 1) < 0.02, (size, got)
+
+
+@pytest.mark.parametrize("name", ["coca_tiny", "cappa_tiny", "siglip_tiny"])
+def test_analytic_flops_agree_with_xla(name):
+  """Model FLOPs (matmuls read off the traced program) are within a few percent of XLA's total count."""
+  cfg = config.load(os.path.join(ROOT, f"configs/{name}.py"))
+  model, xla = info.train_flops_per_example(cfg), info.xla_flops_per_example(cfg)
+  assert 0.9 * xla < model <= xla, (model, xla)
 
 
 def test_vit_presets():

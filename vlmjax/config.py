@@ -165,7 +165,8 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       eps=1e-6, weight_decay=0.1, grad_clip=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict(dict(
-      batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None))
+      batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None,
+      layers=None))
   c.data = ml_collections.ConfigDict()
   c.data.train = ml_collections.ConfigDict(dict(
       source="synthetic:shapes",  # a spec (see vlmjax/data/sources.py) or "{spec: weight, ...}" to mix

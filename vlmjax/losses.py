@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, PartitionSpec as P
 
-CONTRASTIVE = ("softmax", "sigmoid", "none")
+CONTRASTIVE = ("softmax", "sigmoid", "sigmoid_ring", "none")
 
 
 def softmax_contrastive(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
@@ -108,8 +108,12 @@ def caption_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.
   return jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
 
 
-def composite(out, batch: dict, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """Adds the configured loss terms with their weights; returns (loss, metrics)."""
+def composite(out, batch: dict, cfg: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
+              batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, dict]:
+  """Adds the configured loss terms with their weights; returns (loss, metrics).
+
+  `sigmoid_ring` needs the `mesh` and the mesh axes the batch is split over.
+  """
   if cfg.contrastive not in CONTRASTIVE:
     raise ValueError(f"loss.contrastive must be one of {'|'.join(CONTRASTIVE)}, got {cfg.contrastive!r}")
   metrics, total = {}, jnp.zeros((), jnp.float32)
@@ -118,10 +122,16 @@ def composite(out, batch: dict, cfg: ml_collections.ConfigDict) -> tuple[jax.Arr
     metrics["contrastive_loss"] = con
     metrics["logit_scale"] = out.logit_scale
     total = total + cfg.contrastive_weight * con
-  if cfg.contrastive == "sigmoid" and cfg.contrastive_weight:
+  if cfg.contrastive in ("sigmoid", "sigmoid_ring") and cfg.contrastive_weight:
     if out.logit_bias is None:
-      raise ValueError("loss.contrastive='sigmoid' needs a model that outputs logit_bias")
-    con = sigmoid_contrastive(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias)
+      raise ValueError(f"loss.contrastive={cfg.contrastive!r} needs a model that outputs logit_bias")
+    if cfg.contrastive == "sigmoid":
+      con = sigmoid_contrastive(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias)
+    elif mesh is None:
+      raise ValueError("loss.contrastive='sigmoid_ring' needs the device mesh")
+    else:
+      con = sigmoid_contrastive_ring(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias,
+                                     mesh=mesh, axes=batch_axes)
     metrics["contrastive_loss"] = con
     metrics["logit_scale"] = out.logit_scale
     metrics["logit_bias"] = out.logit_bias

@@ -29,16 +29,39 @@ COCA = {  # image (width, depth, MLP, heads); decoder (n_uni, n_multi, MLP); hid
 }
 
 
+def model_base(name: str, *, dtype: str = "bfloat16", remat: str = "none",
+               scan: bool = True) -> ml_collections.ConfigDict:
+  """The settings every `model` config has: family name, dtypes, attention, remat, scan."""
+  m = ml_collections.ConfigDict()
+  m.name = name
+  m.dtype = dtype              # compute dtype; parameters stay float32
+  m.param_dtype = "float32"
+  m.attention = "auto"         # auto (cuDNN on GPU when it applies) | xla | cudnn
+  m.remat = remat              # none | full | dots | dots_no_batch: jax.checkpoint policy per block
+  m.scan = scan                # one scanned block per tower: compile time independent of depth
+  return m
+
+
+def vit_config(*, patch_size: int, width: int, depth: int, heads: int, mlp_dim: int,
+               **overrides) -> ml_collections.ConfigDict:
+  """A `model.vision` config; layout defaults are big_vision's (patch bias, no class token,
+  no pre-norm, a final norm, learned position embedding, no pooling)."""
+  cfg = dict(patch_size=patch_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+             posemb="learn", pool="none", patch_bias=True, cls_token=False, ln_pre=False, final_norm=True)
+  unknown = set(overrides) - set(cfg)
+  if unknown:
+    raise ValueError(f"unknown ViT option(s) {sorted(unknown)}; valid: {', '.join(cfg)}")
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
 def vit(variant: str, **overrides) -> ml_collections.ConfigDict:
-  """`vit("B/16")` or `vit("So400m/14", pool="map")`: a `model.vision` config."""
+  """`vit("B/16")` or `vit("So400m/14", pool="map")`: a `model.vision` config of a named size."""
   name, _, patch = variant.partition("/")
   if name not in VIT or not patch.isdigit():
     raise ValueError(f"unknown ViT variant {variant!r}; expected NAME/PATCH with NAME in {', '.join(VIT)}")
   width, depth, mlp, heads = VIT[name]
-  cfg = dict(patch_size=int(patch), width=width, depth=depth, heads=heads, mlp_dim=mlp,
-             posemb="learn", pool="none")
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return vit_config(patch_size=int(patch), width=width, depth=depth, heads=heads, mlp_dim=mlp, **overrides)
 
 
 def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_collections.ConfigDict:
@@ -46,9 +69,7 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   if size not in COCA:
     raise ValueError(f"unknown CoCa size {size!r}; valid: {', '.join(COCA)}")
   s = COCA[size]
-  m = ml_collections.ConfigDict()
-  m.name = "coca"
-  m.dtype, m.param_dtype, m.attention, m.remat = "bfloat16", "float32", "auto", "dots_no_batch"
+  m = model_base("coca", remat="dots_no_batch")
   m.embed_dim = s["width"]
   m.init_logit_scale = 1 / 0.07
   m.vision = vit(f"{s['vision']}/{patch}")
@@ -56,8 +77,9 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
       vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
       heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls"))
   m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
-                                             tie_embedding=s["tie"]))
-  m.pooler = ml_collections.ConfigDict(dict(mode="cascade", n_queries=256, heads=s["heads"]))
+                                             layout="fused", tie_embedding=s["tie"]))
+  m.pooler = ml_collections.ConfigDict(dict(mode="cascade", kind="coca", width=m.vision.width,
+                                            n_queries=256, heads=s["heads"]))
   return m
 
 

@@ -79,9 +79,14 @@ def param_shardings(state: nnx.State, rules: ml_collections.ConfigDict, mesh: ja
   return out
 
 
+def batch_axes(rules: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The mesh axes the batch dimension is split over."""
+  return _mesh_axes(rules.batch)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh, rules: ml_collections.ConfigDict) -> NamedSharding:
   """Leading (batch) dimension split over the mesh axes that `rules.batch` names."""
-  axes = _mesh_axes(rules.batch)
+  axes = batch_axes(rules)
   return NamedSharding(mesh, P(axes if len(axes) != 1 else axes[0]))
 
 

@@ -31,12 +31,19 @@ class TrainState:
 
 def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               loss_cfg: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
-  """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop."""
+               loss_cfg: ml_collections.ConfigDict, seed: int, mesh: jax.sharding.Mesh,
+               batch_axes: tuple[str, ...]) -> tuple[TrainState, dict]:
+  """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop.
+
+  Randomness inside the model (e.g. CapPa's parallel-prediction masks) comes from
+  (seed, step), so a resumed run draws what an uninterrupted one would.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    out = model(batch["image"], batch["text"], train=True)
-    return losses.composite(out, batch, loss_cfg)
+    out = model(batch["image"], batch["text"], train=True, rng=rng)
+    return losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
 
   (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -86,7 +93,8 @@ def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
-  step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss)
+  step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
+                           seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,))
 

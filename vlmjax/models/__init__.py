@@ -6,11 +6,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vlmjax.models.captioner import Captioner
 from vlmjax.models.coca import CoCa
 from vlmjax.models.output import Output
 from vlmjax.models.two_tower import TwoTower
 
-REGISTRY = {"coca": CoCa, "two_tower": TwoTower}
+REGISTRY = {"coca": CoCa, "two_tower": TwoTower, "captioner": Captioner}
 
 
 def _host_counter_rngs(seed: int) -> nnx.Rngs:

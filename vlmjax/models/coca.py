@@ -25,36 +25,59 @@ from vlmjax.models.output import Output, l2_normalize
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vision import ViT
 
-POOLER_MODES = ("parallel", "cascade")
+POOLER_MODES = ("parallel", "cascade", "single")
 
 
 class CoCa(nnx.Module):
+  """CoCa. `model.pooler.mode`: `parallel` and `cascade` (paper) use a 1-query contrastive
+  pooler beside or after the n-query captioning pooler; `single` (open_clip's CoCa) has one
+  n-query pooler whose first output is the contrastive embedding and the rest the decoder's
+  context. `model.pooler.kind` picks the pooler layout (see `AttentionPooler`); with
+  `open_clip` the pooled outputs are normed afterwards, as open_clip's `ln_post` does.
+  """
+
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    if cfg.pooler.mode not in POOLER_MODES:
-      raise ValueError(f"model.pooler.mode must be one of {'|'.join(POOLER_MODES)}, got {cfg.pooler.mode!r}")
+    pc = cfg.pooler
+    if pc.mode not in POOLER_MODES:
+      raise ValueError(f"model.pooler.mode must be one of {'|'.join(POOLER_MODES)}, got {pc.mode!r}")
+    if pc.mode == "single" and pc.n_queries < 2:
+      raise ValueError(f"model.pooler.mode='single' needs n_queries >= 2, got {pc.n_queries}")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, remat=cfg.remat, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype,
+              rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
-    self.pooler_mode = cfg.pooler.mode
+    self.pooler_mode = pc.mode
     self.vision = ViT(v, cfg.image_size, **kw)
     self.text = TextTransformer(t, **kw)
-    self.caption_pool = AttentionPooler(v.width, v.width, cfg.pooler.heads, cfg.pooler.n_queries, **kw)
-    self.contrastive_pool = AttentionPooler(v.width, v.width, cfg.pooler.heads, 1, **kw)
-    self.image_proj = layers.dense(v.width, cfg.embed_dim, ("embed", None), use_bias=False,
-                                   std=v.width**-0.5, **dense_kw)
+    pool_kw = dict(kind=pc.kind, **kw)
+    self.caption_pool = AttentionPooler(pc.width, v.width, pc.heads, pc.n_queries, **pool_kw)
+    self.contrastive_pool = (None if pc.mode == "single" else AttentionPooler(
+        pc.width, pc.width if pc.mode == "cascade" else v.width, pc.heads, 1, **pool_kw))
+    self.pool_norm = layers.layer_norm(pc.width, **dense_kw) if pc.kind == "open_clip" else None
+    self.image_proj = layers.dense(pc.width, cfg.embed_dim, ("embed", None), use_bias=False,
+                                   std=pc.width**-0.5, **dense_kw)
     self.text_proj = layers.dense(t.width, cfg.embed_dim, ("embed", None), use_bias=False,
                                   std=t.width**-0.5, **dense_kw)
-    self.decoder = MultimodalDecoder(t.width, cfg.decoder.heads, cfg.decoder.mlp_dim, cfg.decoder.depth,
-                                     v.width, t.vocab_size, tie_embedding=cfg.decoder.tie_embedding, **kw)
+    d = cfg.decoder
+    self.decoder = MultimodalDecoder(t.width, d.heads, d.mlp_dim, d.depth, pc.width, t.vocab_size,
+                                     layout=d.layout, tie_embedding=d.tie_embedding, **kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
 
+  def _pool(self, pooler: AttentionPooler, x: jax.Array) -> jax.Array:
+    x = pooler(x)
+    return x if self.pool_norm is None else self.pool_norm(x)
+
   def _image(self, image_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns (image_emb_BxE, caption context_BxQxC)."""
     tokens_BxNxC, _ = self.vision(image_BxHxWx3)
-    caption_BxQxC = self.caption_pool(tokens_BxNxC)
-    source = caption_BxQxC if self.pooler_mode == "cascade" else tokens_BxNxC
-    image_emb = l2_normalize(self.image_proj(self.contrastive_pool(source)[:, 0]))
-    return image_emb, caption_BxQxC
+    caption_BxQxC = self._pool(self.caption_pool, tokens_BxNxC)
+    if self.pooler_mode == "single":
+      pooled_BxC, caption_BxQxC = caption_BxQxC[:, 0], caption_BxQxC[:, 1:]
+    else:
+      source = caption_BxQxC if self.pooler_mode == "cascade" else tokens_BxNxC
+      pooled_BxC = self._pool(self.contrastive_pool, source)[:, 0]
+    return l2_normalize(self.image_proj(pooled_BxC)), caption_BxQxC
 
   def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
     return self._image(image_BxHxWx3)[0]
@@ -70,8 +93,9 @@ class CoCa(nnx.Module):
     """Caption logits [B, L, V] for a text prefix; position t predicts token t+1 (causal)."""
     return self.decoder(self.text(text_BxL)[0], ctx_BxQxC, embed=self.text.token_embed)
 
-  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False) -> Output:
-    del train  # no dropout in CoCa pretraining
+  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> Output:
+    del train, rng  # no dropout in CoCa pretraining
     image_emb, caption_BxQxC = self._image(image_BxHxWx3)
     tokens_BxLxD, pooled_BxD = self.text(text_BxL)
     return Output(

@@ -10,7 +10,7 @@ the config. No mesh details live in model code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -128,16 +128,50 @@ REMAT_POLICIES = {
 }
 
 
-def run_blocks(blocks, x: jax.Array, *, remat: str, mask: jax.Array | None = None,
-               causal: bool = False, ctx: jax.Array | None = None) -> jax.Array:
-  """Applies transformer blocks in order, each under `jax.checkpoint` with the named policy."""
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"model.remat must be one of {'|'.join(REMAT_POLICIES)}, got {remat!r}")
+class Stack(nnx.Module):
+  """`depth` transformer blocks applied in order, unrolled or scanned.
 
-  def apply(block, x, mask, ctx):
-    return block(x, mask_BxTxT=mask, causal=causal, ctx_BxSxC=ctx)
-  if remat != "none":
-    apply = nnx.remat(apply, policy=REMAT_POLICIES[remat], prevent_cse=True)
-  for block in blocks:
-    x = apply(block, x, mask, ctx)
-  return x
+  Unrolled, the blocks are a list (parameter paths `layers/0/...`). With `scan`,
+  there is one block whose parameters carry a leading `layers` axis of size
+  `depth`, applied by `jax.lax.scan`: same function, and compile time that does
+  not grow with depth. Either way each block runs under `jax.checkpoint` with
+  the `remat` policy.
+  """
+
+  def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *, scan: bool,
+               remat: str, rngs: nnx.Rngs):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {'|'.join(REMAT_POLICIES)}, got {remat!r}")
+    self.scan, self.remat = scan, remat
+    if not scan:
+      self.layers = nnx.List([make_block(rngs) for _ in range(depth)])
+      return
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
+    keys = jax.random.split(rngs.params(), depth)
+    stacked = jax.vmap(lambda key: nnx.split(make_block(nnx.Rngs(params=key)))[1])(keys)
+    self.layers = nnx.merge(graphdef, stacked)
+    for _, var in nnx.iter_graph(self.layers):
+      if isinstance(var, nnx.Variable):
+        axes = var.get_metadata().get("axes") or (None,) * (var.ndim - 1)
+        var.set_metadata(axes=("layers", *axes))
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
+               ctx: jax.Array | None = None) -> jax.Array:
+    policy = REMAT_POLICIES[self.remat]
+    if not self.scan:
+      def apply(block, x):
+        return block(x, mask_BxTxT=mask, causal=causal, ctx_BxSxC=ctx)
+      if self.remat != "none":
+        apply = nnx.remat(apply, policy=policy, prevent_cse=True)
+      for block in self.layers:
+        x = apply(block, x)
+      return x
+
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(x, layer):
+      block = nnx.merge(graphdef, layer)
+      return block(x, mask_BxTxT=mask, causal=causal, ctx_BxSxC=ctx), None
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)  # scan already blocks CSE
+    return jax.lax.scan(body, x, stacked)[0]

@@ -17,13 +17,13 @@ POOLS = ("cls", "eos", "first")
 
 
 class TextTransformer(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, *, attention: str, remat: str, dtype, param_dtype,
+  def __init__(self, cfg: ml_collections.ConfigDict, *, attention: str, remat: str, scan: bool, dtype, param_dtype,
                rngs: nnx.Rngs):
     if cfg.pool not in POOLS:
       raise ValueError(f"model.text.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = cfg.width
-    self.pool, self.causal, self.remat = cfg.pool, cfg.causal, remat
+    self.pool, self.causal = cfg.pool, cfg.causal
     self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, param_dtype=param_dtype,
                                  embedding_init=nnx.initializers.normal(0.02),
                                  embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)
@@ -32,8 +32,9 @@ class TextTransformer(nnx.Module):
                             axes=(None, "embed"))
     self.cls = (nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d,), param_dtype), axes=("embed",))
                 if cfg.pool == "cls" else None)
-    self.blocks = nnx.List([layers.Block(d, cfg.heads, cfg.mlp_dim, impl=attention, **kw)
-                            for _ in range(cfg.depth)])
+    self.blocks = layers.Stack(lambda r: layers.Block(d, cfg.heads, cfg.mlp_dim, impl=attention,
+                                                      dtype=dtype, param_dtype=param_dtype, rngs=r),
+                               cfg.depth, scan=scan, remat=remat, rngs=rngs)
     self.ln = layers.layer_norm(d, **kw)
 
   def __call__(self, text_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -50,7 +51,7 @@ class TextTransformer(nnx.Module):
     mask_BxTxT = valid_BxT[:, None, :]
     if self.causal:
       mask_BxTxT = mask_BxTxT & jnp.tril(jnp.ones((T, T), bool))[None]
-    x_BxTxD = layers.run_blocks(self.blocks, x_BxTxD, remat=self.remat, mask=mask_BxTxT)
+    x_BxTxD = self.blocks(x_BxTxD, mask=mask_BxTxT)
     x_BxTxD = self.ln(x_BxTxD)
     if self.pool == "cls":
       return x_BxTxD[:, :L], x_BxTxD[:, L]

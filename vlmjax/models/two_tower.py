@@ -21,30 +21,49 @@ from vlmjax.models.text import TextTransformer
 from vlmjax.models.vision import ViT
 
 
+HEADS = ("linear", "linear_bias", "none")
+
+
+def _head(kind: str, din: int, dout: int, tower: str, **kw) -> nnx.Linear | None:
+  """The map from a tower's pooled vector to the shared embedding: linear (CLIP), with bias (SigLIP's
+  text head), or none (SigLIP's image tower, whose MAP head already has the embedding width)."""
+  if kind not in HEADS:
+    raise ValueError(f"model.{tower}_proj must be one of {'|'.join(HEADS)}, got {kind!r}")
+  if kind == "none":
+    if din != dout:
+      raise ValueError(f"model.{tower}_proj='none' needs the {tower} width ({din}) to equal embed_dim ({dout})")
+    return None
+  return layers.dense(din, dout, ("embed", None), use_bias=kind == "linear_bias", std=din**-0.5, **kw)
+
+
+def _project(head: nnx.Linear | None, x: jax.Array) -> jax.Array:
+  return l2_normalize(x if head is None else head(x))
+
+
 class TwoTower(nnx.Module):
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     if cfg.vision.pool == "none":
       raise ValueError("model.vision.pool must be cls|gap|map for a two-tower model, got 'none'")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, remat=cfg.remat, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
     self.vision = ViT(v, cfg.image_size, **kw)
     self.text = TextTransformer(t, **kw)
-    self.image_proj = layers.dense(v.width, cfg.embed_dim, ("embed", None), use_bias=False,
-                                   std=v.width**-0.5, **dense_kw)
-    self.text_proj = layers.dense(t.width, cfg.embed_dim, ("embed", None), use_bias=False,
-                                  std=t.width**-0.5, **dense_kw)
+    self.image_proj = _head(cfg.image_proj, v.width, cfg.embed_dim, "image", **dense_kw)
+    self.text_proj = _head(cfg.text_proj, t.width, cfg.embed_dim, "text", **dense_kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
-    self.logit_bias = nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=())
+    self.logit_bias = (None if cfg.init_logit_bias is None  # CLIP has none; SigLIP starts it at -10
+                       else nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=()))
 
   def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
-    return l2_normalize(self.image_proj(self.vision(image_BxHxWx3)[1]))
+    return _project(self.image_proj, self.vision(image_BxHxWx3)[1])
 
   def encode_text(self, text_BxL: jax.Array) -> jax.Array:
-    return l2_normalize(self.text_proj(self.text(text_BxL)[1]))
+    return _project(self.text_proj, self.text(text_BxL)[1])
 
-  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False) -> Output:
-    del train
+  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> Output:
+    del train, rng
     return Output(image_emb=self.encode_image(image_BxHxWx3), text_emb=self.encode_text(text_BxL),
-                  logit_scale=jnp.exp(self.logit_scale[...]), logit_bias=self.logit_bias[...])
+                  logit_scale=jnp.exp(self.logit_scale[...]), logit_bias=None if self.logit_bias is None else self.logit_bias[...])

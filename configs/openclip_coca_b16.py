@@ -1,0 +1,45 @@
+"""open_clip's `coca_ViT-B-32` architecture with patch 16: the benchmark twin of open_clip.
+
+    vlmjax train --config configs/openclip_coca_b16.py --workdir runs/openclip_coca_b16 \
+        --config.data.train.source='tar:/data/laion/{00000..09999}.tar'
+    python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256
+
+Layer for layer what open_clip 3.3 builds for that model (251,903,489 parameters):
+a B/16 ViT at 224 px with a class token, pre-norm, no patch bias and no final norm;
+one 256-query attentional pooler (open_clip layout, width 512, 8 heads) whose first
+output, normed and projected, is the image embedding and whose other 255 are the
+decoder's context; a causal text transformer (width 512, 12 layers, 8 heads, 76
+tokens + trailing CLS, 49,408 vocabulary); 12 multimodal layers of a self-attention
+block and a cross-attention block each. Loss as open_clip's CoCa: contrastive 1,
+caption 2. Optimiser as open_clip's defaults (AdamW 5e-4, beta2 0.98, wd 0.2).
+Config argument: batch, steps.
+"""
+
+import ml_collections
+
+from vlmjax import presets
+from vlmjax.config import base, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, batch=256, steps=100_000)
+  c = base(batch_size=a.batch, total_steps=a.steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 5e-4, 0.2, 0.98
+  c.optim.warmup_steps = min(2_000, a.steps // 5)
+
+  m = c.model = presets.model_base("coca", dtype="bfloat16", remat="none", scan=False)
+  m.image_size = 224
+  m.embed_dim = 512
+  m.init_logit_scale = 1 / 0.07
+  m.vision = presets.vit("B/16", cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
+  m.text = ml_collections.ConfigDict(dict(
+      vocab_size=49_408, context_length=76, width=512, depth=12, heads=8, mlp_dim=2048,
+      causal=True, pool="cls"))
+  m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=8, mlp_dim=2048, layout="open_clip",
+                                             tie_embedding=False))
+  m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=512, n_queries=256,
+                                            heads=8))
+
+  c.loss = ml_collections.ConfigDict(dict(
+      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0, z_loss=0.0))
+  return c

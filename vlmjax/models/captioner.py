@@ -1,0 +1,80 @@
+"""CapPa: an image captioner as a vision pretrainer (Tschannen et al., 2023).
+
+ViT image tokens -> a transformer decoder (causal self-attention, cross-attention
+to the image tokens) that predicts the caption. With probability
+`decoder.masked_pred_prob` per example, the decoder instead gets only mask
+tokens and no causal mask ("parallel prediction"), so it must read every caption
+token off the image; otherwise it is trained autoregressively as usual.
+
+Shape legend: B batch, H/W image size, L text length, N image tokens,
+C image width, D decoder width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vlmjax.models import layers
+from vlmjax.models.fusion import MultimodalDecoder
+from vlmjax.models.output import Output, l2_normalize
+from vlmjax.models.vision import ViT
+
+
+class Captioner(nnx.Module):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    if not 0.0 <= cfg.decoder.masked_pred_prob <= 1.0:
+      raise ValueError(f"model.decoder.masked_pred_prob must be in [0, 1], got {cfg.decoder.masked_pred_prob}")
+    dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype,
+              rngs=rngs)
+    v, t, dec = cfg.vision, cfg.text, cfg.decoder
+    self.masked_pred_prob = dec.masked_pred_prob
+    self.vision = ViT(v, cfg.image_size, **kw)
+    self.token_embed = nnx.Embed(t.vocab_size, dec.width, dtype=dtype, param_dtype=param_dtype,
+                                 embedding_init=nnx.initializers.normal(0.02),
+                                 embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)
+    self.posemb = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (t.context_length, dec.width),
+                                                          param_dtype), axes=(None, "embed"))
+    self.mask_token = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (dec.width,), param_dtype),
+                                axes=("embed",))
+    self.decoder = MultimodalDecoder(dec.width, dec.heads, dec.mlp_dim, dec.depth, v.width, t.vocab_size,
+                                     tie_embedding=dec.tie_embedding, **kw)
+
+  def caption_context(self, image_BxHxWx3: jax.Array) -> jax.Array:
+    """What the decoder attends to: the image tokens [B, N, C]."""
+    return self.vision(image_BxHxWx3)[0]
+
+  def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
+    """Mean-pooled image tokens, L2-normalised (for probes; a captioner has no text embedding)."""
+    return l2_normalize(self.caption_context(image_BxHxWx3).mean(axis=1))
+
+  def _embed(self, text_BxL: jax.Array) -> jax.Array:
+    x_BxLxD = self.token_embed(text_BxL)
+    return x_BxLxD + self.posemb[:text_BxL.shape[1]].astype(x_BxLxD.dtype)
+
+  def caption_logits(self, ctx_BxNxC: jax.Array, text_BxL: jax.Array) -> jax.Array:
+    """Autoregressive caption logits [B, L, V]; position t predicts token t+1 (causal)."""
+    return self.decoder(self._embed(text_BxL), ctx_BxNxC, embed=self._tied())
+
+  def _tied(self) -> nnx.Embed | None:
+    return self.token_embed if self.decoder.head is None else None
+
+  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> Output:
+    ctx_BxNxC = self.caption_context(image_BxHxWx3)
+    if not (train and self.masked_pred_prob > 0):
+      return Output(caption_logits=self.caption_logits(ctx_BxNxC, text_BxL))
+    if rng is None:
+      raise ValueError("Captioner with masked_pred_prob > 0 needs `rng` when train=True")
+    B, L = text_BxL.shape
+    parallel_B = jax.random.bernoulli(rng, self.masked_pred_prob, (B,))
+    x_BxLxD = self._embed(text_BxL)
+    masked_BxLxD = jnp.broadcast_to(self.mask_token[...].astype(x_BxLxD.dtype), x_BxLxD.shape)
+    masked_BxLxD = masked_BxLxD + self.posemb[:L].astype(x_BxLxD.dtype)
+    x_BxLxD = jnp.where(parallel_B[:, None, None], masked_BxLxD, x_BxLxD)
+    causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+    mask_BxLxL = parallel_B[:, None, None] | causal_LxL[None]
+    return Output(caption_logits=self.decoder(x_BxLxD, ctx_BxNxC, embed=self._tied(), mask_BxLxL=mask_BxLxL))
