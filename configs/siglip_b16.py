@@ -30,7 +30,7 @@ def get_config(arg=None):
   m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
-      causal=False, pool="eos"))
+      causal=False, pool="last", mask_pad=False))
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0, z_loss=0.0))
   return c

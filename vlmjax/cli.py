@@ -1,4 +1,4 @@
-"""The `vlmjax` command: train | info | data | eval | caption | sweep | report.
+"""The `vlmjax` command: train | info | data | eval | caption | sweep | report | convert.
 
 Each command group lives with the code it drives: a module listed in
 `_COMMAND_MODULES` defines `add_parsers(sub)`, which adds its subparsers and
@@ -18,7 +18,7 @@ import sys
 
 from vlmjax.config import ConfigError
 
-_COMMAND_MODULES = ("vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps")
+_COMMAND_MODULES = ("vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps", "vlmjax.convert.commands")
 
 
 def split_overrides(extra: list[str]) -> list[tuple[str, str]]:

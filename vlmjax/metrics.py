@@ -33,10 +33,12 @@ class Writer:
       from tensorboardX import SummaryWriter  # imported lazily: heavy, and only process 0 needs it
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
-  def write(self, step: int, metrics: dict) -> dict:
-    """Logs host metrics of `step`; adds `train/samples_per_sec` when a rate is known."""
+  def write(self, step: int, metrics: dict, extra: dict | None = None) -> dict:
+    """Logs host metrics of `step` as `train/<name>`, and `extra` (e.g. `data/...`, `eval/...`)
+    under its own names; adds `train/samples_per_sec` when a rate is known."""
     now = time.time()
-    row = {"step": step, **{f"train/{k}": float(v) for k, v in metrics.items()}}
+    row = {"step": step, **{f"train/{k}": float(v) for k, v in metrics.items()},
+           **{k: float(v) for k, v in (extra or {}).items()}}
     rate = None
     if self.last is not None and step > self.last_step:  # the first window includes compilation
       rate = (step - self.last_step) * self.batch_size / (now - self.last_time)
@@ -54,6 +56,8 @@ class Writer:
       eta = ((self.total_steps - step) * self.batch_size / rate) if rate else None
       parts = [f"step {step:>6}/{self.total_steps}", f"loss {row['train/loss']:.4f}"]
       parts += [f"{k[6:]} {row[k]:.4f}" for k in ("train/contrastive_loss", "train/caption_loss") if k in row]
+      if row.get("data/skipped"):
+        parts.append(f"skipped {int(row['data/skipped'])}")
       parts += [f"{rate:,.0f} samples/s" if rate else "compiling+first step",
                 f"ETA {_duration(eta)}" if eta is not None else "ETA -"]
       print(" | ".join(parts), flush=True)

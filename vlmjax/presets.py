@@ -75,7 +75,7 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   m.vision = vit(f"{s['vision']}/{patch}")
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
-      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls"))
+      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls", mask_pad=True))
   m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
                                              layout="fused", tie_embedding=s["tie"]))
   m.pooler = ml_collections.ConfigDict(dict(mode="cascade", kind="coca", width=m.vision.width,

@@ -125,6 +125,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   start = int(state.step)
   if start >= cfg.total_steps:
     print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
+    data.close()
     ckpt.close()
     return {"steps": (start, start), "finished": True}
   if start:
@@ -137,13 +138,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   for step in range(start + 1, last + 1):
     state, step_metrics = step_fn(state, next(data))
     if pending is not None:
-      writer.write(pending[0], jax.device_get(pending[1]))
+      writer.write(pending[0], jax.device_get(pending[1]), data.stats())
     log = step % cfg.log_every == 0 or step in (start + 1, last)
     pending = (step, step_metrics) if log else None
     if step % cfg.ckpt_every == 0 or step == last:
       ckpt.save(step, state, data.get_state())
   if pending is not None:
-    writer.write(pending[0], jax.device_get(pending[1]))
+    writer.write(pending[0], jax.device_get(pending[1]), data.stats())
+  data.close()
   ckpt.close()
   summary = writer.summary()
   writer.close()

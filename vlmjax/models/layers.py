@@ -10,6 +10,7 @@ the config. No mesh details live in model code.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -46,6 +47,22 @@ def attention_impl(name: str) -> str | None:
   return None if name == "auto" else name
 
 
+def dot_product_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, *,
+                          mask: jax.Array | None, causal: bool, impl: str | None) -> jax.Array:
+  """`jax.nn.dot_product_attention`; `impl=None` (auto) uses cuDNN's fused kernel on GPU when the
+  dtype and shapes allow it (jax checks them while tracing) and XLA's otherwise."""
+  attend = functools.partial(jax.nn.dot_product_attention, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask,
+                             is_causal=causal)
+  if impl is None:
+    if jax.default_backend() == "gpu" and q_BxTxHxK.dtype in (jnp.bfloat16, jnp.float16):
+      try:
+        return attend(implementation="cudnn")
+      except (ValueError, NotImplementedError, TypeError, RuntimeError):
+        pass  # e.g. a head dim or mask cuDNN does not take: fall through to XLA
+    impl = "xla"
+  return attend(implementation=impl)
+
+
 class Attention(nnx.Module):
   """Multi-head attention; self-attention when `kv_BxSxD` is None, cross-attention otherwise."""
 
@@ -70,8 +87,8 @@ class Attention(nnx.Module):
     k_BxSxHxK = self.k(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
     v_BxSxHxK = self.v(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
     mask = None if mask_BxTxS is None else mask_BxTxS[:, None]
-    o_BxTxHxK = jax.nn.dot_product_attention(
-        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, is_causal=causal, implementation=self.impl)
+    o_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, causal=causal,
+                                      impl=self.impl)
     return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
 
 

@@ -1,4 +1,7 @@
-"""Text transformer: causal or bidirectional, pooled by trailing CLS, EOS position or first token.
+"""Text transformer: causal or bidirectional, pooled by trailing CLS, EOS position, first or last token.
+
+`mask_pad` hides padding (id 0) from attention; SigLIP's text tower does not, and
+pools the last position of its fixed-length, padded input (`pool="last"`).
 
 Shape legend: B batch, L text length (context), T = L (+1 with a trailing CLS),
 D width, V vocabulary. Token id 0 is padding.
@@ -13,7 +16,7 @@ from flax import nnx
 
 from vlmjax.models import layers
 
-POOLS = ("cls", "eos", "first")
+POOLS = ("cls", "eos", "first", "last")
 
 
 class TextTransformer(nnx.Module):
@@ -23,7 +26,7 @@ class TextTransformer(nnx.Module):
       raise ValueError(f"model.text.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = cfg.width
-    self.pool, self.causal = cfg.pool, cfg.causal
+    self.pool, self.causal, self.mask_pad = cfg.pool, cfg.causal, cfg.mask_pad
     self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, param_dtype=param_dtype,
                                  embedding_init=nnx.initializers.normal(0.02),
                                  embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)
@@ -48,14 +51,14 @@ class TextTransformer(nnx.Module):
       valid_BxT = jnp.concatenate([valid_BxT, jnp.ones((B, 1), bool)], axis=1)
     T = x_BxTxD.shape[1]
     x_BxTxD = x_BxTxD + self.posemb[:T].astype(x_BxTxD.dtype)
-    mask_BxTxT = valid_BxT[:, None, :]
-    if self.causal:
-      mask_BxTxT = mask_BxTxT & jnp.tril(jnp.ones((T, T), bool))[None]
-    x_BxTxD = self.blocks(x_BxTxD, mask=mask_BxTxT)
+    x_BxTxD = self.blocks(x_BxTxD, mask=valid_BxT[:, None, :] if self.mask_pad else None,
+                          causal=self.causal)
     x_BxTxD = self.ln(x_BxTxD)
     if self.pool == "cls":
       return x_BxTxD[:, :L], x_BxTxD[:, L]
     if self.pool == "first":
       return x_BxTxD, x_BxTxD[:, 0]
-    eos_B = jnp.maximum(valid_BxT.sum(axis=1) - 1, 0)  # last non-pad position
+    if self.pool == "last":
+      return x_BxTxD, x_BxTxD[:, -1]
+    eos_B = jnp.maximum(jnp.sum(text_BxL != 0, axis=1) - 1, 0)  # last non-pad position
     return x_BxTxD, jnp.take_along_axis(x_BxTxD, eos_B[:, None, None], axis=1)[:, 0]
