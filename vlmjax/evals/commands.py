@@ -32,6 +32,8 @@ def _caption(args, overrides) -> int:
         images.append(transforms.normalize(transforms.decode_image(f.read(), cfg.model.image_size)))
     except OSError as e:
       raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
+    except transforms.BadImage as e:
+      raise ConfigError(f"cannot decode image {path!r}: {e}") from None
   s, params, step = runner.restore(args.workdir, cfg, args.step)
   batch_sh = sharding.batch_sharding(s.mesh, cfg.mesh.rules)
   shards = data.num_shards(batch_sh)

@@ -41,7 +41,10 @@ class EvalSet:
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
                         f"batch shards of the mesh")
-    self.source = sources.open_source(ev.data.source, image_size=self.image_size)
+    self.source = sources.open_source(ev.data.source, image_size=self.image_size, data_dir=ev.data.data_dir or None)
+    if not hasattr(self.source, "__getitem__"):
+      raise ConfigError(f"evals.{name}.data.source={ev.data.source!r} is a stream; evaluators need a "
+                        f"random-access source (local tar shards, arrayrecord, tfds, synthetic)")
     if ev.num_examples > len(self.source):
       raise ConfigError(f"evals.{name}.num_examples={ev.num_examples} exceeds the {len(self.source)} "
                         f"examples of {ev.data.source!r}; use 0 for all of them")
@@ -51,11 +54,16 @@ class EvalSet:
   def meta(self) -> list[dict]:
     """Every record without its image (captions, labels), read once; the same on all processes."""
     if self._meta is None:
-      self._meta = [{k: v for k, v in self.source[i].items() if k != "image"} for i in range(self.num_examples)]
+      self._meta = [{k: v for k, v in self.source[i].items() if k != "image" and not k.startswith("_")}
+                    for i in range(self.num_examples)]
     return self._meta
 
   def captions(self) -> list[list[str]]:
-    return [list(m["captions"]) if "captions" in m else [m["caption"]] for m in self.meta()]
+    out = [list(m["captions"]) if "captions" in m else [m["caption"]] for m in self.meta()]
+    if any(c is None for caps in out for c in caps):
+      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no caption; "
+                        f"retrieval and captioning need an image-text set")
+    return out
 
   def labels(self) -> np.ndarray:
     meta = self.meta()
@@ -77,7 +85,10 @@ class EvalSet:
     pool.shutdown()
 
   def _image(self, index: int) -> np.ndarray:
-    return transforms.normalize(transforms.decode_image(self.source[index]["image"], self.image_size))
+    rec = self.source[index]
+    if "image" not in rec:
+      raise sources.DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
+    return transforms.normalize(transforms.decode_image(rec["image"], self.image_size))
 
   def text_batches(self, texts: list[str]):
     """Yields (global token array [B, L], number of real rows) over `texts`."""

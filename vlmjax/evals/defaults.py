@@ -4,7 +4,7 @@
 
 Every field is present, so `--config.evals.<name>.<field>=v` overrides work and
 nothing is read with a silent default. Common fields: `type`, `data.source` (a
-data spec), `batch_size` (global), `every` (run when step % every == 0; 0: only
+data spec), `data.data_dir` (TFDS data_dir for tfds: specs; "": TFDS's default), `batch_size` (global), `every` (run when step % every == 0; 0: only
 at the last step; always at the last step), `num_examples` (the first N
 records; 0: all).
 """
@@ -20,7 +20,7 @@ TYPES = ("zero_shot", "retrieval", "captioning")
 
 def _common(type_: str, source: str, *, batch_size: int, every: int, num_examples: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      type=type_, data=ml_collections.ConfigDict(dict(source=source)), batch_size=batch_size, every=every,
+      type=type_, data=ml_collections.ConfigDict(dict(source=source, data_dir="")), batch_size=batch_size, every=every,
       num_examples=num_examples))
 
 
@@ -72,8 +72,9 @@ def validate(name: str, ev) -> None:
   if missing or extra:
     raise ConfigError(f"{where} ({ev.type}): missing {sorted(missing)}, unknown {sorted(extra)}; "
                       f"valid keys: {', '.join(sorted(FIELDS[ev.type]))}")
-  if "source" not in ev.data:
-    raise ConfigError(f"{where}.data needs a 'source' data spec, e.g. synthetic:shapes:validation")
+  if set(ev.data.keys()) != {"source", "data_dir"}:
+    raise ConfigError(f"{where}.data must have exactly 'source' (e.g. synthetic:shapes:validation) and "
+                      f"'data_dir', got {sorted(ev.data.keys())}")
   for key in ("batch_size",):
     if not isinstance(ev[key], int) or ev[key] <= 0:
       raise ConfigError(f"{where}.{key} must be a positive int, got {ev[key]!r}")

@@ -49,7 +49,7 @@ def templates(spec: str | Sequence[str], where: str) -> tuple[str, ...]:
   return out
 
 
-def class_names(source_spec: str, source, class_names_file: str, where: str) -> tuple[str, ...]:
+def class_names(source_spec: str, data_dir: str, class_names_file: str, where: str) -> tuple[str, ...]:
   """Class names in label order: from `class_names_file` when set, else from the source."""
   if class_names_file:
     if not os.path.isfile(class_names_file):
@@ -58,9 +58,10 @@ def class_names(source_spec: str, source, class_names_file: str, where: str) -> 
       return tuple(line.strip() for line in f if line.strip())
   if source_spec.startswith("synthetic:shapes"):
     return synthetic.CLASS_NAMES
-  names = getattr(source, "class_names", None)
-  if names is None and source_spec.startswith("tfds:"):
-    names = _tfds_class_names(source_spec.split(":")[1], where)
+  names = None
+  if source_spec.startswith("tfds:"):
+    from vlmjax.data import sources  # noqa: PLC0415
+    names = _tfds_class_names(sources.parse_tfds(source_spec)[0], data_dir, where)
   if names is None:
     raise ConfigError(f"{where}: {source_spec!r} does not provide class names; set it to a file "
                       f"with one class name per line")
@@ -70,12 +71,12 @@ def class_names(source_spec: str, source, class_names_file: str, where: str) -> 
   return tuple(n.replace("_", " ") for n in names)
 
 
-def _tfds_class_names(name: str, where: str) -> list[str] | None:
+def _tfds_class_names(name: str, data_dir: str, where: str) -> list[str] | None:
   try:
     import tensorflow_datasets as tfds  # noqa: PLC0415 (optional, heavy)
   except ImportError:
     raise ConfigError(f"{where}: tensorflow_datasets is not installed; cannot read class names of {name!r}") from None
-  info = tfds.builder(name).info  # reads the prepared data set's metadata; downloads nothing
+  info = tfds.builder(name, data_dir=data_dir or None).info  # the prepared set's metadata; downloads nothing
   label = info.features["label"] if "label" in info.features else None
   return list(label.names) if label is not None and hasattr(label, "names") else None
 
@@ -101,7 +102,7 @@ def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
   """The `zero_shot` evaluator."""
   from vlmjax.evals import data  # noqa: PLC0415
   ds = data.EvalSet(name, ev, cfg, mesh)
-  names = class_names(ev.data.source, ds.source, ev.class_names, f"evals.{name}.class_names")
+  names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
   prompts = templates(ev.templates, f"evals.{name}.templates")
   text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in names for t in prompts])
   image_emb = data.embed_images(ds, graphdef, params)
