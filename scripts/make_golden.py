@@ -1,0 +1,169 @@
+"""Golden fixtures for `vlmjax.convert`: tiny reference models with random weights, their outputs.
+
+    /work/torchenv/bin/python scripts/make_golden.py   # any venv with torch, open_clip_torch, transformers
+
+Builds open_clip CLIP, open_clip CoCa, HF CLIPModel and HF SiglipModel at toy sizes
+(width 64, 2 layers, 4 heads, image 32, patch 8, vocabulary 100, 12 tokens), gives
+every parameter random values (norms and biases too, so a mis-mapped tensor shows),
+and writes under tests/fixtures/convert/:
+
+  NAME.safetensors (open_clip) or NAME/model.safetensors + config.json (HF): the weights
+  NAME.npz: `image` [B, H, W, 3] (NHWC, as vlmjax takes it), `text` [B, L] int32 (0 = pad),
+            `image_emb`, `text_emb` (L2-normalised), `logit_scale` (exp), CoCa `logits`;
+            `published_*`: the same weights run with the settings released checkpoints use
+            where vlmjax has no knob for them yet (quick_gelu, tanh gelu, LN eps 1e-6,
+            open_clip CoCa's legacy CLS mask). The tests expect those to differ.
+
+Text rows: row 0 fills the context (no padding); row 1 is padded with 0 after its EOS.
+EOS is the largest id (open_clip CLIP pools at the argmax id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import open_clip
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "convert")
+V, L, IMG, PATCH, W, DEPTH, HEADS = 100, 12, 32, 8, 64, 2, 4
+SOT, EOS = V - 2, V - 1
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+  """Every float parameter gets fresh random values of its init's scale (norm scales near 1)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=g)
+      if name.endswith("logit_scale"):
+        p.copy_(torch.full_like(p, 2.3))
+      elif name.endswith("logit_bias"):
+        p.copy_(torch.full_like(p, -3.0))
+      elif p.ndim == 1 and torch.all(p == 1):  # a norm scale
+        p.copy_(1 + 0.1 * noise)
+      elif torch.all(p == 0) or p.ndim == 1:  # biases, zero-initialised tokens
+        p.copy_(0.1 * noise)
+      else:
+        p.copy_(noise * max(float(p.std()), 0.02))
+
+
+def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+  g = torch.Generator().manual_seed(seed)
+  image = torch.randn(2, 3, IMG, IMG, generator=g)
+  text = torch.randint(1, SOT, (2, L), generator=g)
+  text[:, 0] = SOT
+  text[0, -1] = EOS
+  text[1, 6], text[1, 7:] = EOS, 0
+  return image, text
+
+
+def save_npz(name: str, image, text, **outs) -> None:
+  arrays = {"image": image.permute(0, 2, 3, 1).numpy(), "text": text.numpy().astype(np.int32)}
+  arrays.update({k: v.detach().numpy().astype(np.float32) for k, v in outs.items()})
+  np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **arrays)
+
+
+def state(model: torch.nn.Module) -> dict:
+  return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def openclip_clip() -> None:
+  cfg = dict(embed_dim=32,
+             vision_cfg=dict(image_size=IMG, patch_size=PATCH, width=W, layers=DEPTH, head_width=W // HEADS),
+             text_cfg=dict(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH))
+  model = open_clip.CLIP(**cfg).eval()
+  randomise(model, 0)
+  published = open_clip.CLIP(**cfg, quick_gelu=True).eval()  # OpenAI-pretrained weights
+  published.load_state_dict(model.state_dict())
+  image, text = inputs(1)
+  with torch.no_grad():
+    out, pub = model(image, text), published(image, text)
+  save_file(state(model), os.path.join(OUT, "openclip_clip.safetensors"))
+  save_npz("openclip_clip", image, text, image_emb=out[0], text_emb=out[1], logit_scale=out[2],
+           published_image_emb=pub[0], published_text_emb=pub[1])
+
+
+def openclip_coca() -> None:
+  cfg = dict(embed_dim=W,
+             vision_cfg=dict(image_size=IMG, patch_size=PATCH, width=48, layers=DEPTH, head_width=16,
+                             attentional_pool=True, attn_pooler_queries=9, attn_pooler_heads=HEADS,
+                             output_tokens=True),
+             text_cfg=dict(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH, embed_cls=True,
+                           output_tokens=True),
+             multimodal_cfg=dict(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH,
+                                 attn_pooler_heads=HEADS))
+  model = open_clip.CoCa(**cfg).eval()
+  randomise(model, 2)
+  image, text = inputs(3)
+  with torch.no_grad():
+    legacy = model(image, text)  # released CoCa weights: CLS mask shifted by one position
+    model.text.correct_cls_mask = True
+    out = model(image, text)
+  save_file(state(model), os.path.join(OUT, "openclip_coca.safetensors"))
+  save_npz("openclip_coca", image, text, image_emb=out["image_features"], text_emb=out["text_features"],
+           logit_scale=out["logit_scale"], logits=out["logits"], published_text_emb=legacy["text_features"],
+           published_logits=legacy["logits"])
+
+
+def save_hf(name: str, model, config) -> None:
+  os.makedirs(os.path.join(OUT, name), exist_ok=True)
+  save_file(state(model), os.path.join(OUT, name, "model.safetensors"))
+  with open(os.path.join(OUT, name, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=1, default=str)
+
+
+def hf_clip() -> None:
+  def config(act):
+    tower = dict(hidden_size=W, intermediate_size=4 * W, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                 hidden_act=act)
+    return CLIPConfig(text_config=dict(tower, vocab_size=V, max_position_embeddings=L, eos_token_id=EOS,
+                                       bos_token_id=SOT, pad_token_id=0),
+                      vision_config=dict(tower, image_size=IMG, patch_size=PATCH), projection_dim=32)
+  model = CLIPModel(config("gelu")).eval()
+  randomise(model, 4)
+  published = CLIPModel(config("quick_gelu")).eval()
+  published.load_state_dict(model.state_dict())
+  image, text = inputs(5)
+  with torch.no_grad():
+    out, pub = model(input_ids=text, pixel_values=image), published(input_ids=text, pixel_values=image)
+  save_hf("hf_clip", model, config("quick_gelu"))
+  save_npz("hf_clip", image, text, image_emb=out.image_embeds, text_emb=out.text_embeds,
+           logit_scale=model.logit_scale.exp(), published_image_emb=pub.image_embeds,
+           published_text_emb=pub.text_embeds)
+
+
+def hf_siglip() -> None:
+  def config(act, eps):
+    tower = dict(hidden_size=W, intermediate_size=4 * W, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                 hidden_act=act, layer_norm_eps=eps)
+    return SiglipConfig(text_config=dict(tower, vocab_size=V, max_position_embeddings=L, bos_token_id=SOT,
+                                         eos_token_id=EOS, pad_token_id=0),
+                        vision_config=dict(tower, image_size=IMG, patch_size=PATCH))
+  model = SiglipModel(config("gelu", 1e-5)).eval()
+  randomise(model, 6)
+  published = SiglipModel(config("gelu_pytorch_tanh", 1e-6)).eval()
+  published.load_state_dict(model.state_dict())
+  image, text = inputs(7)
+  with torch.no_grad():
+    out, pub = model(input_ids=text, pixel_values=image), published(input_ids=text, pixel_values=image)
+  save_hf("hf_siglip", model, config("gelu_pytorch_tanh", 1e-6))
+  save_npz("hf_siglip", image, text, image_emb=out.image_embeds, text_emb=out.text_embeds,
+           logit_scale=model.logit_scale.exp(), logit_bias=model.logit_bias,
+           published_image_emb=pub.image_embeds, published_text_emb=pub.text_embeds)
+
+
+def main() -> None:
+  os.makedirs(OUT, exist_ok=True)
+  torch.manual_seed(0)
+  for make in (openclip_clip, openclip_coca, hf_clip, hf_siglip):
+    make()
+    print(f"wrote {make.__name__}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,83 @@
+"""Public checkpoints in and out: open_clip and Hugging Face CLIP / SigLIP / CoCa <-> vlmjax params.
+
+    vlmjax convert --from open_clip --checkpoint coca.safetensors --config configs/openclip_coca_b16.py --out DIR
+    params = vlmjax.convert.load_params(DIR, abstract_params)   # what `cfg.init_from` does
+
+`DIR/params` is an orbax StandardSave of the pure param dict; `DIR/convert.json` records
+the source, family, config and tokenizer. Modules: `io` (read/write state dicts),
+`mapping` (name and layout rules per family), `params` (checked conversion both ways),
+`tokenizer` (open_clip's BPE as a tokenizer.json), `commands` (the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from vlmjax.config import ConfigError
+
+PARAMS_DIR, META = "params", "convert.json"
+
+
+def family_of(source: str, checkpoint: str, state: dict) -> str:
+  """`open_clip` | `hf_clip` | `hf_siglip` from `--from` and the checkpoint's config.json or keys."""
+  if source == "open_clip":
+    if any(k.startswith(("visual.trunk.", "text.transformer.embeddings")) for k in state):
+      raise ConfigError(f"{checkpoint!r} has timm or HF towers inside open_clip (e.g. ViT-B-16-SigLIP); "
+                        "not supported: convert the same weights from the HF SiglipModel instead")
+    return "open_clip"
+  if source != "hf":
+    raise ConfigError(f"--from must be open_clip or hf, got {source!r}")
+  from vlmjax.convert import io
+  kind = io.hf_model_type(checkpoint) or ("siglip" if "vision_model.head.probe" in state else "clip")
+  if kind not in ("clip", "siglip"):
+    raise ConfigError(f"{checkpoint!r} is an HF {kind!r} model; supported: clip (CLIPModel), siglip (SiglipModel)")
+  return f"hf_{kind}"
+
+
+def convert(source: str, checkpoint: str, model_cfg, abstract_params: Any, *, vocab_offset: int = 0) -> Any:
+  """Reads `checkpoint` and returns our pure param dict (NumPy) shaped like `abstract_params`."""
+  from vlmjax.convert import io, params
+  state = io.read(checkpoint)
+  family = family_of(source, checkpoint, state)
+  return params.to_ours(state, family, model_cfg, abstract_params, where=f"checkpoint {checkpoint!r}",
+                        vocab_offset=vocab_offset)
+
+
+def save_params(out_dir: str, params: Any, meta: dict) -> str:
+  """Writes `params` with orbax StandardSave under OUT/params and `meta` as OUT/convert.json."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(os.path.abspath(out_dir), PARAMS_DIR)
+  if os.path.exists(path):
+    raise ConfigError(f"{path!r} already exists; choose a new --out directory")
+  os.makedirs(out_dir, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params)
+  with open(os.path.join(out_dir, META), "w") as f:
+    json.dump(meta, f, indent=1)
+  return path
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Restores converted params (DIR or DIR/params) onto `abstract_params` (ShapeDtypeStructs, with
+  shardings if they carry them). Shapes must match; a mismatch is a ConfigError naming the tensor."""
+  import jax
+  import orbax.checkpoint as ocp
+  from vlmjax.convert.params import flatten
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, PARAMS_DIR)):
+    path = os.path.join(path, PARAMS_DIR)
+  if not os.path.isdir(path):
+    raise ConfigError(f"init checkpoint {path!r} does not exist (expected a `vlmjax convert --out` directory)")
+  with ocp.StandardCheckpointer() as ckptr:
+    stored = flatten(ckptr.metadata(path).item_metadata.tree)
+    for key, leaf in flatten(abstract_params).items():
+      if key not in stored:
+        raise ConfigError(f"init checkpoint {path!r} lacks parameter {key} {tuple(leaf.shape)}")
+      if tuple(stored[key].shape) != tuple(leaf.shape):
+        raise ConfigError(f"init checkpoint {path!r} parameter {key} is {tuple(stored[key].shape)}, "
+                          f"the config wants {tuple(leaf.shape)}")
+    target = jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract_params)
+    return ckptr.restore(path, target)
