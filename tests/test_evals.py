@@ -79,7 +79,7 @@ def test_greedy_decoding_equals_a_naive_argmax_loop(micro):
   assert options["method"] == "greedy" and options["max_len"] == CAPTION_LEN
   got = data.gather(decode.jit_generate(s.graphdef, params, images, jax.random.fold_in(jax.random.key(0), 0),
                                         **options), n)
-  ctx = data._apply(params, images, graphdef=s.graphdef, method="caption_context")
+  ctx = data.apply_model(params, images, graphdef=s.graphdef, method="caption_context")
   logits_fn = jax.jit(lambda p, c, t: nnx.merge(s.graphdef, p).caption_logits(c, t))
   prefix = np.ones((n, 1), np.int32)
   steps = 3  # greedy is prefix-consistent: the first tokens of a longer decode; each length compiles
@@ -111,8 +111,9 @@ def _cli(*args):
   return code, out.getvalue(), err.getvalue()
 
 
-def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path):
+def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path, monkeypatch):
   cfg, _, host, _, metrics = micro
+  monkeypatch.setattr(cli, "_COMMAND_MODULES", ("vlmjax.evals.commands",))  # only the group under test
   workdir = _workdir(tmp_path, cfg, host)
   code, out, err = _cli("eval", "--workdir", str(workdir))
   assert code == 0, err
@@ -120,6 +121,12 @@ def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path):
   assert written["step"] == 3 and _values(written) == pytest.approx({**_values(metrics), "step": 3}, abs=1e-9)
   assert out.splitlines()[-1] == f"step 3: wrote {workdir / 'eval' / '3.json'}"
 
+  code, out, err = _cli("eval", "--workdir", str(workdir), "--step", "3", "--config.evals.more=zero_shot:" + SHAPES,
+                        "--config.evals.more.batch_size=32", "--config.evals.more.num_examples=48",
+                        "--config.evals.more.templates=shapes")
+  assert code == 0, err
+  added = json.load(open(workdir / "eval" / "3.json"))
+  assert added["eval/more/top1"] == written["eval/zs/top1"] and added["eval/more/top5"] == written["eval/zs/top5"]
   code, _, err = _cli("eval", "--workdir", str(workdir), "--config.evals.zs.num_examples=1000000")
   assert code == 2 and "exceeds" in err and "\n" not in err.strip()
   code, _, err = _cli("eval", "--workdir", str(workdir), "--step", "7")

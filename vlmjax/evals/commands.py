@@ -50,7 +50,10 @@ def _caption(args, overrides) -> int:
 
 
 def add_parsers(sub) -> None:
-  p = sub.add_parser("eval", help="run the configured evaluators on a workdir's checkpoint")
+  p = sub.add_parser("eval", help="run the configured evaluators on a workdir's checkpoint",
+                     description="Runs cfg.evals of DIR/config.json on a checkpoint and writes DIR/eval/STEP.json. "
+                     "--config.evals.NAME.FIELD=V changes an evaluator; --config.evals.NAME=TYPE:SOURCE adds one "
+                     "(TYPE: zero_shot | retrieval | captioning) with its defaults.")
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.set_defaults(run=_eval, takes_overrides=True)

@@ -121,7 +121,7 @@ def num_shards(batch_sharding: jax.sharding.NamedSharding) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "method"))
-def _apply(params, x, *, graphdef: nnx.GraphDef, method: str):
+def apply_model(params, x, *, graphdef: nnx.GraphDef, method: str):
   return getattr(nnx.merge(graphdef, params), method)(x)
 
 
@@ -133,14 +133,14 @@ def gather(x: jax.Array, n: int) -> np.ndarray:
 def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params) -> np.ndarray:
   """L2-normalised image embeddings [num_examples, E] (float32, host)."""
   require(ds, "encode_image")
-  out = [gather(_apply(params, x, graphdef=graphdef, method="encode_image"), n) for x, n in ds.image_batches()]
+  out = [gather(apply_model(params, x, graphdef=graphdef, method="encode_image"), n) for x, n in ds.image_batches()]
   return np.concatenate(out).astype(np.float32)
 
 
 def embed_texts(ds: EvalSet, graphdef: nnx.GraphDef, params, texts: list[str]) -> np.ndarray:
   """L2-normalised text embeddings [len(texts), E] (float32, host)."""
   require(ds, "encode_text")
-  out = [gather(_apply(params, t, graphdef=graphdef, method="encode_text"), n) for t, n in ds.text_batches(texts)]
+  out = [gather(apply_model(params, t, graphdef=graphdef, method="encode_text"), n) for t, n in ds.text_batches(texts)]
   return np.concatenate(out).astype(np.float32)
 
 

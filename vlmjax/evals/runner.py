@@ -54,11 +54,25 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   with open(path) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   for key, raw in overrides:
-    config.apply_override(cfg, key, raw)
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "evals" and parts[1] not in cfg.evals:
+      cfg.evals[parts[1]] = new_evaluator(parts[1], raw)
+    else:
+      config.apply_override(cfg, key, raw)
   config.validate(cfg)
   for name in cfg.evals.keys():
     defaults.validate(name, cfg.evals[name])
   return cfg
+
+
+def new_evaluator(name: str, raw: str) -> ml_collections.ConfigDict:
+  """`--config.evals.NAME=TYPE:SOURCE` adds an evaluator with the defaults of its type."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  type_, _, source = raw.partition(":")
+  if type_ not in defaults.TYPES or not source:
+    raise ConfigError(f"--config.evals.{name}={raw!r}: a new evaluator is TYPE:SOURCE with TYPE one of "
+                      f"{', '.join(defaults.TYPES)}, e.g. zero_shot:synthetic:shapes:validation")
+  return getattr(defaults, type_)(source)
 
 
 def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
