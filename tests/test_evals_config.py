@@ -1,0 +1,88 @@
+"""Evaluator configs, class names and eval data (no model compiled)."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import MICRO, ROOT
+from vlmjax import config, sharding
+from vlmjax.data import synthetic
+from vlmjax.evals import data, defaults, runner, zero_shot
+
+
+def test_validate_rejects_malformed_evaluators_in_one_line():
+  ev = defaults.captioning("synthetic:shapes:validation")
+  defaults.validate("cap", ev)
+  cases = [
+      (ml_collections.ConfigDict(dict(type="detection")), "evals.bad.type='detection' is unknown"),
+      (defaults.retrieval("synthetic:shapes", batch_size=0), "evals.bad.batch_size must be a positive int"),
+      (defaults.zero_shot("synthetic:shapes", every=-1), "evals.bad.every must be an int >= 0"),
+      (defaults.captioning("synthetic:shapes", method="nucleus"), "evals.bad.method='nucleus' is unknown"),
+      (defaults.captioning("synthetic:shapes", top_p=0.0), "0 < top_p <= 1"),
+  ]
+  extra = defaults.retrieval("synthetic:shapes")
+  extra.topk = 3
+  cases.append((extra, "unknown ['topk']"))
+  for ev, message in cases:
+    with pytest.raises(config.ConfigError, match=None) as e:
+      defaults.validate("bad", ev)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_due_every_and_final():
+  evals = ml_collections.ConfigDict(dict(a=defaults.zero_shot("s", every=10), b=defaults.retrieval("s", every=0)))
+  assert defaults.due(evals, 20) == ["a"] and defaults.due(evals, 15) == []
+  assert defaults.due(evals, 15, final=True) == ["a", "b"]
+
+
+def test_new_evaluator_from_an_override():
+  ev = runner.new_evaluator("x", "retrieval:synthetic:shapes:test")
+  assert ev.type == "retrieval" and ev.data.source == "synthetic:shapes:test" and tuple(ev.ks) == (1, 5, 10)
+  with pytest.raises(config.ConfigError, match="TYPE:SOURCE"):
+    runner.new_evaluator("x", "segmentation:synthetic:shapes")
+
+
+def test_templates_and_class_names(tmp_path, monkeypatch):
+  assert zero_shot.templates("shapes", "w") == zero_shot.TEMPLATES["shapes"]
+  assert zero_shot.templates(("a {}", "the {}"), "w") == ("a {}", "the {}")
+  with pytest.raises(config.ConfigError, match="exactly one"):
+    zero_shot.templates(("no placeholder",), "evals.z.templates")
+  with pytest.raises(config.ConfigError, match="not a template set"):
+    zero_shot.templates("imagenet80", "evals.z.templates")
+  assert zero_shot.class_names("synthetic:shapes:test", "", "", "w") == synthetic.CLASS_NAMES
+  names = tmp_path / "names.txt"
+  names.write_text("goldfish\ngreat white shark\n\n")
+  assert zero_shot.class_names("tfds:imagenet2012:validation", "", str(names), "w") == ("goldfish", "great white shark")
+  monkeypatch.setattr(zero_shot, "_tfds_class_names", lambda name, data_dir, where: ["n01440764", "n01443537"])
+  with pytest.raises(config.ConfigError, match="WordNet id"):
+    zero_shot.class_names("tfds:imagenet2012:validation", "", "", "evals.in1k.class_names")
+  monkeypatch.setattr(zero_shot, "_tfds_class_names", lambda name, data_dir, where: ["aquarium_fish", "apple"])
+  assert zero_shot.class_names("tfds:cifar100:test", "", "", "w") == ("aquarium fish", "apple")
+
+
+def test_tfds_eval_set_has_the_shapes_labels_and_class_names(tmp_path):
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py", MICRO)
+  ev = defaults.zero_shot("tfds:vlmjax_shapes/tiny:validation", batch_size=8, num_examples=16)
+  ev.data.data_dir = str(tmp_path)
+  ds = data.EvalSet("tfds", ev, cfg, sharding.make_mesh(cfg.mesh))
+  seed = synthetic.SEED_OF_SPLIT["validation"]  # TFDS shuffles on writing: find each example by its key
+  want = [synthetic.example(int(m["key"][2:]), seed=seed)["label"] for m in ds.meta()]
+  assert len(set(want)) > 1
+  np.testing.assert_array_equal(ds.labels(), want)
+  assert zero_shot.class_names(ev.data.source, ev.data.data_dir, "", "w") == synthetic.CLASS_NAMES
+  images = [(jax.device_get(x), n) for x, n in ds.image_batches()]
+  assert [x.shape for x, _ in images] == [(8, 32, 32, 3)] * 2 and [n for _, n in images] == [8, 8]
+
+
+def test_eval_set_pads_the_last_batch_and_checks_sizes():
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py", MICRO)
+  mesh = sharding.make_mesh(cfg.mesh)
+  ds = data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=16, num_examples=20), cfg, mesh)
+  batches = list(ds.text_batches([c for caps in ds.captions() for c in caps]))
+  assert [n for _, n in batches] == [16, 4] and batches[1][0].shape == (16, cfg.model.text.context_length)
+  assert len(batches[1][0].sharding.device_set) == 8
+  with pytest.raises(config.ConfigError, match="not divisible by the 8 batch shards"):
+    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=12), cfg, mesh)
+  with pytest.raises(config.ConfigError, match="exceeds the 100000 examples"):
+    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", num_examples=10**6), cfg, mesh)
