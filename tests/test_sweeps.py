@@ -4,8 +4,11 @@ import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -165,6 +168,25 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   lines.clear()
   sweeps.run_sweep(longer, workdir, train_cmd=fake_train, print_fn=lines.append)
   assert "(settings changed since it finished)" in lines[0] and _calls(workdir, "x=1.0,seed=0") == 2
+
+
+def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path):
+  slow = tmp_path / "slow.py"
+  slow.write_text("import time\nprint('training', flush=True)\ntime.sleep(30)\n")
+  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
+  workdir, lines = str(tmp_path / "sweep"), []
+
+  def print_fn(line):  # Ctrl-C (SIGINT to the main thread) a second after the first run starts
+    lines.append(line)
+    if len(lines) == 1:
+      main = threading.main_thread().ident
+      threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT)).start()
+  start = time.time()
+  with pytest.raises(KeyboardInterrupt):
+    sweeps.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
+  assert time.time() - start < 20  # the trainer was stopped, not waited for
+  assert sorted(os.listdir(workdir)) == ["seed=0"] and _status(workdir, "seed=0")["state"] == "interrupted"
+  assert lines[-1].endswith("interrupted; run the same command again to resume")
 
 
 def test_missing_train_command_is_a_failed_run(tmp_path):

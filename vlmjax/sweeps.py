@@ -190,7 +190,7 @@ def _write_status(rundir: str, status: dict) -> None:
 
 
 def state_of(sweep: Sweep, run: Run, workdir: str) -> str:
-  """new | done | failed | running (also: interrupted) | changed (done with other settings)."""
+  """new | done | failed | interrupted | running (or killed) | changed (done with other settings)."""
   status = read_status(os.path.join(workdir, run.name))
   if status is None:
     return "new"
@@ -210,8 +210,11 @@ def _tail(path: str, offset: int, n: int = 20) -> list[str]:
   return lines[-n:]
 
 
-def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD) -> dict:
-  """Trains one run in WORKDIR/<name> (train resumes from its checkpoint) and records its status."""
+def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD, procs: dict | None = None) -> dict:
+  """Trains one run in WORKDIR/<name> (train resumes from its checkpoint) and records its status.
+
+  `procs`, when given, holds the running train process under the run's name (so it can be stopped).
+  """
   rundir = os.path.join(workdir, run.name)
   os.makedirs(rundir, exist_ok=True)
   argv = train_argv(sweep.base, rundir, run, train_cmd)
@@ -228,7 +231,12 @@ def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD) -> dict:
     log.flush()
     offset = log.tell()
     try:
-      rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+      proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+      if procs is not None:
+        procs[run.name] = proc
+      rc = proc.wait()
+      if procs is not None:
+        procs.pop(run.name)
     except OSError as e:
       log.write(f"could not start the train command: {e}\n")
       rc = 127
@@ -242,7 +250,11 @@ def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD) -> dict:
 
 def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_CMD,
               print_fn=print) -> dict[str, str]:
-  """Runs every unfinished run (N at a time); skips finished ones. Returns name -> final state."""
+  """Runs every unfinished run (N at a time); skips finished ones. Returns name -> final state.
+
+  On KeyboardInterrupt, stops the running trainers (their last checkpoints stay), marks them
+  `interrupted`, starts nothing more, and re-raises.
+  """
   if parallel < 1:
     raise ConfigError(f"--parallel must be at least 1, got {parallel}")
   os.makedirs(workdir, exist_ok=True)
@@ -256,26 +268,42 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
       print_fn(f"{tag[run.name]}: done, skipped")
     else:
       todo.append((run, state))
-  lock = threading.Lock()
+  lock, stop, procs = threading.Lock(), threading.Event(), {}
 
   def work(item):
     run, before = item
+    if stop.is_set():
+      return run.name, before
     note = {"new": "", "changed": " (settings changed since it finished)"}.get(before, f" (was {before}; resuming)")
     with lock:
       print_fn(f"{tag[run.name]}: training{note} -> "
                f"{os.path.join(workdir, run.name, LOG)}")
-    status = run_one(sweep, run, workdir, train_cmd)
+    status = run_one(sweep, run, workdir, train_cmd, procs)
+    if stop.is_set() and status["state"] == "failed":
+      status["state"] = "interrupted"
+      _write_status(os.path.join(workdir, run.name), status)
     with lock:
-      if status["state"] == "done":
+      if status["state"] == "interrupted":
+        print_fn(f"{tag[run.name]}: interrupted")
+      elif status["state"] == "done":
         print_fn(f"{tag[run.name]}: done in {status['seconds']:.0f}s")
       else:
         print_fn(f"{tag[run.name]}: FAILED (exit {status['returncode']}): "
                  f"{status['error']}")
     return run.name, status["state"]
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
+  try:
     for name, state in pool.map(work, todo):
       states[name] = state
+  except KeyboardInterrupt:
+    stop.set()
+    for proc in list(procs.values()):
+      proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    print_fn(f"sweep {sweep.path}: interrupted; run the same command again to resume")
+    raise
+  pool.shutdown()
   failed = [n for n in states if states[n] != "done"]
   print_fn(f"sweep {sweep.path}: {len(states) - len(failed)}/{len(states)} runs done"
            + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -342,7 +370,10 @@ def _sweep(args, overrides) -> int:
       f.write(slurm_script(sweep, args.workdir, parallel=args.parallel, extra=extra, sbatch=tuple(args.sbatch)))
     print(f"wrote {path} ({len(sweep.runs)} array tasks); submit it with: sbatch {path}")
     return 0
-  states = run_sweep(sweep, args.workdir, parallel=1 if args.parallel is None else args.parallel)
+  try:
+    states = run_sweep(sweep, args.workdir, parallel=1 if args.parallel is None else args.parallel)
+  except KeyboardInterrupt:
+    return 130
   return 0 if all(s == "done" for s in states.values()) else 1
 
 
