@@ -176,14 +176,18 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path):
   sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
   workdir, lines = str(tmp_path / "sweep"), []
 
+  ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+
   def print_fn(line):  # Ctrl-C (SIGINT to the main thread) a second after the first run starts
     lines.append(line)
     if len(lines) == 1:
-      main = threading.main_thread().ident
-      threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT)).start()
+      ctrl_c.start()
   start = time.time()
-  with pytest.raises(KeyboardInterrupt):
-    sweeps.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      sweeps.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
+  finally:
+    ctrl_c.cancel()  # never let a late SIGINT reach pytest
   assert time.time() - start < 20  # the trainer was stopped, not waited for
   assert sorted(os.listdir(workdir)) == ["seed=0"] and _status(workdir, "seed=0")["state"] == "interrupted"
   assert lines[-1].endswith("interrupted; run the same command again to resume")
