@@ -13,6 +13,8 @@ and writes under tests/fixtures/convert/:
             `published_*`: the same weights run with the settings released checkpoints use
             where vlmjax has no knob for them yet (quick_gelu, tanh gelu, LN eps 1e-6,
             open_clip CoCa's legacy CLS mask). The tests expect those to differ.
+  bpe_tiny.txt.gz / bpe_tiny.npz: a made-up merges file in open_clip's BPE format and the
+            ids open_clip's SimpleTokenizer gives a few texts with it (context 16).
 
 Text rows: row 0 fills the context (no padding); row 1 is padded with 0 after its EOS.
 EOS is the largest id (open_clip CLIP pools at the argmax id).
@@ -35,7 +37,8 @@ SOT, EOS = V - 2, V - 1
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
-  """Every float parameter gets fresh random values of its init's scale (norm scales near 1)."""
+  """Every float parameter gets fresh random values: norm scales near 1, biases and tokens ~0.1,
+  matrices with unit-variance outputs."""
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -48,8 +51,8 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
         p.copy_(1 + 0.1 * noise)
       elif torch.all(p == 0) or p.ndim == 1:  # biases, zero-initialised tokens
         p.copy_(0.1 * noise)
-      else:
-        p.copy_(noise * max(float(p.std()), 0.02))
+      else:  # independent of the init, which leaves some tensors uninitialised (torch.empty)
+        p.copy_(noise / float(np.prod(p.shape[1:])) ** 0.5)
 
 
 def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,10 +160,27 @@ def hf_siglip() -> None:
            published_image_emb=pub.image_embeds, published_text_emb=pub.text_embeds)
 
 
+MERGES = ["p h", "ph o", "t o</w>", "pho to</w>", "o f</w>", "c a", "ca t</w>", "d o", "do g</w>", "a n",
+          "an d</w>", "t h", "th e</w>", "i t", "' s</w>", "l i", "li f", "lif e</w>", "1 2", "12 3</w>"]
+TEXTS = ["A photo of a CAT!", "the dog  and\tthe cat", "it's a dog's life", "\u00fcn\u00efcode text 123"]
+
+
+def openclip_bpe() -> None:
+  """A made-up merges file in open_clip's format, and what open_clip's tokenizer makes of TEXTS with it."""
+  import gzip
+  from open_clip.tokenizer import SimpleTokenizer
+  path = os.path.join(OUT, "bpe_tiny.txt.gz")
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("#version: tiny\n" + "\n".join(MERGES))  # no trailing newline: open_clip would read an empty merge
+  tok = SimpleTokenizer(bpe_path=path)
+  ids = tok(TEXTS, context_length=16).numpy().astype(np.int32)
+  np.savez_compressed(os.path.join(OUT, "bpe_tiny.npz"), ids=ids, texts=np.array(TEXTS))
+
+
 def main() -> None:
   os.makedirs(OUT, exist_ok=True)
   torch.manual_seed(0)
-  for make in (openclip_clip, openclip_coca, hf_clip, hf_siglip):
+  for make in (openclip_clip, openclip_coca, hf_clip, hf_siglip, openclip_bpe):
     make()
     print(f"wrote {make.__name__}")
 

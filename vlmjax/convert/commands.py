@@ -1,0 +1,103 @@
+"""`vlmjax convert`: open_clip / Hugging Face checkpoints to vlmjax params, and back (`--reverse`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from vlmjax.config import ConfigError
+
+TOKENIZER_HELP = ("tokenizer that goes with the checkpoint: hf:TOKENIZER_JSON, open_clip:BPE_GZ (open_clip's "
+                  "bpe_simple_vocab_16e6.txt.gz), or none; default: an HF directory's tokenizer.json, else none")
+
+
+def _abstract_params(cfg):
+  from flax import nnx
+  from vlmjax import models
+  return nnx.to_pure_dict(nnx.split(models.abstract(cfg.model))[1])
+
+
+def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None, int]:
+  """(the `hf:` spec the data config should use, vocabulary offset); writes OUT/tokenizer.json."""
+  from vlmjax.convert import io, tokenizer
+  from vlmjax.data import tokenizers
+  if spec is None:
+    found = io.find_tokenizer_json(checkpoint) if os.path.isdir(checkpoint) else None
+    spec = f"hf:{found}" if found else "none"
+  if spec == "none":
+    return None, 0
+  kind, _, path = spec.partition(":")
+  if kind not in ("hf", "open_clip") or not path:
+    raise ConfigError(f"--tokenizer {spec!r} is not valid; {TOKENIZER_HELP}")
+  if not os.path.exists(path):
+    raise ConfigError(f"--tokenizer {spec!r}: file {path!r} does not exist")
+  os.makedirs(out, exist_ok=True)
+  target = os.path.join(os.path.abspath(out), "tokenizer.json")
+  if kind == "open_clip":
+    tokenizer.openclip_tokenizer_json(path, target)
+  else:
+    shutil.copyfile(path, target)
+  tok = tokenizers.build(f"hf:{target}")
+  return f"hf:{target}", tok.shift
+
+
+def _convert(args, overrides) -> int:
+  from vlmjax import config
+  import vlmjax.convert as convert
+  cfg = config.load(args.config, overrides)
+  if args.reverse:
+    return _reverse(args, cfg)
+  abstract = _abstract_params(cfg)
+  spec, offset = _tokenizer(args.tokenizer, args.checkpoint, args.out)
+  params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
+  path = convert.save_params(args.out, params, dict(
+      source=args.source, checkpoint=os.path.abspath(args.checkpoint), config=args.config,
+      overrides=[f"{k}={v}" for k, v in overrides], tokenizer=spec, vocab_offset=offset))
+  print(f"wrote {path}")
+  print(f"train from it: --config.init_from={os.path.abspath(args.out)}")
+  if spec is not None:
+    note = " (ids shifted by one so 0 is padding; the embedding got a pad row)" if offset else ""
+    print(f"tokenizer: --config.data.train.tokenizer={spec}{note}")
+  return 0
+
+
+def _reverse(args, cfg) -> int:
+  import numpy as np
+  import vlmjax.convert as convert
+  from vlmjax.convert import io, params as conv
+  if not args.out.endswith(".safetensors"):
+    raise ConfigError(f"--reverse writes a .safetensors file; got --out {args.out!r}")
+  if args.source == "open_clip":
+    family = "open_clip"
+  else:  # the HF family follows from the architecture
+    family = "hf_siglip" if cfg.model.vision.pool == "map" else "hf_clip"
+  ours = convert.load_params(args.checkpoint, _abstract_params(cfg))
+  offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
+  state = conv.to_ref(ours, family, cfg.model, vocab_offset=offset)
+  io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, args.out)
+  print(f"wrote {args.out} ({len(state)} tensors, {family} names)")
+  return 0
+
+
+def _stored_offset(path: str) -> int:
+  import json
+  meta = os.path.join(path, "convert.json")
+  if not os.path.exists(meta):
+    raise ConfigError(f"{path!r} has no convert.json; pass --vocab-offset 0 or 1 (1 drops a pad row at id 0)")
+  with open(meta) as f:
+    return int(json.load(f)["vocab_offset"])
+
+
+def add_parsers(sub) -> None:
+  p = sub.add_parser("convert", help="import an open_clip / Hugging Face checkpoint (or export one back)")
+  p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf"),
+                 help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel directory")
+  p.add_argument("--checkpoint", required=True,
+                 help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory")
+  p.add_argument("--config", required=True, help="config file of the matching architecture, FILE[:k=v,...]")
+  p.add_argument("--out", required=True, help="output directory; with --reverse, a .safetensors file")
+  p.add_argument("--reverse", action="store_true", help="export vlmjax params to the reference's state dict")
+  p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
+  p.add_argument("--vocab-offset", type=int, choices=(0, 1), default=None,
+                 help="with --reverse: pad rows to drop (default: what convert.json recorded)")
+  p.set_defaults(run=_convert, takes_overrides=True)
