@@ -75,7 +75,7 @@ def test_greedy_decoding_equals_a_naive_argmax_loop(micro):
   cfg, s, _, params, _ = micro
   ds = data.EvalSet("cap", cfg.evals.cap, cfg, s.mesh)
   images, n = next(ds.image_batches())
-  options = captioning.decode_options(cfg.evals.cap)  # as the evaluator decodes: compiled already
+  options = {**captioning.decode_options(cfg.evals.cap), **captioning.special_ids(ds.tokenizer)}  # compiled
   assert options["method"] == "greedy" and options["max_len"] == CAPTION_LEN
   got = data.gather(decode.jit_generate(s.graphdef, params, images, jax.random.fold_in(jax.random.key(0), 0),
                                         **options), n)

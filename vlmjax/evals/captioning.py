@@ -100,12 +100,24 @@ def decode_options(ev) -> dict:
               temperature=ev.temperature, length_penalty=ev.length_penalty)
 
 
+def special_ids(tokenizer) -> dict:
+  """{"bos_id", "eos_id"} of a data tokenizer (eos -1: none, decode to max_len)."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.data import tokenizers  # noqa: PLC0415
+  if isinstance(tokenizer, tokenizers.ByteTokenizer):
+    return {"bos_id": tokenizers.BOS, "eos_id": tokenizers.EOS}
+  if tokenizer.bos is None:
+    raise ConfigError("captioning needs a tokenizer with a BOS token to start decoding from; this one has none")
+  return {"bos_id": tokenizer.bos, "eos_id": -1 if tokenizer.eos is None else tokenizer.eos}
+
+
 def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
   """Decoded captions of every example of an `EvalSet`, as text."""
   import jax  # noqa: PLC0415
 
   from vlmjax.evals import data, decode  # noqa: PLC0415
   data.require(ds, "caption_logits")
+  options = {**options, **special_ids(ds.tokenizer)}
   out = []
   for b, (images, n) in enumerate(ds.image_batches()):
     tokens = decode.jit_generate(graphdef, params, images, jax.random.fold_in(jax.random.key(seed), b), **options)

@@ -21,7 +21,7 @@ def _caption(args, overrides) -> int:
 
   from vlmjax import sharding  # noqa: PLC0415
   from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
-  from vlmjax.evals import data, decode, runner  # noqa: PLC0415
+  from vlmjax.evals import captioning, data, decode, runner  # noqa: PLC0415
   cfg = runner.load_workdir_config(args.workdir, overrides)
   if args.max_len > cfg.model.text.context_length:
     raise ConfigError(f"--max-len {args.max_len} exceeds model.text.context_length={cfg.model.text.context_length}")
@@ -39,11 +39,11 @@ def _caption(args, overrides) -> int:
   shards = data.num_shards(batch_sh)
   n = len(images)
   batch = np.stack(images + [images[-1]] * (-n % shards))
+  tokenizer = tokenizers.build(cfg.data.train.tokenizer)
   tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, batch_sh), jax.random.key(args.seed),
                                max_len=args.max_len, method=args.method, beam_size=args.beam_size,
                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                               length_penalty=args.length_penalty)
-  tokenizer = tokenizers.build(cfg.data.train.tokenizer)
+                               length_penalty=args.length_penalty, **captioning.special_ids(tokenizer))
   for path, row in zip(args.images, data.gather(tokens, n)):
     print(f"{path}\t{tokenizer.decode(row)}")
   return 0

@@ -4,9 +4,10 @@
 
 Every field is present, so `--config.evals.<name>.<field>=v` overrides work and
 nothing is read with a silent default. Common fields: `type`, `data.source` (a
-data spec), `data.data_dir` (TFDS data_dir for tfds: specs; "": TFDS's default), `batch_size` (global), `every` (run when step % every == 0; 0: only
+data spec), `data.data_dir` (TFDS data_dir for tfds: specs; "": TFDS's
+default), `batch_size` (global), `every` (run when step % every == 0; 0: only
 at the last step; always at the last step), `num_examples` (the first N
-records; 0: all).
+records; 0: all). Images are resized to the model's size (aspect not kept).
 """
 
 from __future__ import annotations

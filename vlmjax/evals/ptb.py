@@ -48,7 +48,8 @@ def tokenize_line(line: str) -> list[str]:
   out: list[str] = []
   for m in _TOKEN.finditer(line):
     kind, tok = m.lastgroup, m.group()
-    opening = m.start() == 0 or line[m.start() - 1].isspace() or (out and out[-1] in ("-LRB-", "-LSB-", "-LCB-", "``", "`"))
+    opening = (m.start() == 0 or line[m.start() - 1].isspace()
+               or (out and out[-1] in ("-LRB-", "-LSB-", "-LCB-", "``", "`")))
     if kind == "ellipsis":
       tok = "..."
     elif kind == "dashes":
