@@ -1,5 +1,6 @@
 """Sweeps: expansion, the local runner (with a fake train command), Slurm scripts, reports."""
 
+import dataclasses
 import glob
 import json
 import math
@@ -42,6 +43,21 @@ for step in range(start + 1, total + 1):
   if os.environ.get("FAKE_FAIL") == ov["x"] and step == total // 2:
     print("Traceback (most recent call last):\nValueError: boom at step", step); sys.exit(1)
 print("done")
+"""
+
+
+# Stands in for `vlmjax eval`: writes eval/<step>.json from the run's progress; fails while
+# $FAKE_EVAL_FAIL is set.
+FAKE_EVAL = r"""
+import json, os, sys
+args = sys.argv[1:]
+workdir = args[args.index("--workdir") + 1]
+if os.environ.get("FAKE_EVAL_FAIL"):
+  print("vlmjax: error: evals.zs: no such data"); sys.exit(2)
+step = int(open(os.path.join(workdir, "progress")).read())
+os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+json.dump({"step": step, "eval/zs/top1": 0.5, "eval/zs/seconds": 3.0, "argv": args},
+          open(os.path.join(workdir, "eval", f"{step}.json"), "w"))
 """
 
 
@@ -92,6 +108,7 @@ def test_expand_grid_zip_seeds_and_names():
     (dict(base="c.py", seeds=[0], grid={"seed": [1, 2]}), "set seeds with the 'seeds' key"),
     (dict(base="c.py", seeds=[0], grid={"a": [1]}, fixed={"a": 2}), "'a' appears in more than one"),
     (dict(base="c.py", seeds=[0], grid={"a": [1]}, labels={"b": "B"}), "labels names 'b', which is not swept"),
+    (dict(base="c.py", seeds=[0], evals=["zero_shot"]), "'evals' must be a dict of dotted config keys"),
     (dict(base="c.py", seeds=[0], zip={"a": [1, 2], "b": [3, 4]}, labels={"a": None, "b": None}),
      "two runs are both named 'seed=0'"),
 ])
@@ -191,6 +208,29 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path):
   assert time.time() - start < 20  # the trainer was stopped, not waited for
   assert sorted(os.listdir(workdir)) == ["seed=0"] and _status(workdir, "seed=0")["state"] == "interrupted"
   assert lines[-1].endswith("interrupted; run the same command again to resume")
+
+
+def test_evals_run_after_training_and_a_failed_eval_does_not_retrain(tmp_path, fake_train, monkeypatch):
+  fake_eval = tmp_path / "fake_eval.py"
+  fake_eval.write_text(FAKE_EVAL)
+  sweep = sweeps.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0]},
+                             evals={"zs": "zero_shot:synthetic:shapes:validation", "zs.num_examples": 64}))
+  workdir, name, cmds = str(tmp_path / "sweep"), "x=1.0,seed=0", dict(train_cmd=fake_train,
+                                                                      eval_cmd=(sys.executable, str(fake_eval)))
+  monkeypatch.setenv("FAKE_EVAL_FAIL", "1")
+  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lambda _: None) == {name: "failed"}
+  status = _status(workdir, name)
+  assert status["trained"] and status["error"] == "vlmjax: error: evals.zs: no such data"
+  monkeypatch.delenv("FAKE_EVAL_FAIL")
+  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lambda _: None) == {name: "done"}
+  assert _calls(workdir, name) == 1  # training was not repeated
+  evaluated = json.load(open(os.path.join(workdir, name, "eval", "4.json")))
+  assert evaluated["argv"][2:] == ["--config.evals.zs=zero_shot:synthetic:shapes:validation",
+                                   "--config.evals.zs.num_examples=64"]
+  text = report.write_report(workdir)
+  assert "zs/top1 final" in text and "seconds" not in text.split("## Groups")[1].split("\n")[2]
+  other = dataclasses.replace(sweep, evals=(("evals.zs", "retrieval:synthetic:shapes:validation"),))
+  assert sweeps.state_of(other, other.runs[0], workdir) == "changed"
 
 
 def test_missing_train_command_is_a_failed_run(tmp_path):

@@ -108,8 +108,8 @@ def parse_metric(spec: str) -> tuple[str, str]:
 
 def default_metrics(runs: list[RunResult]) -> list[str]:
   present = {k for r in runs for row in r.rows for k in row}
-  evals = sorted(k for k in present if k.startswith("eval/"))
-  return [m for m in DEFAULT_TRAIN_METRICS if m in present] + evals
+  evals = sorted(k for k in present if k.startswith("eval/") and not k.endswith("/seconds"))
+  return [m for m in DEFAULT_TRAIN_METRICS if m in present] + evals  # eval timings left out
 
 
 def final_and_best(run: RunResult, metric: str, mode: str, last: int = 1) -> tuple[float | None, float | None]:

@@ -9,10 +9,13 @@ A sweep file defines `get_sweep()` returning a dict:
     fixed   {"log_every": 10}                  overrides shared by every run (optional)
     labels  {"loss.caption_weight": "lambda_cap"}  name of a key in run names; None leaves it out
                                                (optional; default: the key's last component)
+    evals   {"zs": "zero_shot:synthetic:shapes:validation", "zs.num_examples": 512}
+                                               after training, `vlmjax eval --config.evals.K=V ...` on
+                                               the last checkpoint, for configs without evaluators (optional)
 
 Runs are the product of grid combinations, zip rows and seeds (seeds innermost), named like
 `lambda_cap=1.0,seed=1`. Each run trains in `WORKDIR/<name>` with its output in `log.txt` and
-its state (running | done | failed, the error's last lines) in `status.json`. `vlmjax report`
+its state (running | done | failed | interrupted, the error's last lines) in `status.json`. `vlmjax report`
 (vlmjax/report.py) turns a sweep's workdir into tables and plots.
 """
 
@@ -32,10 +35,11 @@ import time
 
 from vlmjax.config import ConfigError
 
-SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels")
+SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels", "evals")
 STATUS = "status.json"
 LOG = "log.txt"
 TRAIN_CMD = (sys.executable, "-m", "vlmjax.cli", "train")
+EVAL_CMD = (sys.executable, "-m", "vlmjax.cli", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Sweep:
   runs: tuple[Run, ...]
   swept: tuple[str, ...]                 # the keys the sweep varies (besides seed)
   n_fixed: int                           # leading overrides of each run that every run shares
+  evals: tuple[tuple[str, str], ...] = ()  # `vlmjax eval` overrides after training, keys under `evals.`
 
 
 def format_value(value) -> str:
@@ -98,6 +103,7 @@ def expand(spec: dict, where: str = "sweep") -> Sweep:
     raise ConfigError(f"{where}: 'seeds' must be distinct ints, got {seeds!r}")
   grid, zipped = _mapping(where, spec, "grid"), _mapping(where, spec, "zip")
   fixed, labels = _mapping(where, spec, "fixed"), _mapping(where, spec, "labels")
+  evals = tuple((f"evals.{k}", format_value(v)) for k, v in _mapping(where, spec, "evals").items())
   grid = {k: _values(f"{where}: grid", k, v) for k, v in grid.items()}
   zipped = {k: _values(f"{where}: zip", k, v) for k, v in zipped.items()}
   lengths = {len(v) for v in zipped.values()}
@@ -136,7 +142,7 @@ def expand(spec: dict, where: str = "sweep") -> Sweep:
       seen[name] = True
       overrides = fixed_overrides + tuple((k, format_value(v)) for k, v in combo.items()) + (("seed", str(seed)),)
       runs.append(Run(name, group, len(runs), seed, params, overrides))
-  return Sweep(where, base, tuple(runs), tuple(swept), len(fixed_overrides))
+  return Sweep(where, base, tuple(runs), tuple(swept), len(fixed_overrides), evals)
 
 
 def load_sweep(path: str) -> Sweep:
@@ -194,13 +200,24 @@ def state_of(sweep: Sweep, run: Run, workdir: str) -> str:
   status = read_status(os.path.join(workdir, run.name))
   if status is None:
     return "new"
-  if status["state"] == "done" and (status["base"], status["overrides"]) != (sweep.base, [list(o) for o in run.overrides]):
+  if status["state"] == "done" and not (_same_training(sweep, run, status) and
+                                        status["evals"] == [list(e) for e in sweep.evals]):
     return "changed"
   return status["state"]
 
 
+def _same_training(sweep: Sweep, run: Run, status: dict | None) -> bool:
+  """Whether `status` records this run's training as finished, with the same base and overrides."""
+  return bool(status and status["trained"] and status["base"] == sweep.base
+              and status["overrides"] == [list(o) for o in run.overrides])
+
+
 def train_argv(base: str, rundir: str, run: Run, train_cmd=TRAIN_CMD) -> list[str]:
   return [*train_cmd, "--config", base, "--workdir", rundir, *(f"--config.{k}={v}" for k, v in run.overrides)]
+
+
+def eval_argv(sweep: Sweep, rundir: str, eval_cmd=EVAL_CMD) -> list[str]:
+  return [*eval_cmd, "--workdir", rundir, *(f"--config.{k}={v}" for k, v in sweep.evals)]
 
 
 def _tail(path: str, offset: int, n: int = 20) -> list[str]:
@@ -210,24 +227,10 @@ def _tail(path: str, offset: int, n: int = 20) -> list[str]:
   return lines[-n:]
 
 
-def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD, procs: dict | None = None) -> dict:
-  """Trains one run in WORKDIR/<name> (train resumes from its checkpoint) and records its status.
-
-  `procs`, when given, holds the running train process under the run's name (so it can be stopped).
-  """
-  rundir = os.path.join(workdir, run.name)
-  os.makedirs(rundir, exist_ok=True)
-  argv = train_argv(sweep.base, rundir, run, train_cmd)
-  status = dict(name=run.name, group=run.group, index=run.index, seed=run.seed, params=run.params,
-                base=sweep.base, overrides=[list(o) for o in run.overrides], sweep=sweep.path,
-                command=shlex.join(argv), state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
-  previous = read_status(rundir)
-  status["attempts"] = (previous or {}).get("attempts", 0) + 1  # a status from an older runner may lack it
-  _write_status(rundir, status)
-  log_path = os.path.join(rundir, LOG)
-  start = time.time()
+def _phase(argv: list[str], log_path: str, run: Run, attempt: int, procs: dict | None) -> tuple[int, list[str]]:
+  """Runs one command with its output appended to the run's log; returns (exit status, last lines)."""
   with open(log_path, "a") as log:
-    log.write(f"==> attempt {status['attempts']} at {status['started']}: {status['command']}\n")
+    log.write(f"==> attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n")
     log.flush()
     offset = log.tell()
     try:
@@ -238,17 +241,48 @@ def run_one(sweep: Sweep, run: Run, workdir: str, train_cmd=TRAIN_CMD, procs: di
       if procs is not None:
         procs.pop(run.name)
     except OSError as e:
-      log.write(f"could not start the train command: {e}\n")
+      log.write(f"could not start {argv[0]!r}: {e}\n")
       rc = 127
+  return rc, (_tail(log_path, offset) if rc else [])
+
+
+def run_one(sweep: Sweep, run: Run, workdir: str, *, train_cmd=TRAIN_CMD, eval_cmd=EVAL_CMD,
+            procs: dict | None = None) -> dict:
+  """Trains one run in WORKDIR/<name>, then evaluates it if the sweep has `evals`; records its status.
+
+  `vlmjax train` resumes from the run's checkpoint; a run whose training finished with the same
+  settings only repeats the evaluation. `procs`, when given, holds the running process under the
+  run's name (so it can be stopped).
+  """
+  rundir = os.path.join(workdir, run.name)
+  os.makedirs(rundir, exist_ok=True)
+  previous = read_status(rundir)
+  argv = train_argv(sweep.base, rundir, run, train_cmd)
+  status = dict(name=run.name, group=run.group, index=run.index, seed=run.seed, params=run.params,
+                base=sweep.base, overrides=[list(o) for o in run.overrides], evals=[list(e) for e in sweep.evals],
+                sweep=sweep.path, command=shlex.join(argv), state="running", trained=False,
+                started=time.strftime("%Y-%m-%d %H:%M:%S"), attempts=(previous or {}).get("attempts", 0) + 1)
+  log_path = os.path.join(rundir, LOG)
+  start = time.time()
+  rc, tail = 0, []
+  if _same_training(sweep, run, previous):
+    status["trained"] = True
+  else:
+    _write_status(rundir, status)
+    rc, tail = _phase(argv, log_path, run, status["attempts"], procs)
+    status["trained"] = rc == 0
+  if rc == 0 and sweep.evals:
+    status["eval_command"] = shlex.join(eval_argv(sweep, rundir, eval_cmd))
+    _write_status(rundir, status)
+    rc, tail = _phase(eval_argv(sweep, rundir, eval_cmd), log_path, run, status["attempts"], procs)
   status.update(seconds=round(time.time() - start, 1), returncode=rc, state="done" if rc == 0 else "failed")
   if rc != 0:
-    tail = _tail(log_path, offset)
     status.update(error=tail[-1] if tail else f"exit status {rc} with no output", log_tail=tail)
   _write_status(rundir, status)
   return status
 
 
-def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_CMD,
+def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_CMD, eval_cmd=EVAL_CMD,
               print_fn=print) -> dict[str, str]:
   """Runs every unfinished run (N at a time); skips finished ones. Returns name -> final state.
 
@@ -278,7 +312,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
     with lock:
       print_fn(f"{tag[run.name]}: training{note} -> "
                f"{os.path.join(workdir, run.name, LOG)}")
-    status = run_one(sweep, run, workdir, train_cmd, procs)
+    status = run_one(sweep, run, workdir, train_cmd=train_cmd, eval_cmd=eval_cmd, procs=procs)
     if stop.is_set() and status["state"] == "failed":
       status["state"] = "interrupted"
       _write_status(os.path.join(workdir, run.name), status)
@@ -360,6 +394,9 @@ def _sweep(args, overrides) -> int:
       print(f"  {run.name:<{width}}  {state:<8} {flags}")
     example = train_argv(sweep.base, os.path.join(args.workdir, sweep.runs[0].name), sweep.runs[0])
     print(f"each run: {shlex.join(['vlmjax', *example[3:]])}")
+    if sweep.evals:
+      example = eval_argv(sweep, os.path.join(args.workdir, sweep.runs[0].name))
+      print(f"then:     {shlex.join(['vlmjax', *example[3:]])}")
     return 0
   if args.parallel is not None and args.parallel < 1:
     raise ConfigError(f"--parallel must be at least 1, got {args.parallel}")
