@@ -103,8 +103,10 @@ def to_ours(state: dict[str, np.ndarray], family: str, model_cfg, abstract_param
       raise ConfigError(f"{where} tensor {ref_key} {tuple(ref.shape)} is not a fused q/k/v projection")
     x = _shift_vocab(key, mapping.to_ours(kind, ref, index), vocab_offset)
     if tuple(x.shape) != shape:
+      hint = (f"; the tokenizer shifts ids up by {vocab_offset}, so model.text.vocab_size must be "
+              f"{ref.shape[VOCAB_ROWS[key] if kind == 'copy' else 0] + vocab_offset}") if key in VOCAB_ROWS and vocab_offset else ""
       raise ConfigError(f"{where} tensor {ref_key} {tuple(ref.shape)} does not fit config parameter {key} "
-                        f"{shape} (read as {tuple(x.shape)})")
+                        f"{shape} (read as {tuple(x.shape)}){hint}")
     used.add(ref_key)
     out[key] = x
   extra = [k for k in state if k not in used]
