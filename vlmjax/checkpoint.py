@@ -9,11 +9,14 @@ when complete, so the latest visible checkpoint is always whole.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 
@@ -55,3 +58,33 @@ class Checkpointer:
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+class PreemptionWatcher:
+  """Tells the train loop when to save and stop because the job is being preempted.
+
+  With several processes, jax's preemption service (started by `jax.distributed`)
+  catches SIGTERM on any host and all hosts agree on one step to save at. A single
+  process catches SIGTERM itself and stops at the next step.
+  """
+
+  def __init__(self):
+    self.multi = jax.process_count() > 1
+    self._signalled = False
+    self._previous = None
+    if not self.multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

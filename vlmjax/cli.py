@@ -1,4 +1,4 @@
-"""The `vlmjax` command: train | info | data | eval | caption | sweep | report | convert.
+"""The `vlmjax` command: train | info | data | eval | caption | sweep | report | convert | launch.
 
 Each command group lives with the code it drives: a module listed in
 `_COMMAND_MODULES` defines `add_parsers(sub)`, which adds its subparsers and
@@ -18,7 +18,8 @@ import sys
 
 from vlmjax.config import ConfigError
 
-_COMMAND_MODULES = ("vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps", "vlmjax.convert.commands")
+_COMMAND_MODULES = (
+    "vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps", "vlmjax.convert.commands", "vlmjax.launch")
 
 
 def split_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -45,9 +46,23 @@ class Parser(argparse.ArgumentParser):
 
 
 def _train(args, overrides) -> int:
-  from vlmjax import config, train  # jax imports are slow; keep `--help` fast
-  train.train(config.load(args.config, overrides), args.workdir)
+  from vlmjax import config, sharding, train  # jax imports are slow; keep `--help` fast
+  cfg = config.load(args.config, overrides)
+  sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  try:
+    train.train(cfg, args.workdir)
+  except train.TrainingHalted as e:
+    sys.stderr.write(f"vlmjax: training halted: {e}\n")
+    return 3
   return 0
+
+
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  """Flags for `jax.distributed.initialize`; not needed under SLURM, Open MPI or on TPU VMs."""
+  g = p.add_argument_group("multi-process (also JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+  g.add_argument("--coordinator", help="host:port of process 0's coordination service")
+  g.add_argument("--num_processes", type=int)
+  g.add_argument("--process_id", type=int)
 
 
 def _info(args, overrides) -> int:
@@ -70,6 +85,7 @@ def build_parser() -> Parser:
   p = sub.add_parser("train", help="train (or resume) a config in a workdir")
   p.add_argument("--config", required=True, help="config file, optionally FILE:k=v,...")
   p.add_argument("--workdir", required=True)
+  add_distributed_flags(p)
   p.set_defaults(run=_train, takes_overrides=True)
 
   p = sub.add_parser("info", help="parameter counts and training FLOPs of a config, without allocating it")
@@ -81,7 +97,7 @@ def build_parser() -> Parser:
     try:
       module = importlib.import_module(name)
     except ModuleNotFoundError as e:
-      if e.name != name:
+      if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
         raise
       continue  # a command group not written yet
     module.add_parsers(sub)

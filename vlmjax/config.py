@@ -160,6 +160,8 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.ckpt_every = 1000
   c.ckpt_keep = 3             # keep the latest N checkpoints ...
   c.ckpt_keep_every = 0       # ... and every K-th step (0: none)
+  c.nan_policy = "skip"       # non-finite loss/gradient: skip (drop the update) | halt (exit non-zero)
+  c.nan_max_skips = 5         # under `skip`, halt after this many non-finite steps in a row
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=min(10_000, total_steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98,
       eps=1e-6, weight_decay=0.1, grad_clip=1.0))

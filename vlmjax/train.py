@@ -45,10 +45,16 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
     out = model(batch["image"], batch["text"], train=True, rng=rng)
     return losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
 
-  (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {**step_metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+  grad_norm = optax.tree.norm(grads)
+  # A non-finite loss or gradient drops the update (nan_policy decides what the loop does next).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  params = jax.tree.map(keep, params, state.params)
+  opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+  step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
@@ -99,14 +105,61 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,))
 
 
+class TrainingHalted(Exception):
+  """The run stopped itself (non-finite steps); the last good checkpoint is kept."""
+
+
+NAN_POLICIES = ("skip", "halt")
+
+
+class NanGuard:
+  """Reads each step's `finite` flag (one step late, so the device never waits) and applies
+  `cfg.nan_policy`: `skip` (the update was dropped; halt after `nan_max_skips` in a row) or
+  `halt` (stop at once)."""
+
+  def __init__(self, policy: str, max_skips: int):
+    if policy not in NAN_POLICIES:
+      raise config.ConfigError(f"nan_policy must be one of {'|'.join(NAN_POLICIES)}, got {policy!r}")
+    self.policy, self.max_skips = policy, max_skips
+    self.skipped = self.consecutive = 0
+
+  def check(self, step: int, finite: jax.Array) -> None:
+    if bool(jax.device_get(finite)):
+      self.consecutive = 0
+      return
+    if self.policy == "halt":
+      raise TrainingHalted(f"non-finite loss or gradient at step {step} (nan_policy=halt); "
+                           "nothing was saved after it, the last good checkpoint is kept")
+    self.skipped += 1
+    self.consecutive += 1
+    print(f"step {step}: non-finite loss or gradient, update skipped ({self.consecutive} in a row)", flush=True)
+    if self.consecutive >= self.max_skips:
+      raise TrainingHalted(f"{self.consecutive} non-finite steps in a row up to step {step} "
+                           f"(nan_policy=skip, nan_max_skips={self.max_skips}); the last checkpoint is kept")
+
+
+def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.Checkpointer,
+                     data: pipeline.Batches) -> TrainState:
+  """The latest checkpoint, resharded onto this run's mesh, or a fresh initialisation."""
+  restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+  if restored is None:
+    return init_state(cfg, s)
+  state, data_state = restored
+  data.set_state(data_state)
+  return state
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the closing summary.
 
   `stop_after` ends the run early at that step, with a checkpoint, as a preempted run would.
+  SIGTERM (or the cluster's preemption notice, agreed on by all processes) does the same
+  at the next step.
   """
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+  guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     config.dump(cfg, os.path.join(workdir, "config.json"))
@@ -115,38 +168,53 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
                         vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  preemption = checkpoint.PreemptionWatcher()
+  try:
+    state = _restore_or_init(cfg, s, ckpt, data)
+    start = int(state.step)
+    if start >= cfg.total_steps:
+      print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
+      return {"steps": (start, start), "finished": True}
+    if start:
+      print(f"resuming from step {start} in {workdir}")
 
-  restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-  if restored is None:
-    state = init_state(cfg, s)
-  else:
-    state, data_state = restored
-    data.set_state(data_state)
-  start = int(state.step)
-  if start >= cfg.total_steps:
-    print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
-    data.close()
-    ckpt.close()
-    return {"steps": (start, start), "finished": True}
-  if start:
-    print(f"resuming from step {start} in {workdir}")
-
-  writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start)
-  step_fn = compile_train_step(cfg, s)
-  last = min(cfg.total_steps, stop_after or cfg.total_steps)
-  pending = None  # (step, device metrics): fetched only after the next step is dispatched
-  for step in range(start + 1, last + 1):
-    state, step_metrics = step_fn(state, next(data))
+    writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start)
+    step_fn = compile_train_step(cfg, s)
+    last = min(cfg.total_steps, stop_after or cfg.total_steps)
+    pending = None   # (step, device metrics) to log: fetched only after the next step is dispatched
+    unchecked = None  # (step, device `finite` flag) not yet read
+    for step in range(start + 1, last + 1):
+      state, step_metrics = step_fn(state, next(data))
+      if unchecked is not None:
+        guard.check(*unchecked)
+      if pending is not None:
+        _log(writer, pending, data, guard)
+      unchecked = (step, step_metrics["finite"])
+      log = step % cfg.log_every == 0 or step in (start + 1, last)
+      pending = (step, step_metrics) if log else None
+      preempted = preemption.reached(step)
+      if preempted or step % cfg.ckpt_every == 0 or step == last:
+        guard.check(*unchecked)  # never save the step after a non-finite one under `halt`
+        unchecked = None
+        ckpt.save(step, state, data.get_state())
+      if preempted:
+        print(f"preempted: saved step {step}; run the same command to resume", flush=True)
+        break
+    if unchecked is not None:
+      guard.check(*unchecked)
     if pending is not None:
-      writer.write(pending[0], jax.device_get(pending[1]), data.stats())
-    log = step % cfg.log_every == 0 or step in (start + 1, last)
-    pending = (step, step_metrics) if log else None
-    if step % cfg.ckpt_every == 0 or step == last:
-      ckpt.save(step, state, data.get_state())
-  if pending is not None:
-    writer.write(pending[0], jax.device_get(pending[1]), data.stats())
-  data.close()
-  ckpt.close()
-  summary = writer.summary()
-  writer.close()
-  return summary
+      _log(writer, pending, data, guard)
+    summary = writer.summary()
+    writer.close()
+    return summary
+  finally:
+    preemption.close()
+    data.close()
+    ckpt.close()  # waits for the last async save
+
+
+def _log(writer: metrics.Writer, pending: tuple[int, dict], data: pipeline.Batches, guard: NanGuard) -> None:
+  step, device_metrics = pending
+  host = jax.device_get(device_metrics)
+  host.pop("finite")
+  writer.write(step, host, {**data.stats(), "train/skipped_steps": guard.skipped})

@@ -1,0 +1,147 @@
+"""Times the jitted train step on random data: throughput, compile time, memory, FLOPs and MFU.
+
+    python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 --steps 20
+    python scripts/bench_step.py --config configs/coca_tiny.py --batch 64 --json
+    python scripts/bench_step.py --config configs/coca_base.py --batch 8 --compile-only --compare-scan
+
+Prints examples/s, step time, compile time, peak device memory, model FLOPs per
+example (the analytic count `vlmjax info` prints) next to XLA's own count of the
+compiled step, and MFU against the device's peak (a table of known devices, or
+`--peak-tflops`). `--compare-scan` compiles the model with and without layer scan
+and prints both compile times. Extra `--config.a.b=v` overrides are applied.
+Works on CPU, GPU and TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vlmjax import cli, config, info, sharding, train  # noqa: E402
+
+# Dense bf16 matrix-multiply peaks, FLOP/s, by `device_kind`. H200: the rate measured on the lent
+# card (the datasheet says 989 TFLOP/s); the rest are datasheet figures.
+PEAK_FLOPS = {
+    "NVIDIA H200": 790e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def random_batch(cfg, batch: int, sharding_) -> dict:
+  rng = np.random.default_rng(0)
+  S, L, V = cfg.model.image_size, cfg.model.text.context_length, cfg.model.text.vocab_size
+  text = rng.integers(3, V, size=(batch, L)).astype(np.int32)
+  lengths = rng.integers(L // 4, L, size=batch)
+  text[:, 0] = 1
+  for i, n in enumerate(lengths):  # a caption of n tokens, EOS, then padding
+    text[i, n] = 2
+    text[i, n + 1:] = 0
+  image = rng.normal(size=(batch, S, S, 3)).astype(np.float32)
+  return jax.device_put({"image": image, "text": text}, sharding_)
+
+
+def peak_memory_bytes() -> int | None:
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if not all(stats):
+    return None  # CPU: not tracked
+  return max(s.get("peak_bytes_in_use", 0) for s in stats)
+
+
+def compile_seconds(cfg) -> float:
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          s.abstract_state, s.state_shardings)
+  S, L = cfg.model.image_size, cfg.model.text.context_length
+  batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
+           "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
+  t = time.perf_counter()
+  train.compile_train_step(cfg, s).lower(abstract, batch).compile()
+  return time.perf_counter() - t
+
+
+def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state = train.init_state(cfg, s)
+  batch = random_batch(cfg, cfg.batch_size, s.batch_sharding)
+  t = time.perf_counter()
+  compiled = train.compile_train_step(cfg, s).lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  for _ in range(warmup):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, batch)
+  jax.block_until_ready((state, m))
+  step_s = (time.perf_counter() - t) / steps
+  model_flops = info.train_flops_per_example(cfg)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float(cost.get("flops", 0.0)) / cfg.batch_size if cost else 0.0
+  kind = jax.devices()[0].device_kind
+  peak = peak or PEAK_FLOPS.get(kind)
+  n = jax.device_count()
+  out = {
+      "device": f"{n} x {kind}", "batch": cfg.batch_size, "examples_per_sec": cfg.batch_size / step_s,
+      "step_ms": 1e3 * step_s, "compile_s": compile_s, "peak_memory_gib": None,
+      "model_gflop_per_example": model_flops / 1e9, "xla_gflop_per_example": xla_flops / 1e9,
+      "mfu": (model_flops * cfg.batch_size / step_s / (peak * n)) if peak else None,
+      "loss": float(m["loss"]),
+  }
+  mem = peak_memory_bytes()
+  if mem is not None:
+    out["peak_memory_gib"] = mem / 2**30
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True)
+  p.add_argument("--batch", type=int, help="global batch (default: the config's)")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--peak-tflops", type=float, help="peak of one device; default from the known-device table")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--compile-only", action="store_true", help="only time compilation")
+  p.add_argument("--compare-scan", action="store_true", help="compile with and without layer scan")
+  args, extra = p.parse_known_args(argv)
+  overrides = cli.split_overrides(extra)
+  if args.batch:
+    overrides.append(("batch_size", str(args.batch)))
+  cfg = config.load(args.config, overrides)
+  result: dict = {"config": args.config}
+  if args.compare_scan:
+    for scan in (True, False):
+      c = config.load(args.config, overrides + [("model.scan", str(scan))])
+      result[f"compile_s_scan_{str(scan).lower()}"] = compile_seconds(c)
+  if args.compile_only:
+    result.setdefault("compile_s", compile_seconds(cfg))
+  else:
+    result.update(bench(cfg, args.steps, args.warmup, args.peak_tflops * 1e12 if args.peak_tflops else None))
+  if args.json:
+    print(json.dumps(result))
+    return 0
+  for k, v in result.items():
+    print(f"{k:<24} {v:,.3f}" if isinstance(v, float) else f"{k:<24} {v}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

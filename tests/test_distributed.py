@@ -1,0 +1,165 @@
+"""Multi-process runs, preemption, kill -9 and NaN policies (issue: multi-host and fault tolerance)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlmjax import checkpoint, config, sharding, train
+
+from conftest import MICRO, ROOT
+
+
+def _env(devices):
+  flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+  return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+
+
+def _cli(*args):
+  return [sys.executable, "-m", "vlmjax.cli", *args]
+
+
+def _overrides(*extra):
+  return [f"--config.{k}={v}" for k, v in MICRO + tuple(extra)]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in _rows(workdir)}
+
+
+def test_launch_local_two_processes_equals_one_process(tmp_path):
+  """2 processes x 2 CPU devices (collectives over 127.0.0.1) give one 4-device process's losses."""
+  train_args = ["train", "--config", "configs/coca_tiny.py:steps=3"] + _overrides(("log_every", "1"))
+  multi = subprocess.Popen(_cli("launch", "local", "-n", "2", "--devices-per-process", "2",
+                                "--logs", str(tmp_path / "logs"), "--", *train_args,
+                                "--workdir", str(tmp_path / "multi")),
+                           cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  single = subprocess.run(_cli(*train_args, "--workdir", str(tmp_path / "single")), cwd=ROOT, env=_env(4),
+                          capture_output=True, text=True)
+  out, _ = multi.communicate(timeout=600)
+  assert single.returncode == 0, single.stderr
+  assert multi.returncode == 0, out + open(tmp_path / "logs" / "1.log").read()
+  a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  # Each host reads every other example of the same global order: the same batch, permuted.
+  np.testing.assert_allclose([b[k] for k in a], list(a.values()), rtol=2e-5)
+  assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3"]
+
+
+def _wait_for(predicate, proc, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early: {proc.returncode}\n{proc.stdout.read()}")
+    time.sleep(0.05)
+  raise AssertionError("timed out")
+
+
+def _restore_params(cfg, workdir):
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+  ckpt.close()
+  return jax.device_get(state)
+
+
+def test_sigterm_and_kill_9_then_resume_equal_an_uninterrupted_run_bitwise(tmp_path):
+  steps = 40
+  args = ["train", "--config", f"configs/coca_tiny.py:steps={steps}"] + _overrides(
+      ("log_every", "1"), ("ckpt_every", "5"), ("optim.warmup_steps", "2"))
+  full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
+  reference = subprocess.Popen(_cli(*args, "--workdir", full), cwd=ROOT, env=_env(8),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  # 1. SIGTERM once training runs: the process saves the step it reached and exits 0.
+  proc = subprocess.Popen(_cli(*args, "--workdir", broken), cwd=ROOT, env=_env(8),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(lambda: os.path.exists(os.path.join(broken, "metrics.jsonl")) and len(_rows(broken)) >= 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  saved = int(out.split("preempted: saved step ")[1].split(";")[0])
+  assert saved < steps and str(saved) in os.listdir(os.path.join(broken, "checkpoints"))
+
+  # 2. Resume, then SIGKILL after a later checkpoint has been written and training goes on.
+  proc = subprocess.Popen(_cli(*args, "--workdir", broken), cwd=ROOT, env=_env(8),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  target = (saved // 5 + 1) * 5
+  _wait_for(lambda: max(_losses(broken)) >= target + 2, proc)
+  proc.kill()
+  proc.wait()
+
+  # 3. Resume to the end.
+  done = subprocess.run(_cli(*args, "--workdir", broken), cwd=ROOT, env=_env(8), capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert "resuming from step" in done.stdout
+  out, _ = reference.communicate(timeout=600)
+  assert reference.returncode == 0, out
+
+  a = _losses(full)
+  assert sorted(a) == list(range(1, steps + 1))
+  for row in _rows(broken):  # steps re-run after the kill are logged twice, with the same loss
+    assert row["train/loss"] == a[row["step"]], row["step"]
+  cfg = config.load(os.path.join(ROOT, f"configs/coca_tiny.py:steps={steps}"), MICRO)
+  ref, got = _restore_params(cfg, full), _restore_params(cfg, broken)
+  assert int(got.step) == int(ref.step) == steps
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
+
+
+def test_nan_policies(micro_cfg, tmp_path, monkeypatch, capsys):
+  poisoned = {3}  # steps whose batch is NaN; read when the step is traced
+  original = train.train_step
+
+  def poisoning_step(state, batch, **kw):
+    bad = jnp.isin(state.step + 1, jnp.asarray(sorted(poisoned)))
+    return original(state, {**batch, "image": jnp.where(bad, jnp.nan, batch["image"])}, **kw)
+  monkeypatch.setattr(train, "train_step", poisoning_step)
+  common = (("log_every", "1"), ("ckpt_every", "2"))
+  workdir = str(tmp_path / "run")
+
+  # halt: stop at the bad step, exit non-zero naming it, save nothing after the last good checkpoint.
+  with pytest.raises(train.TrainingHalted, match="at step 3 .nan_policy=halt"):
+    train.train(micro_cfg(*common, ("nan_policy", "halt"), spec="configs/coca_tiny.py:steps=6"), workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+
+  # skip: the same run resumed from step 2 drops step 3's update, counts it, and finishes.
+  summary = train.train(micro_cfg(*common, ("nan_policy", "skip"), spec="configs/coca_tiny.py:steps=6"), workdir)
+  assert summary["steps"] == (2, 6)
+  rows = {r["step"]: r for r in _rows(workdir)}
+  assert rows[6]["train/skipped_steps"] == 1 and np.isfinite(rows[6]["train/loss"])
+  assert not np.isfinite(rows[3]["train/loss"]) and np.isfinite(rows[4]["train/loss"])
+  assert "step 3: non-finite loss or gradient, update skipped" in capsys.readouterr().out
+
+  # skip, but too many in a row: halt after nan_max_skips.
+  poisoned.update({7, 8, 9})
+  with pytest.raises(train.TrainingHalted, match="2 non-finite steps in a row up to step 8"):
+    train.train(micro_cfg(*common, ("nan_max_skips", "2"), spec="configs/coca_tiny.py:steps=10"), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
+
+
+def test_distributed_arguments_are_checked(monkeypatch):
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_PROCID",
+              "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(var, raising=False)
+  assert sharding.initialize_distributed() is False  # one process, nothing set: nothing to do
+  with pytest.raises(config.ConfigError, match="go together"):
+    sharding.initialize_distributed("127.0.0.1:1234", None, 0)
+  with pytest.raises(config.ConfigError, match="not in"):
+    sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+  with pytest.raises(config.ConfigError, match="not an integer"):
+    sharding.initialize_distributed()
