@@ -31,6 +31,6 @@ def micro_cfg():
   """Returns a loader: micro_cfg(("key", "value"), ...) -> the micro CoCa config with overrides."""
   from vlmjax import config
 
-  def load(*overrides, spec="configs/coca_tiny.py"):
+  def load(*overrides, spec="configs/coca_tiny.py:evals=0"):
     return config.load(os.path.join(ROOT, spec), MICRO + tuple(overrides))
   return load

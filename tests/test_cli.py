@@ -19,14 +19,20 @@ def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
   assert sorted(os.listdir(data)) == ["00000.tar", "00001.tar"]
   overrides = [f"--config.{k}={v}" for k, v in MICRO] + [
       f"--config.data.train.source=tar:{data}/{{00000..00001}}.tar", "--config.log_every=2",
-      "--config.ckpt_every=4"]
+      "--config.ckpt_every=4"] + [  # the demo's evaluators, on a few examples
+      f"--config.evals.{k}={v}" for k, v in (
+          ("zero_shot.num_examples", 32), ("zero_shot.batch_size", 16), ("retrieval.num_examples", 32),
+          ("retrieval.batch_size", 16), ("captioning.num_examples", 4), ("captioning.batch_size", 4),
+          ("captioning.max_len", 6))]
   proc = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("step      1/4 | loss ") and "ETA" in lines[1] and "samples/s" in lines[1]
   assert lines[-1].startswith("done: steps 0->4")
+  assert lines[-2].startswith("eval        4/4 | ") and "zero_shot/top1" in lines[-2]
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == [1, 2, 4]
+  assert [r["step"] for r in rows] == [1, 2, 4, 4]
+  assert {"eval/zero_shot/top5", "eval/retrieval/i2t@1", "eval/captioning/cider"} <= set(rows[-1])
   assert {"train/loss", "train/caption_loss", "train/contrastive_loss", "train/lr"} <= set(rows[0])
   assert "train/samples_per_sec" in rows[1]
   assert json.load(open(workdir / "config.json"))["total_steps"] == 4

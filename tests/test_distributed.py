@@ -41,7 +41,7 @@ def _losses(workdir):
 
 def test_launch_local_two_processes_equals_one_process(tmp_path):
   """2 processes x 2 CPU devices (collectives over 127.0.0.1) give one 4-device process's losses."""
-  train_args = ["train", "--config", "configs/coca_tiny.py:steps=3"] + _overrides(("log_every", "1"))
+  train_args = ["train", "--config", "configs/coca_tiny.py:steps=3,evals=0"] + _overrides(("log_every", "1"))
   multi = subprocess.Popen(_cli("launch", "local", "-n", "2", "--devices-per-process", "2",
                                 "--logs", str(tmp_path / "logs"), "--", *train_args,
                                 "--workdir", str(tmp_path / "multi")),
@@ -79,7 +79,7 @@ def _restore_params(cfg, workdir):
 
 def test_sigterm_and_kill_9_then_resume_equal_an_uninterrupted_run_bitwise(tmp_path):
   steps = 40
-  args = ["train", "--config", f"configs/coca_tiny.py:steps={steps}"] + _overrides(
+  args = ["train", "--config", f"configs/coca_tiny.py:steps={steps},evals=0"] + _overrides(
       ("log_every", "1"), ("ckpt_every", "5"), ("optim.warmup_steps", "2"))
   full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
   reference = subprocess.Popen(_cli(*args, "--workdir", full), cwd=ROOT, env=_env(8),
@@ -114,7 +114,7 @@ def test_sigterm_and_kill_9_then_resume_equal_an_uninterrupted_run_bitwise(tmp_p
   assert sorted(a) == list(range(1, steps + 1))
   for row in _rows(broken):  # steps re-run after the kill are logged twice, with the same loss
     assert row["train/loss"] == a[row["step"]], row["step"]
-  cfg = config.load(os.path.join(ROOT, f"configs/coca_tiny.py:steps={steps}"), MICRO)
+  cfg = config.load(os.path.join(ROOT, f"configs/coca_tiny.py:steps={steps},evals=0"), MICRO)
   ref, got = _restore_params(cfg, full), _restore_params(cfg, broken)
   assert int(got.step) == int(ref.step) == steps
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
@@ -133,11 +133,11 @@ def test_nan_policies(micro_cfg, tmp_path, monkeypatch, capsys):
 
   # halt: stop at the bad step, exit non-zero naming it, save nothing after the last good checkpoint.
   with pytest.raises(train.TrainingHalted, match="at step 3 .nan_policy=halt"):
-    train.train(micro_cfg(*common, ("nan_policy", "halt"), spec="configs/coca_tiny.py:steps=6"), workdir)
+    train.train(micro_cfg(*common, ("nan_policy", "halt"), spec="configs/coca_tiny.py:steps=6,evals=0"), workdir)
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
 
   # skip: the same run resumed from step 2 drops step 3's update, counts it, and finishes.
-  summary = train.train(micro_cfg(*common, ("nan_policy", "skip"), spec="configs/coca_tiny.py:steps=6"), workdir)
+  summary = train.train(micro_cfg(*common, ("nan_policy", "skip"), spec="configs/coca_tiny.py:steps=6,evals=0"), workdir)
   assert summary["steps"] == (2, 6)
   rows = {r["step"]: r for r in _rows(workdir)}
   assert rows[6]["train/skipped_steps"] == 1 and np.isfinite(rows[6]["train/loss"])
@@ -147,7 +147,7 @@ def test_nan_policies(micro_cfg, tmp_path, monkeypatch, capsys):
   # skip, but too many in a row: halt after nan_max_skips.
   poisoned.update({7, 8, 9})
   with pytest.raises(train.TrainingHalted, match="2 non-finite steps in a row up to step 8"):
-    train.train(micro_cfg(*common, ("nan_max_skips", "2"), spec="configs/coca_tiny.py:steps=10"), workdir)
+    train.train(micro_cfg(*common, ("nan_max_skips", "2"), spec="configs/coca_tiny.py:steps=10,evals=0"), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
 
 

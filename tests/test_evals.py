@@ -26,7 +26,7 @@ CAPTION_LEN = 10
 
 @pytest.fixture(scope="module")
 def micro():
-  cfg = config.load(os.path.join(ROOT, "configs/coca_tiny.py"), MICRO)
+  cfg = config.load(os.path.join(ROOT, "configs/coca_tiny.py:evals=0"), MICRO)
   cfg.evals.zs = defaults.zero_shot(SHAPES, batch_size=32, num_examples=48, templates="shapes", every=2)
   cfg.evals.ret = defaults.retrieval(SHAPES, batch_size=32, num_examples=40, every=3)
   cfg.evals.cap = defaults.captioning(SHAPES, batch_size=16, num_examples=16, max_len=CAPTION_LEN, every=3,

@@ -62,7 +62,7 @@ def test_templates_and_class_names(tmp_path, monkeypatch):
 
 
 def test_tfds_eval_set_has_the_shapes_labels_and_class_names(tmp_path):
-  cfg = config.load(f"{ROOT}/configs/coca_tiny.py", MICRO)
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   ev = defaults.zero_shot("tfds:vlmjax_shapes/tiny:validation", batch_size=8, num_examples=16)
   ev.data.data_dir = str(tmp_path)
   ds = data.EvalSet("tfds", ev, cfg, sharding.make_mesh(cfg.mesh))
@@ -76,7 +76,7 @@ def test_tfds_eval_set_has_the_shapes_labels_and_class_names(tmp_path):
 
 
 def test_eval_set_pads_the_last_batch_and_checks_sizes():
-  cfg = config.load(f"{ROOT}/configs/coca_tiny.py", MICRO)
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   mesh = sharding.make_mesh(cfg.mesh)
   ds = data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=16, num_examples=20), cfg, mesh)
   batches = list(ds.text_batches([c for caps in ds.captions() for c in caps]))

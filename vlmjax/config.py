@@ -164,7 +164,9 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.nan_max_skips = 5         # under `skip`, halt after this many non-finite steps in a row
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=min(10_000, total_steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98,
-      eps=1e-6, weight_decay=0.1, grad_clip=1.0))
+      eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=""))
+  c.init_from = ""            # start from converted weights (`vlmjax convert --out DIR`) instead of random
+  c.init_reinit = ""          # ... but keep these parameter path prefixes freshly initialised
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict(dict(
       batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None,

@@ -28,6 +28,7 @@ class Writer:
     self.last: dict | None = None
     self.rates: list[float] = []
     self._jsonl = self._tb = None
+    self.evals: dict | None = None
     if self.enabled:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       from tensorboardX import SummaryWriter  # imported lazily: heavy, and only process 0 needs it
@@ -63,6 +64,20 @@ class Writer:
       print(" | ".join(parts), flush=True)
     return row
 
+  def write_evals(self, step: int, results: dict) -> None:
+    """Logs evaluator results (`eval/<name>/<metric>`) of `step` as their own row and console line."""
+    row = {"step": step, **{k: float(v) for k, v in results.items()}}
+    self.evals = row
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for k, v in results.items():
+      self._tb.add_scalar(k, v, step)
+    shown = [f"{k[5:]} {v:.4f}" for k, v in results.items() if not k.endswith("/seconds")]
+    seconds = sum(v for k, v in results.items() if k.endswith("/seconds"))
+    print(f"eval   {step:>6}/{self.total_steps} | " + " | ".join(shown) + f" | {seconds:.0f}s", flush=True)
+
   def summary(self) -> dict:
     """The closing summary: steps, wall time, first and last loss, mean throughput."""
     out = {"steps": (self.start_step, self.last_step), "seconds": time.time() - self.start_time}
@@ -70,6 +85,8 @@ class Writer:
       out["first_loss"], out["final_loss"] = self.first["train/loss"], self.last["train/loss"]
     if self.rates:
       out["samples_per_sec"] = sum(self.rates) / len(self.rates)
+    if self.evals:
+      out["evals"] = {k: v for k, v in self.evals.items() if k != "step"}
     if self.enabled and self.first:
       drop = 100 * (1 - out["final_loss"] / out["first_loss"]) if out["first_loss"] else 0.0
       rate = f"{out['samples_per_sec']:,.0f} samples/s" if self.rates else "-"

@@ -1,4 +1,9 @@
-"""The optimiser: AdamW with linear warmup and cosine decay, gradient clipping, decay mask."""
+"""The optimiser: AdamW with linear warmup and cosine decay, gradient clipping, decay mask, freezing.
+
+Parameters are named by their dotted path (`vision.blocks.layers.0.mlp.fc1.kernel`);
+`optim.freeze` lists path prefixes (comma-separated, e.g. `vision` or
+`text,text_proj`) whose parameters get no updates at all.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,33 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
       decay_steps=total_steps, end_value=cfg.lr * cfg.end_lr_ratio)
 
 
+def path_name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def prefixes(spec: str) -> list[str]:
+  return [p.strip() for p in spec.split(",") if p.strip()]
+
+
+def matches(name: str, prefix_list: list[str]) -> bool:
+  return any(name == p or name.startswith(p + ".") for p in prefix_list)
+
+
+def check_prefixes(params, spec: str, key: str) -> None:
+  """A prefix in `spec` that names no parameter is a config error (a typo would silently do nothing)."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for p in prefixes(spec):
+    if not any(matches(n, [p]) for n in names):
+      tops = sorted({n.split(".")[0] for n in names})
+      raise ConfigError(f"{key}: {p!r} names no parameter; top-level parts: {', '.join(tops)}")
+
+
 def decay_mask(params) -> dict:
   """Weight decay on matrices (kernels, embeddings); not on biases, norms, scales or queries."""
   def decays(path, leaf) -> bool:
     name = str(getattr(path[-1], "key", path[-1]))
-    return name in ("kernel", "embedding") and leaf.ndim >= 2
+    return name in ("kernel", "embedding") and getattr(leaf, "ndim", 0) >= 2
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -27,4 +54,9 @@ def build(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Gradi
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
       optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask),
   )
+  frozen = prefixes(cfg.freeze)
+  if frozen:
+    label = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if matches(path_name(path), frozen) else "trained", params)
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
   return tx, lr

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, config, losses, metrics, models, optim, sharding
+from vlmjax import checkpoint, config, evals, losses, metrics, models, optim, sharding
 from vlmjax.data import pipeline
 
 
@@ -76,6 +76,8 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   except ValueError as e:
     raise config.ConfigError(f"model config: {e}") from None
   graphdef, abstract_params = nnx.split(abstract_model)
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
   param_sh = sharding.param_shardings(abstract_params, cfg.mesh.rules, mesh)
   tx, schedule = optim.build(cfg.optim, cfg.total_steps)
   params = nnx.to_pure_dict(abstract_params)
@@ -90,12 +92,26 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
 
 def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
-  """Initialises parameters and optimiser state directly into their shardings."""
-  def init() -> TrainState:
+  """Initialises parameters and optimiser state directly into their shardings.
+
+  With `cfg.init_from`, parameters come from those converted weights, except the
+  path prefixes in `cfg.init_reinit`, which keep their fresh initialisation.
+  """
+  def init(loaded) -> TrainState:
     model = models.build(cfg.model, nnx.Rngs(cfg.seed))
     params = nnx.to_pure_dict(nnx.state(model))
+    if loaded is not None:
+      fresh = optim.prefixes(cfg.init_reinit)
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, new, old: new if optim.matches(optim.path_name(path), fresh) else old, params, loaded)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
-  return jax.jit(init, out_shardings=s.state_shardings)()
+  loaded = None
+  if cfg.init_from:
+    from vlmjax import convert  # noqa: PLC0415
+    loaded = convert.load_params(cfg.init_from, checkpoint.abstract_with_shardings(
+        s.abstract_state.params, s.state_shardings.params))
+    print(f"initialised from {cfg.init_from}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
+  return jax.jit(init, out_shardings=s.state_shardings)(loaded)
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
@@ -200,6 +216,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
       if preempted:
         print(f"preempted: saved step {step}; run the same command to resume", flush=True)
         break
+      final = step == cfg.total_steps
+      if evals.due(cfg.evals, step, final):
+        if pending is not None:  # this step's line first, then its evaluation
+          _log(writer, pending, data, guard)
+          pending = None
+        writer.write_evals(step, evals.run_all(cfg, s.graphdef, state.params, s.mesh, step=step, final=final))
     if unchecked is not None:
       guard.check(*unchecked)
     if pending is not None:
