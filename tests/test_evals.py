@@ -6,6 +6,7 @@ One module-scoped model and run, so each model function compiles once for the fi
 import contextlib
 import io
 import json
+import functools
 import os
 
 import jax
@@ -142,3 +143,18 @@ def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path, monkeypatch)
   assert [line.split("\t")[0] for line in lines] == paths
   code, _, err = _cli("caption", "--workdir", str(workdir), str(workdir / "config.json"))
   assert code == 2 and "cannot decode image" in err
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_kv_cached_decoding_equals_uncached_token_for_token(micro, method):
+  cfg, s, _, params, _ = micro
+  ds = data.EvalSet("cap", cfg.evals.cap, cfg, s.mesh)
+  images, n = next(ds.image_batches())
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def run(params, images, cached):
+    model = nnx.merge(s.graphdef, params)
+    stepper = decode.Cached() if cached else decode.Recompute()
+    return decode.generate(model, images, max_len=CAPTION_LEN, method=method, beam_size=3, stepper=stepper)
+  cached, uncached = run(params, images, True), run(params, images, False)
+  np.testing.assert_array_equal(np.asarray(cached)[:n], np.asarray(uncached)[:n])

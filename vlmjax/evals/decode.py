@@ -3,11 +3,12 @@
 `generate` is traceable: call it inside `jax.jit` (`jit_generate` does, from a
 graphdef and parameters). The model needs `caption_context(image) -> ctx` and
 `caption_logits(ctx, text_BxL) -> logits_BxLxV` (position t predicts token t+1,
-causally). How each step's logits are computed is a `Stepper`: `Recompute`
-runs the whole zero-padded prefix buffer through the decoder at every step; a
-KV-cached stepper with the same `init` / `step` drops in without touching the
-search code (beam search reorders a stepper's state with `jax.tree.map`, so
-any pytree whose leaves lead with the batch dimension works).
+causally). How each step's logits are computed is a `Stepper`: `Cached` (the default
+for models with `decode_step`) runs only the new token through the towers,
+reading keys and values of earlier positions from a KV cache; `Recompute` runs
+the whole zero-padded prefix buffer through the decoder at every step (the
+reference the cache is tested against). Beam search reorders a stepper's state
+with `jax.tree.map`, so any pytree whose leaves lead with the batch dimension works.
 
 Output: tokens [B, T] with T = max_len, the BOS excluded, EOS included, PAD (0)
 after it.
@@ -46,6 +47,21 @@ class Recompute:
     return logits_BxV.astype(jnp.float32), {**state, "buf": buf_BxT}
 
 
+class Cached:
+  """KV-cached: each step runs only the new token through the towers (`model.decode_step`)."""
+
+  def init(self, model, ctx_BxQxC, max_len):
+    return model.decode_init(ctx_BxQxC, max_len)
+
+  def step(self, model, state, token_B, t):
+    logits_BxV, state = model.decode_step(state, token_B.astype(jnp.int32), t)
+    return logits_BxV.astype(jnp.float32), state
+
+
+def default_stepper(model) -> Stepper:
+  return Cached() if hasattr(model, "decode_step") else Recompute()
+
+
 def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Sets logits outside the top k, then outside the smallest nucleus of mass >= top_p, to -inf.
 
@@ -78,7 +94,7 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
     raise ValueError(f"decode method must be one of {'|'.join(METHODS)}, got {method!r}")
   if method == "sample" and rng is None:
     raise ValueError("decode method 'sample' needs an rng")
-  stepper = stepper or Recompute()
+  stepper = stepper or default_stepper(model)
   ctx_BxQxC = model.caption_context(image_BxHxWx3)
   if method == "beam":
     return _beam(model, stepper, ctx_BxQxC, max_len, beam_size, length_penalty, bos_id, eos_id)

@@ -59,6 +59,16 @@ class Captioner(nnx.Module):
     """Autoregressive caption logits [B, L, V]; position t predicts token t+1 (causal)."""
     return self.decoder(self._embed(text_BxL), ctx_BxNxC, embed=self._tied())
 
+  def decode_init(self, ctx_BxNxC: jax.Array, max_len: int) -> dict:
+    return {"decoder": self.decoder.init_cache(ctx_BxNxC, max_len)}
+
+  def decode_step(self, cache: dict, token_B: jax.Array, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """Logits [B, V] predicting position pos+1 from the token at `pos` (autoregressive mode)."""
+    x_Bx1xD = self.token_embed(token_B[:, None])
+    x_Bx1xD = x_Bx1xD + jax.lax.dynamic_slice_in_dim(self.posemb[...], pos, 1).astype(x_Bx1xD.dtype)
+    logits_Bx1xV, dec = self.decoder.decode(x_Bx1xD, cache["decoder"], pos, embed=self._tied())
+    return logits_Bx1xV[:, 0], {"decoder": dec}
+
   def _tied(self) -> nnx.Embed | None:
     return self.token_embed if self.decoder.head is None else None
 

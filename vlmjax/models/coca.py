@@ -93,6 +93,18 @@ class CoCa(nnx.Module):
     """Caption logits [B, L, V] for a text prefix; position t predicts token t+1 (causal)."""
     return self.decoder(self.text(text_BxL)[0], ctx_BxQxC, embed=self.text.token_embed)
 
+  def decode_init(self, ctx_BxQxC: jax.Array, max_len: int) -> dict:
+    """KV caches of the text tower and the decoder for `max_len` positions."""
+    return {"text": self.text.init_cache(ctx_BxQxC.shape[0], max_len),
+            "decoder": self.decoder.init_cache(ctx_BxQxC, max_len)}
+
+  def decode_step(self, cache: dict, token_B: jax.Array, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """Logits [B, V] predicting position pos+1 from the token at `pos`; equal to `caption_logits`
+    at `pos` for the same prefix."""
+    x_Bx1xD, text_cache = self.text.decode(token_B[:, None], cache["text"], pos)
+    logits_Bx1xV, dec_cache = self.decoder.decode(x_Bx1xD, cache["decoder"], pos, embed=self.text.token_embed)
+    return logits_Bx1xV[:, 0], {"text": text_cache, "decoder": dec_cache}
+
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
     del train, rng  # no dropout in CoCa pretraining

@@ -6,6 +6,8 @@ L text length, D decoder width, V vocabulary.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -71,6 +73,13 @@ class CrossBlock(nnx.Module):
     x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD), self.ln_kv(ctx_BxQxC))
     return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
 
+  def context_kv(self, ctx_BxQxC: jax.Array) -> dict:
+    return self.attn.project_kv(self.ln_kv(ctx_BxQxC))
+
+  def decode(self, x_BxLxD: jax.Array, kv: dict) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.attn.attend(self.ln1(x_BxLxD), kv)
+    return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
+
 
 class OpenClipDecoderLayer(nnx.Module):
   """One open_clip multimodal layer: a causal self-attention block, then a `CrossBlock` (two MLPs)."""
@@ -84,6 +93,13 @@ class OpenClipDecoderLayer(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array, *, mask_BxTxT: jax.Array | None = None, causal: bool = False,
                ctx_BxSxC: jax.Array | None = None) -> jax.Array:
     return self.cross_block(self.self_block(x_BxLxD, mask_BxTxT=mask_BxTxT, causal=causal), ctx_BxSxC)
+
+  def init_cache(self, batch: int, max_len: int, ctx_BxSxC: jax.Array) -> dict:
+    return {"self": self.self_block.init_cache(batch, max_len), "cross": self.cross_block.context_kv(ctx_BxSxC)}
+
+  def decode(self, x_BxLxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    x_BxLxD, self_cache = self.self_block.decode(x_BxLxD, cache["self"], pos)
+    return self.cross_block.decode(x_BxLxD, cache["cross"]), {**cache, "self": self_cache}
 
 
 DECODER_LAYOUTS = ("fused", "open_clip")
@@ -122,5 +138,17 @@ class MultimodalDecoder(nnx.Module):
     With a tied embedding the vocabulary head is `embed`'s table, transposed.
     """
     x = self.blocks(tokens_BxLxD, causal=mask_BxLxL is None, mask=mask_BxLxL, ctx=image_BxQxC)
-    x = self.ln(x)
-    return embed.attend(x) if self.head is None else self.head(x)
+    return self._logits(x, embed)
+
+  def _logits(self, x_BxLxD: jax.Array, embed: nnx.Embed | None) -> jax.Array:
+    x_BxLxD = self.ln(x_BxLxD)
+    return embed.attend(x_BxLxD) if self.head is None else self.head(x_BxLxD)
+
+  def init_cache(self, image_BxQxC: jax.Array, max_len: int) -> Any:
+    return self.blocks.init_cache(image_BxQxC.shape[0], max_len, image_BxQxC)
+
+  def decode(self, tokens_BxTxD: jax.Array, cache: Any, pos: jax.Array,
+             embed: nnx.Embed | None = None) -> tuple[jax.Array, Any]:
+    """Logits [B, T, V] of T new tokens at positions pos.., and the updated cache."""
+    x, cache = self.blocks.decode(tokens_BxTxD, cache, pos)
+    return self._logits(x, embed), cache

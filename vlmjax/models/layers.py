@@ -71,7 +71,7 @@ class Attention(nnx.Module):
     if dim % heads:
       raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
     kv_dim = kv_dim or dim
-    self.heads, self.head_dim, self.impl = heads, dim // heads, attention_impl(impl)
+    self.heads, self.head_dim, self.impl, self.dtype = heads, dim // heads, attention_impl(impl), dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q = dense(dim, dim, ("embed", "heads"), **kw)
     self.k = dense(kv_dim, dim, ("embed", "heads"), **kw)
@@ -90,6 +90,38 @@ class Attention(nnx.Module):
     o_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, causal=causal,
                                       impl=self.impl)
     return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
+
+  # Incremental decoding. A cache is a dict of arrays whose leading axis is the batch.
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """An empty self-attention cache of `max_len` positions."""
+    shape = (batch, max_len, self.heads, self.head_dim)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+
+  def project_kv(self, kv_BxSxD: jax.Array) -> dict:
+    """Keys and values of a fixed context (cross-attention), computed once per decode."""
+    B, S, _ = kv_BxSxD.shape
+    return {"k": self.k(kv_BxSxD).reshape(B, S, self.heads, self.head_dim),
+            "v": self.v(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)}
+
+  def attend(self, x_BxTxD: jax.Array, kv: dict, mask_BxTxS: jax.Array | None = None) -> jax.Array:
+    """Attention of new queries over given keys and values."""
+    B, T, _ = x_BxTxD.shape
+    q_BxTxHxK = self.q(x_BxTxD).reshape(B, T, self.heads, self.head_dim)
+    mask = None if mask_BxTxS is None else mask_BxTxS[:, None]
+    o_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, kv["k"].astype(q_BxTxHxK.dtype),
+                                             kv["v"].astype(q_BxTxHxK.dtype), mask=mask, implementation="xla")
+    return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
+
+  def extend(self, x_BxTxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """Causal self-attention of T new tokens at positions pos..pos+T-1 over the cache and themselves."""
+    B, T, _ = x_BxTxD.shape
+    new = self.project_kv(x_BxTxD)
+    cache = {n: jax.lax.dynamic_update_slice_in_dim(cache[n], new[n].astype(cache[n].dtype), pos, axis=1)
+             for n in ("k", "v")}
+    S = cache["k"].shape[1]
+    visible_TxS = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]
+    return self.attend(x_BxTxD, cache, jnp.broadcast_to(visible_TxS, (B, T, S))), cache
 
 
 class Mlp(nnx.Module):
@@ -124,6 +156,20 @@ class Block(nnx.Module):
     if self.cross is not None:
       x_BxTxD = x_BxTxD + self.cross(self.ln_cross(x_BxTxD), ctx_BxSxC)
     return x_BxTxD + self.mlp(self.ln2(x_BxTxD))
+
+  def init_cache(self, batch: int, max_len: int, ctx_BxSxC: jax.Array | None = None) -> dict:
+    cache = {"self": self.attn.init_cache(batch, max_len)}
+    if self.cross is not None:
+      cache["cross"] = self.cross.project_kv(ctx_BxSxC)
+    return cache
+
+  def decode(self, x_BxTxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """Causal incremental step: new tokens at `pos` attend to the cached ones (and the context)."""
+    h_BxTxD, self_cache = self.attn.extend(self.ln1(x_BxTxD), cache["self"], pos)
+    x_BxTxD = x_BxTxD + h_BxTxD
+    if self.cross is not None:
+      x_BxTxD = x_BxTxD + self.cross.attend(self.ln_cross(x_BxTxD), cache["cross"])
+    return x_BxTxD + self.mlp(self.ln2(x_BxTxD)), {**cache, "self": self_cache}
 
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> jax.Array:
@@ -192,3 +238,28 @@ class Stack(nnx.Module):
     if self.remat != "none":
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)  # scan already blocks CSE
     return jax.lax.scan(body, x, stacked)[0]
+
+  # Incremental decoding: per-layer caches, each leaf leading with the batch axis (scanned
+  # stacks keep the layer axis second and move it first only inside the scan).
+
+  def init_cache(self, batch: int, max_len: int, ctx: jax.Array | None = None) -> Any:
+    if not self.scan:
+      return [block.init_cache(batch, max_len, ctx) for block in self.layers]
+    graphdef, stacked = nnx.split(self.layers)
+    caches = jax.vmap(lambda layer: nnx.merge(graphdef, layer).init_cache(batch, max_len, ctx))(stacked)
+    return jax.tree.map(lambda c: jnp.moveaxis(c, 0, 1), caches)
+
+  def decode(self, x: jax.Array, cache: Any, pos: jax.Array) -> tuple[jax.Array, Any]:
+    if not self.scan:
+      new = []
+      for block, c in zip(self.layers, cache):
+        x, c = block.decode(x, c, pos)
+        new.append(c)
+      return x, new
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(x, layer_and_cache):
+      layer, c = layer_and_cache
+      return nnx.merge(graphdef, layer).decode(x, c, pos)
+    x, caches = jax.lax.scan(body, x, (stacked, jax.tree.map(lambda c: jnp.moveaxis(c, 1, 0), cache)))
+    return x, jax.tree.map(lambda c: jnp.moveaxis(c, 0, 1), caches)

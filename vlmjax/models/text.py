@@ -62,3 +62,14 @@ class TextTransformer(nnx.Module):
       return x_BxTxD, x_BxTxD[:, -1]
     eos_B = jnp.maximum(jnp.sum(text_BxL != 0, axis=1) - 1, 0)  # last non-pad position
     return x_BxTxD, jnp.take_along_axis(x_BxTxD, eos_B[:, None, None], axis=1)[:, 0]
+
+  def init_cache(self, batch: int, max_len: int):
+    return self.blocks.init_cache(batch, max_len)
+
+  def decode(self, text_BxT: jax.Array, cache, pos: jax.Array) -> tuple[jax.Array, object]:
+    """Token features [B, T, D] (after the final norm) of T new tokens at positions pos..,
+    attending causally to the cached ones: incremental decoding of a causal tower."""
+    x_BxTxD = self.token_embed(text_BxT)
+    posemb_TxD = jax.lax.dynamic_slice_in_dim(self.posemb[...], pos, text_BxT.shape[1], axis=0)
+    x_BxTxD, cache = self.blocks.decode(x_BxTxD + posemb_TxD.astype(x_BxTxD.dtype), cache, pos)
+    return self.ln(x_BxTxD), cache
