@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU benchmark of issue 8, in one run on the lent machine (< 5 minutes on an H200):
+# vlmjax and open_clip train steps on the same synthetic work, batch 256, then the largest
+# batch of each vlmjax model that fits, and a table of ratios. Results: $OUT/*.json, table on stdout.
+#
+#   run(command="bash scripts/bench_gpu.sh", carry=[".whl"], timeout_s=420)
+#
+# Wheels the image lacks travel in .whl/ (grain, array-record, ml-collections, tensorboardX,
+# open_clip_torch, ftfy, wcwidth); see /work/.library/device/README.md for how to fetch them.
+set -uo pipefail
+OUT=${OUT:-/tmp/vlmjax-bench}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"
+
+bench() {  # name, then bench_step.py arguments
+  local name=$1; shift
+  timeout 150 python3 scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
+    && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
+}
+openclip() {  # name, then bench_openclip.py arguments
+  local name=$1; shift
+  timeout 150 python3 scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
+    && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
+}
+
+echo "== batch 256"
+bench vlmjax_coca_256 --config configs/openclip_coca_b16.py --batch 256 --steps 20
+bench vlmjax_siglip_256 --config configs/siglip_b16.py --batch 256 --steps 20
+openclip openclip_coca_256 --model coca_b16 --batch 256 --steps 20 --compile
+openclip openclip_siglip_256 --model siglip_b16 --batch 256 --steps 20 --compile
+
+echo "== largest batch (full remat)"
+bench vlmjax_coca_max --config configs/openclip_coca_b16.py --batch 1024 --steps 5 --config.model.remat=full
+bench vlmjax_siglip_max --config configs/siglip_b16.py --batch 2048 --steps 5 --config.model.remat=full
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+  try:
+    return json.loads(open(os.path.join(out, name + ".json")).read().splitlines()[-1])
+  except Exception:
+    return None
+print(f"{'run':<22} {'ex/s':>8} {'step ms':>8} {'peak GiB':>9} {'MFU':>6}")
+for name in ("vlmjax_coca_256", "openclip_coca_256", "vlmjax_siglip_256", "openclip_siglip_256",
+             "vlmjax_coca_max", "vlmjax_siglip_max"):
+  r = load(name)
+  if r:
+    mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+    mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
+    print(f"{name:<22} {r['examples_per_sec']:>8.0f} {r['step_ms']:>8.1f} {mem:>9} {mfu:>6}")
+for model in ("coca", "siglip"):
+  a, b = load(f"vlmjax_{model}_256"), load(f"openclip_{model}_256")
+  if a and b:
+    print(f"{model}: vlmjax / open_clip torch.compile = {a['examples_per_sec'] / b['examples_per_sec']:.2f}x")
+PY
