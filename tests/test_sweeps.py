@@ -222,7 +222,9 @@ def test_evals_run_after_training_and_a_failed_eval_does_not_retrain(tmp_path, f
   status = _status(workdir, name)
   assert status["trained"] and status["error"] == "vlmjax: error: evals.zs: no such data"
   monkeypatch.delenv("FAKE_EVAL_FAIL")
-  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lambda _: None) == {name: "done"}
+  lines = []
+  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lines.append) == {name: "done"}
+  assert lines[0].startswith(f"[1/1] {name}: evaluating (was failed; resuming) -> ")
   assert _calls(workdir, name) == 1  # training was not repeated
   evaluated = json.load(open(os.path.join(workdir, name, "eval", "4.json")))
   assert evaluated["argv"][2:] == ["--config.evals.zs=zero_shot:synthetic:shapes:validation",

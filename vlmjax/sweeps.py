@@ -309,9 +309,10 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
     if stop.is_set():
       return run.name, before
     note = {"new": "", "changed": " (settings changed since it finished)"}.get(before, f" (was {before}; resuming)")
+    trained = _same_training(sweep, run, read_status(os.path.join(workdir, run.name)))
+    what = "evaluating" if trained else "training + evaluating" if sweep.evals else "training"
     with lock:
-      print_fn(f"{tag[run.name]}: training{note} -> "
-               f"{os.path.join(workdir, run.name, LOG)}")
+      print_fn(f"{tag[run.name]}: {what}{note} -> {os.path.join(workdir, run.name, LOG)}")
     status = run_one(sweep, run, workdir, train_cmd=train_cmd, eval_cmd=eval_cmd, procs=procs)
     if stop.is_set() and status["state"] == "failed":
       status["state"] = "interrupted"
