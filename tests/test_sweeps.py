@@ -188,6 +188,8 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
 
 
 def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path):
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("needs to run in the main thread: it sends SIGINT to it")
   slow = tmp_path / "slow.py"
   slow.write_text("import time\nprint('training', flush=True)\ntime.sleep(30)\n")
   sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
