@@ -9,7 +9,9 @@ a B/16 ViT at 224 px with a class token, pre-norm, no patch bias and no final no
 one 256-query attentional pooler (open_clip layout, width 512, 8 heads) whose first
 output, normed and projected, is the image embedding and whose other 255 are the
 decoder's context; a causal text transformer (width 512, 12 layers, 8 heads, 76
-tokens + trailing CLS, 49,408 vocabulary); 12 multimodal layers of a self-attention
+tokens + trailing CLS, 49,408 vocabulary; the CLS padding mask shifted by one, as released
+CoCa weights were trained, and the decoder reading its tokens before the final norm);
+12 multimodal layers of a self-attention
 block and a cross-attention block each. Loss as open_clip's CoCa: contrastive 1,
 caption 2. Optimiser as open_clip's defaults (AdamW 5e-4, beta2 0.98, wd 0.2).
 Config argument: batch, steps.
@@ -34,7 +36,7 @@ def get_config(arg=None):
   m.vision = presets.vit("B/16", cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=49_408, context_length=76, width=512, depth=12, heads=8, mlp_dim=2048,
-      causal=True, pool="cls", mask_pad=True))
+      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy"))
   m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=8, mlp_dim=2048, layout="open_clip",
                                              tie_embedding=False))
   m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=512, n_queries=256,

@@ -5,7 +5,8 @@
 
 B/16 image tower (width 768, 12 layers, 12 heads, MLP 3072, learned position
 embedding, MAP pooling); B-sized bidirectional text tower over 64 tokens with a
-32k vocabulary, pooled at the last token; embedding 768; t' = log 10, b = -10.
+32k vocabulary, pooled at the last token; embedding 768; t' = log 10, b = -10;
+tanh-approximate GELU and LayerNorm epsilon 1e-6 (HF SiglipModel's default config).
 Batch 32k as in the paper. Config argument: batch, steps.
 """
 
@@ -21,7 +22,8 @@ def get_config(arg=None):
   c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
   c.optim.warmup_steps = min(5_000, a.steps // 5)
 
-  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False)
+  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False,
+                                   act="gelu_tanh", norm_eps=1e-6)  # as big_vision / HF SiglipModel
   m.image_size = 224
   m.embed_dim = 768
   m.init_logit_scale = 10.0
@@ -30,7 +32,7 @@ def get_config(arg=None):
   m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
-      causal=False, pool="last", mask_pad=False))
+      causal=False, pool="last", mask_pad=False, norm_tokens=True, cls_mask="correct"))
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0, z_loss=0.0))
   return c

@@ -9,10 +9,11 @@ and writes under tests/fixtures/convert/:
 
   NAME.safetensors (open_clip) or NAME/model.safetensors + config.json (HF): the weights
   NAME.npz: `image` [B, H, W, 3] (NHWC, as vlmjax takes it), `text` [B, L] int32 (0 = pad),
-            `image_emb`, `text_emb` (L2-normalised), `logit_scale` (exp), CoCa `logits`;
-            `published_*`: the same weights run with the settings released checkpoints use
-            where vlmjax has no knob for them yet (quick_gelu, tanh gelu, LN eps 1e-6,
-            open_clip CoCa's legacy CLS mask). The tests expect those to differ.
+            `image_emb`, `text_emb` (L2-normalised), `logit_scale` (exp), CoCa `logits`, all run
+            with the settings released checkpoints use: quick_gelu (OpenAI CLIP, HF CLIPModel),
+            tanh gelu + LayerNorm eps 1e-6 (SigLIP), the legacy CLS mask (open_clip CoCa);
+            `gelu_*` (open_clip CLIP): the same weights with exact gelu, as LAION-trained models;
+            `correct_*` (open_clip CoCa): with `correct_cls_mask=True`.
   bpe_tiny.txt.gz / bpe_tiny.npz: a made-up merges file in open_clip's BPE format and the
             ids open_clip's SimpleTokenizer gives a few texts with it (context 16).
 
@@ -79,16 +80,16 @@ def openclip_clip() -> None:
   cfg = dict(embed_dim=32,
              vision_cfg=dict(image_size=IMG, patch_size=PATCH, width=W, layers=DEPTH, head_width=W // HEADS),
              text_cfg=dict(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH))
-  model = open_clip.CLIP(**cfg).eval()
-  randomise(model, 0)
-  published = open_clip.CLIP(**cfg, quick_gelu=True).eval()  # OpenAI-pretrained weights
-  published.load_state_dict(model.state_dict())
+  laion = open_clip.CLIP(**cfg).eval()  # exact gelu, as LAION-trained models
+  randomise(laion, 0)
+  model = open_clip.CLIP(**cfg, quick_gelu=True).eval()  # OpenAI-pretrained weights
+  model.load_state_dict(laion.state_dict())
   image, text = inputs(1)
   with torch.no_grad():
-    out, pub = model(image, text), published(image, text)
+    out, gelu = model(image, text), laion(image, text)
   save_file(state(model), os.path.join(OUT, "openclip_clip.safetensors"))
   save_npz("openclip_clip", image, text, image_emb=out[0], text_emb=out[1], logit_scale=out[2],
-           published_image_emb=pub[0], published_text_emb=pub[1])
+           gelu_image_emb=gelu[0], gelu_text_emb=gelu[1])
 
 
 def openclip_coca() -> None:
@@ -103,14 +104,15 @@ def openclip_coca() -> None:
   model = open_clip.CoCa(**cfg).eval()
   randomise(model, 2)
   image, text = inputs(3)
+  assert not model.text.correct_cls_mask  # released CoCa weights: CLS mask shifted by one position
   with torch.no_grad():
-    legacy = model(image, text)  # released CoCa weights: CLS mask shifted by one position
-    model.text.correct_cls_mask = True
     out = model(image, text)
+    model.text.correct_cls_mask = True
+    correct = model(image, text)
   save_file(state(model), os.path.join(OUT, "openclip_coca.safetensors"))
   save_npz("openclip_coca", image, text, image_emb=out["image_features"], text_emb=out["text_features"],
-           logit_scale=out["logit_scale"], logits=out["logits"], published_text_emb=legacy["text_features"],
-           published_logits=legacy["logits"])
+           logit_scale=out["logit_scale"], logits=out["logits"], correct_text_emb=correct["text_features"],
+           correct_logits=correct["logits"])
 
 
 def save_hf(name: str, model, config) -> None:
@@ -127,17 +129,14 @@ def hf_clip() -> None:
     return CLIPConfig(text_config=dict(tower, vocab_size=V, max_position_embeddings=L, eos_token_id=EOS,
                                        bos_token_id=SOT, pad_token_id=0),
                       vision_config=dict(tower, image_size=IMG, patch_size=PATCH), projection_dim=32)
-  model = CLIPModel(config("gelu")).eval()
+  model = CLIPModel(config("quick_gelu")).eval()  # CLIPConfig's default, as OpenAI's weights
   randomise(model, 4)
-  published = CLIPModel(config("quick_gelu")).eval()
-  published.load_state_dict(model.state_dict())
   image, text = inputs(5)
   with torch.no_grad():
-    out, pub = model(input_ids=text, pixel_values=image), published(input_ids=text, pixel_values=image)
+    out = model(input_ids=text, pixel_values=image)
   save_hf("hf_clip", model, config("quick_gelu"))
   save_npz("hf_clip", image, text, image_emb=out.image_embeds, text_emb=out.text_embeds,
-           logit_scale=model.logit_scale.exp(), published_image_emb=pub.image_embeds,
-           published_text_emb=pub.text_embeds)
+           logit_scale=model.logit_scale.exp())
 
 
 def hf_siglip() -> None:
@@ -147,17 +146,14 @@ def hf_siglip() -> None:
     return SiglipConfig(text_config=dict(tower, vocab_size=V, max_position_embeddings=L, bos_token_id=SOT,
                                          eos_token_id=EOS, pad_token_id=0),
                         vision_config=dict(tower, image_size=IMG, patch_size=PATCH))
-  model = SiglipModel(config("gelu", 1e-5)).eval()
+  model = SiglipModel(config("gelu_pytorch_tanh", 1e-6)).eval()  # SiglipConfig's defaults
   randomise(model, 6)
-  published = SiglipModel(config("gelu_pytorch_tanh", 1e-6)).eval()
-  published.load_state_dict(model.state_dict())
   image, text = inputs(7)
   with torch.no_grad():
-    out, pub = model(input_ids=text, pixel_values=image), published(input_ids=text, pixel_values=image)
+    out = model(input_ids=text, pixel_values=image)
   save_hf("hf_siglip", model, config("gelu_pytorch_tanh", 1e-6))
   save_npz("hf_siglip", image, text, image_emb=out.image_embeds, text_emb=out.text_embeds,
-           logit_scale=model.logit_scale.exp(), logit_bias=model.logit_bias,
-           published_image_emb=pub.image_embeds, published_text_emb=pub.text_embeds)
+           logit_scale=model.logit_scale.exp(), logit_bias=model.logit_bias)
 
 
 MERGES = ["p h", "ph o", "t o</w>", "pho to</w>", "o f</w>", "c a", "ca t</w>", "d o", "do g</w>", "a n",

@@ -1,8 +1,8 @@
 """vlmjax.convert against golden outputs of open_clip / transformers (scripts/make_golden.py); no torch.
 
-Known gaps (the model lacks a knob; marked xfail(strict) so they fail loudly once fixed):
-quick_gelu (OpenAI CLIP, HF CLIP), tanh gelu + LayerNorm eps 1e-6 (SigLIP), open_clip
-CoCa's un-normed text tokens into the decoder and its legacy (shifted) CLS padding mask.
+The golden outputs use released weights' settings (quick_gelu, tanh gelu + LN eps 1e-6,
+open_clip CoCa's legacy CLS mask and pre-norm decoder tokens) and some alternatives;
+the model knobs `model.act`, `model.norm_eps`, `model.text.cls_mask|norm_tokens` select them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -51,76 +52,85 @@ def convert_fixture(name: str, cfg=None):
 
 @pytest.fixture(scope="module")
 def outputs():
-  """Per fixture: (golden arrays, our outputs), each model compiled once."""
+  """outputs(name, *overrides) -> (golden arrays, our outputs); each variant compiled once."""
   cache = {}
 
-  def get(name):
-    if name not in cache:
-      cfg, graphdef, p = convert_fixture(name)
+  def get(name, *overrides):
+    if (name, overrides) not in cache:
+      cfg, graphdef, p = convert_fixture(name, load_cfg(name, *overrides))
       ref = dict(np.load(os.path.join(FIX, f"{name}.npz")))
 
       @jax.jit
       def run(p, image, text):
-        model = nnx.merge(graphdef, p)
-        out = model(image, text)
+        out = nnx.merge(graphdef, p)(image, text)
         res = dict(image_emb=out.image_emb, text_emb=out.text_emb, logit_scale=out.logit_scale)
         if out.logit_bias is not None:
           res["logit_bias"] = out.logit_bias
         if out.caption_logits is not None:
-          res["logits"] = out.caption_logits
-          model.text.ln = lambda x: x  # what `norm_tokens=False` would do: the decoder gets pre-norm tokens
-          res["logits_prenorm_tokens"] = model.caption_logits(model.caption_context(image), text)
+          res["logits"] = out.caption_logits[:, :ref["logits"].shape[1]]  # open_clip predicts L - 1
         return res
-      cache[name] = ref, jax.tree.map(np.asarray, run(p, ref["image"], ref["text"]))
-    return cache[name]
+      cache[(name, overrides)] = ref, jax.tree.map(np.asarray, run(p, ref["image"], ref["text"]))
+    return cache[(name, overrides)]
   return get
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
-def test_embeddings_match_reference(outputs, name):
+def test_released_settings_match_reference(outputs, name):
+  """The fixture configs use released weights' settings: quick_gelu (OpenAI CLIP, HF CLIPModel),
+  tanh gelu + LN eps 1e-6 (SigLIP), legacy CLS mask + pre-norm decoder tokens (open_clip CoCa)."""
   ref, ours = outputs(name)
-  for key in ("image_emb", "text_emb", "logit_scale") + (("logit_bias",) if "logit_bias" in ref else ()):
+  for key in ours:
     assert rel(ours[key], ref[key].reshape(ours[key].shape)) < TOL, key
 
 
-GAPS = {
-    "openclip_clip": "model lacks an activation knob: OpenAI-pretrained open_clip models use quick_gelu",
-    "hf_clip": "model lacks an activation knob: HF CLIPModel uses quick_gelu",
-    "hf_siglip": "model lacks knobs for tanh-approximate gelu and LayerNorm epsilon 1e-6 (SigLIP)",
-}
+@pytest.mark.parametrize("name, overrides, prefix", [
+    ("openclip_clip", (("model.act", "gelu"),), "gelu_"),  # LAION-trained open_clip models
+    ("openclip_coca", (("model.text.cls_mask", "correct"),), "correct_"),  # open_clip's correct_cls_mask=True
+])
+def test_other_settings_match_reference(outputs, name, overrides, prefix):
+  ref, ours = outputs(name, *overrides)
+  released = outputs(name)[1]
+  for key in [k[len(prefix):] for k in ref if k.startswith(prefix)]:
+    assert rel(ours[key], ref[prefix + key]) < TOL, key
+    assert rel(released[key], ref[prefix + key]) > 10 * TOL, f"{key}: the fixture does not tell the settings apart"
 
 
-@pytest.mark.parametrize("name", list(GAPS))
-def test_published_activation_settings(outputs, name, request):
-  request.applymarker(pytest.mark.xfail(strict=True, reason=GAPS[name]))
-  ref, ours = outputs(name)
-  assert rel(ours["image_emb"], ref["published_image_emb"]) < TOL
-  assert rel(ours["text_emb"], ref["published_text_emb"]) < TOL
+def test_coca_cls_mask_changes_only_padded_rows():
+  """Legacy and correct CLS masks agree on a text that fills the context (row 0), not on a padded one."""
+  ref = np.load(os.path.join(FIX, "openclip_coca.npz"))
+  assert rel(ref["text_emb"][0], ref["correct_text_emb"][0]) < TOL
+  assert rel(ref["text_emb"][1], ref["correct_text_emb"][1]) > 100 * TOL
 
 
-def test_coca_caption_logits_with_prenorm_tokens(outputs):
-  """Caption logits match once the decoder gets the text tower's tokens before its final norm,
-  as open_clip does; emulated here by swapping `text.ln` for the identity in the caption path."""
-  ref, ours = outputs("openclip_coca")
-  n = ref["logits"].shape[1]  # open_clip predicts L - 1 positions
-  valid = ref["text"][:, :n] != 0
-  assert rel(ours["logits_prenorm_tokens"][:, :n][valid], ref["logits"][valid]) < TOL
-
-
-@pytest.mark.xfail(strict=True, reason="model lacks model.text.norm_tokens=False: open_clip's CoCa decoder reads "
-                                       "the text tokens before ln_final; ours reads them after")
-def test_coca_caption_logits(outputs):
-  ref, ours = outputs("openclip_coca")
+def test_coca_kv_cached_decoding_matches_reference():
+  """open_clip CoCa (pre-norm decoder tokens) decoded one token at a time through the KV cache gives
+  the reference caption logits at every non-padding position."""
+  _, graphdef, p = convert_fixture("openclip_coca")
+  ref = np.load(os.path.join(FIX, "openclip_coca.npz"))
   n = ref["logits"].shape[1]
-  assert rel(ours["logits"][:, :n], ref["logits"]) < TOL
+
+  @jax.jit
+  def decode(p, image, text_BxN):
+    model = nnx.merge(graphdef, p)
+    def step(cache, t):
+      logits_BxV, cache = model.decode_step(cache, text_BxN[:, t], t)
+      return cache, logits_BxV
+    cache = model.decode_init(model.caption_context(image), max_len=n)
+    return jax.lax.scan(step, cache, jnp.arange(n))[1].swapaxes(0, 1)
+  ours_BxNxV = np.asarray(decode(p, ref["image"], ref["text"][:, :n]))
+  valid_BxN = ref["text"][:, :n] != 0
+  assert rel(ours_BxNxV[valid_BxN], ref["logits"][valid_BxN]) < TOL
 
 
-def test_coca_legacy_cls_mask(outputs):
-  """Released open_clip CoCa weights use a padding mask shifted by one for the CLS token; it equals
-  ours on texts that fill the context (row 0), and differs on padded ones (row 1, the known gap)."""
-  ref, ours = outputs("openclip_coca")
-  assert rel(ours["text_emb"][0], ref["published_text_emb"][0]) < TOL
-  assert rel(ours["text_emb"][1], ref["published_text_emb"][1]) > TOL, "gap closed? add model.text.cls_mask"
+@pytest.mark.parametrize("key, value, match", [
+    ("model.act", "relu", "model.act must be one of gelu|gelu_tanh|quick_gelu, got 'relu'"),
+    ("model.text.cls_mask", "shifted", "model.text.cls_mask must be one of correct|legacy, got 'shifted'"),
+    ("model.norm_eps", "0.0", "model.norm_eps must be a positive float"),
+])
+def test_unknown_knob_values_are_errors(key, value, match):
+  cfg = load_cfg("openclip_coca", (key, value))
+  with pytest.raises(ValueError, match=match):
+    models.abstract(cfg.model)
 
 
 @pytest.mark.parametrize("override, tensor", [

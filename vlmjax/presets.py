@@ -29,9 +29,10 @@ COCA = {  # image (width, depth, MLP, heads); decoder (n_uni, n_multi, MLP); hid
 }
 
 
-def model_base(name: str, *, dtype: str = "bfloat16", remat: str = "none",
-               scan: bool = True) -> ml_collections.ConfigDict:
-  """The settings every `model` config has: family name, dtypes, attention, remat, scan."""
+def model_base(name: str, *, dtype: str = "bfloat16", remat: str = "none", scan: bool = True,
+               act: str = "gelu", norm_eps: float = 1e-5) -> ml_collections.ConfigDict:
+  """The settings every `model` config has: family name, dtypes, attention, remat, scan,
+  MLP activation and LayerNorm epsilon."""
   m = ml_collections.ConfigDict()
   m.name = name
   m.dtype = dtype              # compute dtype; parameters stay float32
@@ -39,6 +40,8 @@ def model_base(name: str, *, dtype: str = "bfloat16", remat: str = "none",
   m.attention = "auto"         # auto (cuDNN on GPU when it applies) | xla | cudnn
   m.remat = remat              # none | full | dots | dots_no_batch: jax.checkpoint policy per block
   m.scan = scan                # one scanned block per tower: compile time independent of depth
+  m.act = act                  # every MLP: gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (OpenAI CLIP)
+  m.norm_eps = norm_eps        # every LayerNorm: 1e-5 (CLIP, CoCa) | 1e-6 (SigLIP, big_vision)
   return m
 
 
@@ -75,7 +78,8 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   m.vision = vit(f"{s['vision']}/{patch}")
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
-      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls", mask_pad=True))
+      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls", mask_pad=True, norm_tokens=True,
+      cls_mask="correct"))
   m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
                                              layout="fused", tie_embedding=s["tie"]))
   m.pooler = ml_collections.ConfigDict(dict(mode="cascade", kind="coca", width=m.vision.width,

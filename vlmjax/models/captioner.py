@@ -28,8 +28,8 @@ class Captioner(nnx.Module):
     if not 0.0 <= cfg.decoder.masked_pred_prob <= 1.0:
       raise ValueError(f"model.decoder.masked_pred_prob must be in [0, 1], got {cfg.decoder.masked_pred_prob}")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype,
-              rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, act=cfg.act, norm_eps=cfg.norm_eps,
+              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t, dec = cfg.vision, cfg.text, cfg.decoder
     self.masked_pred_prob = dec.masked_pred_prob
     self.vision = ViT(v, cfg.image_size, **kw)

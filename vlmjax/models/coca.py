@@ -43,8 +43,8 @@ class CoCa(nnx.Module):
     if pc.mode == "single" and pc.n_queries < 2:
       raise ValueError(f"model.pooler.mode='single' needs n_queries >= 2, got {pc.n_queries}")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype,
-              rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, act=cfg.act, norm_eps=cfg.norm_eps,
+              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
     self.pooler_mode = pc.mode
@@ -54,7 +54,8 @@ class CoCa(nnx.Module):
     self.caption_pool = AttentionPooler(pc.width, v.width, pc.heads, pc.n_queries, **pool_kw)
     self.contrastive_pool = (None if pc.mode == "single" else AttentionPooler(
         pc.width, pc.width if pc.mode == "cascade" else v.width, pc.heads, 1, **pool_kw))
-    self.pool_norm = layers.layer_norm(pc.width, **dense_kw) if pc.kind == "open_clip" else None
+    self.pool_norm = (layers.layer_norm(pc.width, eps=cfg.norm_eps, **dense_kw) if pc.kind == "open_clip"
+                      else None)
     self.image_proj = layers.dense(pc.width, cfg.embed_dim, ("embed", None), use_bias=False,
                                    std=pc.width**-0.5, **dense_kw)
     self.text_proj = layers.dense(t.width, cfg.embed_dim, ("embed", None), use_bias=False,

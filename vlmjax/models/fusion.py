@@ -29,7 +29,7 @@ class AttentionPooler(nnx.Module):
 
   def __init__(self, dim: int, ctx_dim: int, heads: int, n_queries: int, *, kind: str = "coca",
                mlp_dim: int | None = None, attention: str, remat: str = "none", scan: bool = False,
-               dtype, param_dtype, rngs: nnx.Rngs):
+               act: str, norm_eps: float, dtype, param_dtype, rngs: nnx.Rngs):
     del remat, scan  # one attention layer: nothing to recompute or scan
     if kind not in POOLER_KINDS:
       raise ValueError(f"attention pooler kind must be one of {'|'.join(POOLER_KINDS)}, got {kind!r}")
@@ -37,11 +37,11 @@ class AttentionPooler(nnx.Module):
     self.kind = kind
     self.queries = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (n_queries, dim), param_dtype),
                              axes=(None, "embed"))
-    self.ln_q = layers.layer_norm(dim, **kw) if kind == "open_clip" else None
-    self.ln_ctx = layers.layer_norm(ctx_dim, **kw) if kind in ("coca", "open_clip") else None
+    self.ln_q = layers.layer_norm(dim, eps=norm_eps, **kw) if kind == "open_clip" else None
+    self.ln_ctx = layers.layer_norm(ctx_dim, eps=norm_eps, **kw) if kind in ("coca", "open_clip") else None
     self.attn = layers.Attention(dim, heads, kv_dim=ctx_dim, impl=attention, **kw)
-    self.ln_out = layers.layer_norm(dim, **kw) if kind in ("coca", "map") else None
-    self.mlp = layers.Mlp(dim, mlp_dim, **kw) if kind == "map" else None
+    self.ln_out = layers.layer_norm(dim, eps=norm_eps, **kw) if kind in ("coca", "map") else None
+    self.mlp = layers.Mlp(dim, mlp_dim, act=act, **kw) if kind == "map" else None
 
   def __call__(self, ctx_BxNxC: jax.Array) -> jax.Array:
     """Returns [B, Q, D]."""
@@ -60,14 +60,14 @@ class AttentionPooler(nnx.Module):
 class CrossBlock(nnx.Module):
   """open_clip's cross-attention block: x + attn(ln(x), ln_kv(ctx)), then x + mlp(ln(x))."""
 
-  def __init__(self, dim: int, heads: int, mlp_dim: int, ctx_dim: int, *, impl: str, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, heads: int, mlp_dim: int, ctx_dim: int, *, impl: str, act: str, norm_eps: float,
+               dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.ln1 = layers.layer_norm(dim, **kw)
-    self.ln_kv = layers.layer_norm(ctx_dim, **kw)
+    self.ln1 = layers.layer_norm(dim, eps=norm_eps, **kw)
+    self.ln_kv = layers.layer_norm(ctx_dim, eps=norm_eps, **kw)
     self.attn = layers.Attention(dim, heads, kv_dim=ctx_dim, impl=impl, **kw)
-    self.ln2 = layers.layer_norm(dim, **kw)
-    self.mlp = layers.Mlp(dim, mlp_dim, **kw)
+    self.ln2 = layers.layer_norm(dim, eps=norm_eps, **kw)
+    self.mlp = layers.Mlp(dim, mlp_dim, act=act, **kw)
 
   def __call__(self, x_BxLxD: jax.Array, ctx_BxQxC: jax.Array) -> jax.Array:
     x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD), self.ln_kv(ctx_BxQxC))
@@ -84,9 +84,9 @@ class CrossBlock(nnx.Module):
 class OpenClipDecoderLayer(nnx.Module):
   """One open_clip multimodal layer: a causal self-attention block, then a `CrossBlock` (two MLPs)."""
 
-  def __init__(self, dim: int, heads: int, mlp_dim: int, ctx_dim: int, *, impl: str, dtype, param_dtype,
-               rngs: nnx.Rngs):
-    kw = dict(impl=impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, dim: int, heads: int, mlp_dim: int, ctx_dim: int, *, impl: str, act: str, norm_eps: float,
+               dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(impl=impl, act=act, norm_eps=norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.self_block = layers.Block(dim, heads, mlp_dim, **kw)
     self.cross_block = CrossBlock(dim, heads, mlp_dim, ctx_dim, **kw)
 
@@ -115,18 +115,17 @@ class MultimodalDecoder(nnx.Module):
 
   def __init__(self, dim: int, heads: int, mlp_dim: int, depth: int, ctx_dim: int, vocab_size: int,
                *, layout: str = "fused", tie_embedding: bool = False, attention: str, remat: str, scan: bool,
-               dtype, param_dtype, rngs: nnx.Rngs):
+               act: str, norm_eps: float, dtype, param_dtype, rngs: nnx.Rngs):
     if layout not in DECODER_LAYOUTS:
       raise ValueError(f"model.decoder.layout must be one of {'|'.join(DECODER_LAYOUTS)}, got {layout!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    block_kw = dict(impl=attention, act=act, norm_eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
     if layout == "fused":
-      make = lambda r: layers.Block(dim, heads, mlp_dim, cross_dim=ctx_dim, impl=attention, dtype=dtype,
-                                    param_dtype=param_dtype, rngs=r)
+      make = lambda r: layers.Block(dim, heads, mlp_dim, cross_dim=ctx_dim, **block_kw, rngs=r)
     else:
-      make = lambda r: OpenClipDecoderLayer(dim, heads, mlp_dim, ctx_dim, impl=attention, dtype=dtype,
-                                            param_dtype=param_dtype, rngs=r)
+      make = lambda r: OpenClipDecoderLayer(dim, heads, mlp_dim, ctx_dim, **block_kw, rngs=r)
     self.blocks = layers.Stack(make, depth, scan=scan, remat=remat, rngs=rngs)
-    self.ln = layers.layer_norm(dim, **kw)
+    self.ln = layers.layer_norm(dim, eps=norm_eps, **kw)
     self.head = (None if tie_embedding
                  else layers.dense(dim, vocab_size, ("embed", "vocab"), use_bias=False, **kw))
 

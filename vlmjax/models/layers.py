@@ -34,8 +34,11 @@ def dense(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype: Dt
                     bias_metadata={"axes": (axes[1],)}, rngs=rngs)
 
 
-def layer_norm(dim: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
+def layer_norm(dim: int, *, eps: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm with logical axes; `eps` is `model.norm_eps` (1e-5 CLIP / CoCa, 1e-6 SigLIP)."""
+  if not eps > 0:
+    raise ValueError(f"model.norm_eps must be a positive float, got {eps!r}")
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
                        scale_metadata={"axes": ("embed",)}, bias_metadata={"axes": ("embed",)},
                        rngs=rngs)
 
@@ -124,31 +127,47 @@ class Attention(nnx.Module):
     return self.attend(x_BxTxD, cache, jnp.broadcast_to(visible_TxS, (B, T, S))), cache
 
 
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact (erf)
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # SigLIP, big_vision
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
+}
+
+
+def check_act(name: str) -> str:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"model.act must be one of {'|'.join(ACTIVATIONS)}, got {name!r}")
+  return name
+
+
 class Mlp(nnx.Module):
-  def __init__(self, dim: int, hidden: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+  """fc1 -> activation (`model.act`) -> fc2."""
+
+  def __init__(self, dim: int, hidden: int, *, act: str, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.act = check_act(act)  # the name: a static, hashable attribute
     self.fc1 = dense(dim, hidden, ("embed", "mlp"), **kw)
     self.fc2 = dense(hidden, dim, ("mlp", "embed"), **kw)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x_BxTxD), approximate=False))
+    return self.fc2(ACTIVATIONS[self.act](self.fc1(x_BxTxD)))
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
 
   def __init__(self, dim: int, heads: int, mlp_dim: int, *, cross_dim: int | None = None,
-               impl: str = "auto", dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+               impl: str = "auto", act: str, norm_eps: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.ln1 = layer_norm(dim, **kw)
+    self.ln1 = layer_norm(dim, eps=norm_eps, **kw)
     self.attn = Attention(dim, heads, impl=impl, **kw)
     if cross_dim is not None:
-      self.ln_cross = layer_norm(dim, **kw)
+      self.ln_cross = layer_norm(dim, eps=norm_eps, **kw)
       self.cross = Attention(dim, heads, kv_dim=cross_dim, impl=impl, **kw)
     else:
       self.ln_cross = self.cross = None
-    self.ln2 = layer_norm(dim, **kw)
-    self.mlp = Mlp(dim, mlp_dim, **kw)
+    self.ln2 = layer_norm(dim, eps=norm_eps, **kw)
+    self.mlp = Mlp(dim, mlp_dim, act=act, **kw)
 
   def __call__(self, x_BxTxD: jax.Array, *, mask_BxTxT: jax.Array | None = None,
                causal: bool = False, ctx_BxSxC: jax.Array | None = None) -> jax.Array:

@@ -45,7 +45,8 @@ class TwoTower(nnx.Module):
     if cfg.vision.pool == "none":
       raise ValueError("model.vision.pool must be cls|gap|map for a two-tower model, got 'none'")
     dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(attention=cfg.attention, remat=cfg.remat, scan=cfg.scan, act=cfg.act, norm_eps=cfg.norm_eps,
+              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
     self.vision = ViT(v, cfg.image_size, **kw)

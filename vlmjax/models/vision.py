@@ -27,7 +27,7 @@ class ViT(nnx.Module):
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, image_size: int, *, attention: str, remat: str,
-               scan: bool, dtype, param_dtype, rngs: nnx.Rngs):
+               scan: bool, act: str, norm_eps: float, dtype, param_dtype, rngs: nnx.Rngs):
     if cfg.pool not in POOLS:
       raise ValueError(f"model.vision.pool must be one of {'|'.join(POOLS)}, got {cfg.pool!r}")
     if cfg.pool == "cls" and not cfg.cls_token:
@@ -49,13 +49,14 @@ class ViT(nnx.Module):
       self.posemb = None  # fixed; computed in __call__ so the state holds only trainable parameters
     else:
       raise ValueError(f"model.vision.posemb must be learn|sincos2d, got {cfg.posemb!r}")
-    self.ln_pre = layers.layer_norm(d, **kw) if cfg.ln_pre else None
-    self.blocks = layers.Stack(lambda r: layers.Block(d, cfg.heads, cfg.mlp_dim, impl=attention,
-                                                      dtype=dtype, param_dtype=param_dtype, rngs=r),
+    self.ln_pre = layers.layer_norm(d, eps=norm_eps, **kw) if cfg.ln_pre else None
+    self.blocks = layers.Stack(lambda r: layers.Block(d, cfg.heads, cfg.mlp_dim, impl=attention, act=act,
+                                                      norm_eps=norm_eps, dtype=dtype, param_dtype=param_dtype,
+                                                      rngs=r),
                                cfg.depth, scan=scan, remat=remat, rngs=rngs)
-    self.ln = layers.layer_norm(d, **kw) if cfg.final_norm else None
-    self.map = (AttentionPooler(d, d, cfg.heads, 1, kind="map", mlp_dim=cfg.mlp_dim, attention=attention, **kw)
-                if cfg.pool == "map" else None)
+    self.ln = layers.layer_norm(d, eps=norm_eps, **kw) if cfg.final_norm else None
+    self.map = (AttentionPooler(d, d, cfg.heads, 1, kind="map", mlp_dim=cfg.mlp_dim, attention=attention,
+                                act=act, norm_eps=norm_eps, **kw) if cfg.pool == "map" else None)
 
   def __call__(self, image_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """Returns (tokens_BxNxD, pooled_BxD or None when pool is `none`).
