@@ -75,6 +75,9 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     abstract_model = models.abstract(cfg.model)
   except ValueError as e:
     raise config.ConfigError(f"model config: {e}") from None
+  except (AttributeError, KeyError) as e:  # ml_collections reports a missing field as AttributeError
+    raise config.ConfigError(f"model config has no key {str(e).split('.')[0]}; a config.json written by an "
+                             "older vlmjax lacks keys added since (see the config reference)") from None
   graphdef, abstract_params = nnx.split(abstract_model)
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
