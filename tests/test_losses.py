@@ -182,3 +182,20 @@ def test_composite_sigmoid():
   cfg.contrastive = "sigmod"
   with pytest.raises(ValueError, match="softmax|sigmoid|none"):
     losses.composite(out, {"text": text}, cfg)
+
+
+@pytest.mark.parametrize("chunk, smoothing, z", [(4, 0.0, 0.0), (3, 0.1, 1e-3)])
+def test_chunked_caption_xent_equals_full_in_value_and_gradients(chunk, smoothing, z):
+  rng = np.random.default_rng(0)
+  B, L, D, V = 4, 10, 8, 37
+  hidden = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(D, V)) * 0.3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, V, size=(B, L)), jnp.int32)
+  mask = jnp.asarray(rng.random((B, L)) < 0.7)
+  full = lambda h, k: losses.caption_xent(h @ k, targets, mask, label_smoothing=smoothing, z_loss=z)
+  chunked = lambda h, k: losses.caption_xent_chunked(h, k, targets, mask, chunk=chunk, label_smoothing=smoothing,
+                                                     z_loss=z)
+  np.testing.assert_allclose(chunked(hidden, kernel), full(hidden, kernel), rtol=1e-5)
+  g_full, g_chunk = jax.grad(full, argnums=(0, 1))(hidden, kernel), jax.grad(chunked, argnums=(0, 1))(hidden, kernel)
+  for a, b in zip(g_chunk, g_full):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

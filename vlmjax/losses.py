@@ -108,6 +108,49 @@ def caption_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.
   return jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
 
 
+def _token_nll_sums(logits_BxCxV: jax.Array, targets_BxC: jax.Array, mask_BxC: jax.Array,
+                    label_smoothing: float, z_loss: float) -> jax.Array:
+  """Sum over masked tokens of the per-token loss of `caption_xent` (float32)."""
+  logits_BxCxV = logits_BxCxV.astype(jnp.float32)
+  lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+  nll_BxC = lse_BxC - jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    nll_BxC = (1.0 - label_smoothing) * nll_BxC + label_smoothing * (lse_BxC - logits_BxCxV.mean(axis=-1))
+  if z_loss:
+    nll_BxC = nll_BxC + z_loss * jnp.square(lse_BxC)
+  return jnp.sum(nll_BxC * mask_BxC.astype(jnp.float32))
+
+
+def caption_xent_chunked(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets_BxL: jax.Array,
+                         mask_BxL: jax.Array, *, chunk: int, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0) -> jax.Array:
+  """`caption_xent(hidden @ kernel, ...)` computed `chunk` positions at a time.
+
+  The vocabulary projection and the float32 softmax run per chunk of the sequence
+  under `jax.checkpoint` (recomputed in the backward pass), so the B x L x V logits
+  never exist whole; memory grows with B x chunk x V. The batch axis stays whole in
+  every chunk, so a batch sharded over devices stays sharded.
+  """
+  B, L, D = hidden_BxLxD.shape
+  n = -(-L // chunk)
+  pad = n * chunk - L
+  if pad:
+    hidden_BxLxD = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0)))
+    targets_BxL = jnp.pad(targets_BxL, ((0, 0), (0, pad)))
+    mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, pad)))
+  split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)  # [n, B, chunk, ...]
+
+  @jax.checkpoint
+  def one(total, xs):
+    h_BxCxD, t_BxC, m_BxC = xs
+    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, kernel_DxV.astype(h_BxCxD.dtype))
+    return total + _token_nll_sums(logits_BxCxV, t_BxC, m_BxC, label_smoothing, z_loss), None
+
+  total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), (split(hidden_BxLxD), split(targets_BxL),
+                                                              split(mask_BxL)))
+  return total / jnp.maximum(jnp.sum(mask_BxL.astype(jnp.float32)), 1.0)
+
+
 def composite(out, batch: dict, cfg: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
               batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, dict]:
   """Adds the configured loss terms with their weights; returns (loss, metrics).
