@@ -217,3 +217,24 @@ def test_openclip_bpe_tokenizer(tmp_path):
     ours = tok.encode(str(text), len(ref))
     np.testing.assert_array_equal(ours[:n] - 1, ref[:n], err_msg=str(text))
     assert not ours[n:].any()
+
+
+# open_clip 3.3.0's parameter counts (49,408-token vocabulary), computed once with /work/torchenv:
+# sum(p.numel() for p in open_clip.CLIP|CoCa(**open_clip.get_model_config(NAME)).parameters());
+# openclip_coca_b16 is coca_ViT-B-32 with vision_cfg.patch_size=16. Activation changes no count.
+OPEN_CLIP_PARAMS = {"openclip_vit_b32.py:act=quick_gelu": 151_277_313, "openclip_vit_l14.py": 427_616_513,
+                    "openclip_coca_l14.py": 638_450_177, "openclip_coca_b16.py": 251_903_489}
+
+
+@pytest.mark.parametrize("spec", list(OPEN_CLIP_PARAMS))
+def test_openclip_configs_have_openclip_parameter_counts(spec):
+  cfg = config.load(os.path.join(os.path.dirname(FIX), "..", "..", "configs", spec))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(models.abstract(cfg.model), nnx.Param)))
+  assert count == OPEN_CLIP_PARAMS[spec]
+
+
+def test_openclip_config_act_argument():
+  path = os.path.join(os.path.dirname(FIX), "..", "..", "configs", "openclip_vit_b32.py")
+  assert config.load(path).model.act == "gelu"
+  with pytest.raises(ConfigError, match=r"act must be one of gelu\|quick_gelu, got .gelu_tanh."):
+    config.load(f"{path}:act=gelu_tanh")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlmjax.config import base, parse_arg
+from vlmjax.config import ConfigError, base, parse_arg
 
 VIT = {  # width, depth, MLP, heads
     "Ti": (192, 12, 768, 3),
@@ -102,4 +102,65 @@ def coca_paper(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model.image_size = 288
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.1, z_loss=0.0))
+  return c
+
+
+OPEN_CLIP_VOCAB = 49_408  # open_clip's BPE; vlmjax's tokenizer shifts it by one (then 49,409: see configs)
+OPEN_CLIP_ACTS = ("gelu", "quick_gelu")  # LAION-trained | OpenAI-pretrained weights
+
+
+def _openclip_model(name: str, act: str) -> ml_collections.ConfigDict:
+  if act not in OPEN_CLIP_ACTS:
+    raise ConfigError(f"config argument act must be one of {'|'.join(OPEN_CLIP_ACTS)}, got {act!r}")
+  m = model_base(name, act=act, norm_eps=1e-5)
+  m.image_size = 224
+  m.init_logit_scale = 1 / 0.07
+  return m
+
+
+def openclip_clip(vision: str, *, text_width: int, text_heads: int, embed_dim: int,
+                  act: str) -> ml_collections.ConfigDict:
+  """The `model` config of an open_clip CLIP (`ViT-B-32`, `ViT-L-14`, ...): a `vision` ViT pooled at
+  its class token (pre-norm, no patch bias), a 12-layer causal text tower over 77 tokens pooled at
+  EOS, bias-free projections to `embed_dim`."""
+  m = _openclip_model("two_tower", act)
+  m.embed_dim = embed_dim
+  m.init_logit_bias = None
+  m.vision = vit(vision, pool="cls", cls_token=True, ln_pre=True, patch_bias=False)
+  m.image_proj, m.text_proj = "linear", "linear"
+  m.text = ml_collections.ConfigDict(dict(
+      vocab_size=OPEN_CLIP_VOCAB, context_length=77, width=text_width, depth=12, heads=text_heads,
+      mlp_dim=4 * text_width, causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct"))
+  return m
+
+
+def openclip_coca(vision: str, *, width: int, heads: int, pooler_heads: int, act: str) -> ml_collections.ConfigDict:
+  """The `model` config of an open_clip CoCa (`coca_ViT-B-32`, `coca_ViT-L-14`): a `vision` ViT with no
+  final norm; one 256-query open_clip pooler of width `width` (its first output the image embedding,
+  the rest the decoder's context); a causal text tower of `width` over 76 tokens + trailing CLS, with
+  the legacy CLS mask and pre-norm decoder tokens of released weights; 12 open_clip decoder layers."""
+  m = _openclip_model("coca", act)
+  m.embed_dim = width
+  m.vision = vit(vision, cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
+  m.text = ml_collections.ConfigDict(dict(
+      vocab_size=OPEN_CLIP_VOCAB, context_length=76, width=width, depth=12, heads=heads, mlp_dim=4 * width,
+      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy"))
+  m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=heads, mlp_dim=4 * width, layout="open_clip",
+                                             tie_embedding=False))
+  m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=width, n_queries=256,
+                                            heads=pooler_heads))
+  return m
+
+
+def openclip_experiment(model: ml_collections.ConfigDict, *, batch: int, steps: int,
+                        caption_weight: float) -> ml_collections.ConfigDict:
+  """A full config around an open_clip `model`: open_clip's default optimiser (AdamW 5e-4, beta2 0.98,
+  weight decay 0.2, 2k warm-up steps) and loss (softmax contrastive 1; CoCa caption `caption_weight`)."""
+  c = base(batch_size=batch, total_steps=steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 5e-4, 0.2, 0.98
+  c.optim.warmup_steps = min(2_000, steps // 5)
+  c.model = model
+  c.loss = ml_collections.ConfigDict(dict(
+      contrastive="softmax", contrastive_weight=1.0, caption_weight=caption_weight, label_smoothing=0.0,
+      z_loss=0.0))
   return c
