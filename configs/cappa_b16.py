@@ -31,5 +31,6 @@ def get_config(arg=None):
       width=768, depth=6, heads=12, mlp_dim=3072, tie_embedding=False, masked_pred_prob=0.75))
 
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0, z_loss=0.0))
+      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0,
+      z_loss=0.0, caption_chunk=16))
   return c

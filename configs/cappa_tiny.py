@@ -28,5 +28,6 @@ def get_config(arg=None):
       width=128, depth=2, heads=4, mlp_dim=512, tie_embedding=False, masked_pred_prob=float(a.masked)))
 
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0, z_loss=0.0))
+      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0,
+      z_loss=0.0, caption_chunk=0))
   return c

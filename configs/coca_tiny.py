@@ -45,5 +45,5 @@ def get_config(arg=None):
 
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
-      z_loss=0.0))
+      z_loss=0.0, caption_chunk=0))
   return c

@@ -34,5 +34,6 @@ def get_config(arg=None):
       vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
       causal=False, pool="last", mask_pad=False, norm_tokens=True, cls_mask="correct"))
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0, z_loss=0.0))
+      contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
+      z_loss=0.0, caption_chunk=0))
   return c

@@ -32,5 +32,6 @@ def get_config(arg=None):
       causal=not sigmoid, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct"))
 
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive=a.loss, contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0, z_loss=0.0))
+      contrastive=a.loss, contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
+      z_loss=0.0, caption_chunk=0))
   return c

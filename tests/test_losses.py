@@ -73,7 +73,7 @@ def test_composite_weights_and_shift():
   text = np.array([[1, 5, 6, 2, 0]] * 4, np.int32)
   out = Output(image_emb=img, text_emb=txt, logit_scale=jnp.float32(10.0), caption_logits=logits)
   cfg = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=0.5, caption_weight=2.0,
-                                       label_smoothing=0.0, z_loss=0.0))
+                                       label_smoothing=0.0, z_loss=0.0, caption_chunk=0))
   loss, metrics = losses.composite(out, {"text": text}, cfg)
   con = np_softmax_contrastive(img, txt, 10.0)
   logp = np_log_softmax(logits[:, :-1].astype(np.float64), -1)
@@ -169,7 +169,7 @@ def test_composite_sigmoid():
   out = Output(image_emb=img, text_emb=txt, logit_scale=jnp.float32(10.0), logit_bias=jnp.float32(-10.0),
                caption_logits=logits)
   cfg = ml_collections.ConfigDict(dict(contrastive="sigmoid", contrastive_weight=1.5, caption_weight=0.0,
-                                       label_smoothing=0.0, z_loss=0.0))
+                                       label_smoothing=0.0, z_loss=0.0, caption_chunk=0))
   loss, metrics = losses.composite(out, {"text": text}, cfg)
   con = np_sigmoid_contrastive(img, txt, 10.0, -10.0)
   np.testing.assert_allclose(metrics["contrastive_loss"], con, rtol=1e-5)

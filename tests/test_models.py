@@ -213,3 +213,16 @@ def test_kv_cached_decoding_equals_full_recompute(micro_cfg, name, scan):
   for t in range(T):
     logits_BxV, cache = model.decode_step(cache, jnp.asarray(text[:, t]), jnp.int32(t))
     np.testing.assert_allclose(logits_BxV, full_BxTxV[:, t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["coca", "coca_tied", "captioner"])
+def test_chunked_caption_loss_equals_full_logits(micro_cfg, name):
+  from vlmjax import losses
+  cfg = {"coca": micro_cfg(), "coca_tied": micro_cfg(("model.decoder.tie_embedding", "true")),
+         "captioner": _captioner("0.5")}[name]
+  model, image, text = _model_and_batch(cfg)
+  out = model(image, text, train=True, rng=jax.random.key(0))
+  np.testing.assert_allclose(out.caption_features @ out.caption_kernel, out.caption_logits, rtol=1e-4, atol=1e-4)
+  full = losses.composite(out, {"text": text}, cfg.loss)[0]
+  cfg.loss.caption_chunk = 6
+  np.testing.assert_allclose(losses.composite(out, {"text": text}, cfg.loss)[0], full, rtol=1e-5)

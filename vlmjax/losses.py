@@ -181,8 +181,15 @@ def composite(out, batch: dict, cfg: ml_collections.ConfigDict, *, mesh: Mesh | 
     total = total + cfg.contrastive_weight * con
   if cfg.caption_weight:
     text_BxL = batch["text"]
-    cap = caption_xent(out.caption_logits[:, :-1], text_BxL[:, 1:], text_BxL[:, 1:] != 0,
-                       label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+    targets_BxL, mask_BxL = text_BxL[:, 1:], text_BxL[:, 1:] != 0
+    if cfg.caption_chunk:
+      if out.caption_features is None:
+        raise ValueError("loss.caption_chunk needs a model that outputs caption_features and caption_kernel")
+      cap = caption_xent_chunked(out.caption_features[:, :-1], out.caption_kernel, targets_BxL, mask_BxL,
+                                 chunk=cfg.caption_chunk, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+    else:
+      cap = caption_xent(out.caption_logits[:, :-1], targets_BxL, mask_BxL,
+                         label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
     metrics["caption_loss"] = cap
     total = total + cfg.caption_weight * cap
   metrics["loss"] = total

@@ -101,7 +101,8 @@ def coca_paper(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model = coca(size, patch=18, vocab_size=64_000, context_length=64)
   c.model.image_size = 288
   c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.1, z_loss=0.0))
+      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.1,
+      z_loss=0.0, caption_chunk=16))
   return c
 
 
@@ -162,5 +163,5 @@ def openclip_experiment(model: ml_collections.ConfigDict, *, batch: int, steps: 
   c.model = model
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=caption_weight, label_smoothing=0.0,
-      z_loss=0.0))
+      z_loss=0.0, caption_chunk=16))
   return c

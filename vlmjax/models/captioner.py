@@ -76,7 +76,7 @@ class Captioner(nnx.Module):
                rng: jax.Array | None = None) -> Output:
     ctx_BxNxC = self.caption_context(image_BxHxWx3)
     if not (train and self.masked_pred_prob > 0):
-      return Output(caption_logits=self.caption_logits(ctx_BxNxC, text_BxL))
+      return self._output(self.decoder.features(self._embed(text_BxL), ctx_BxNxC))
     if rng is None:
       raise ValueError("Captioner with masked_pred_prob > 0 needs `rng` when train=True")
     B, L = text_BxL.shape
@@ -87,4 +87,8 @@ class Captioner(nnx.Module):
     x_BxLxD = jnp.where(parallel_B[:, None, None], masked_BxLxD, x_BxLxD)
     causal_LxL = jnp.tril(jnp.ones((L, L), bool))
     mask_BxLxL = parallel_B[:, None, None] | causal_LxL[None]
-    return Output(caption_logits=self.decoder(x_BxLxD, ctx_BxNxC, embed=self._tied(), mask_BxLxL=mask_BxLxL))
+    return self._output(self.decoder.features(x_BxLxD, ctx_BxNxC, mask_BxLxL=mask_BxLxL))
+
+  def _output(self, features_BxLxD: jax.Array) -> Output:
+    return Output(caption_logits=self.decoder.project(features_BxLxD, self._tied()),
+                  caption_features=features_BxLxD, caption_kernel=self.decoder.head_kernel(self._tied()))

@@ -111,9 +111,12 @@ class CoCa(nnx.Module):
     del train, rng  # no dropout in CoCa pretraining
     image_emb, caption_BxQxC = self._image(image_BxHxWx3)
     tokens_BxLxD, pooled_BxD = self.text(text_BxL)
+    features_BxLxD = self.decoder.features(tokens_BxLxD, caption_BxQxC)
     return Output(
         image_emb=image_emb,
         text_emb=l2_normalize(self.text_proj(pooled_BxD)),
         logit_scale=jnp.exp(self.logit_scale[...]),
-        caption_logits=self.decoder(tokens_BxLxD, caption_BxQxC, embed=self.text.token_embed),
+        caption_logits=self.decoder.project(features_BxLxD, self.text.token_embed),
+        caption_features=features_BxLxD,
+        caption_kernel=self.decoder.head_kernel(self.text.token_embed),
     )

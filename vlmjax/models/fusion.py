@@ -136,12 +136,23 @@ class MultimodalDecoder(nnx.Module):
     Self-attention is causal unless `mask_BxLxL` is given (then that mask alone).
     With a tied embedding the vocabulary head is `embed`'s table, transposed.
     """
+    return self.project(self.features(tokens_BxLxD, image_BxQxC, mask_BxLxL=mask_BxLxL), embed)
+
+  def features(self, tokens_BxLxD: jax.Array, image_BxQxC: jax.Array, *,
+               mask_BxLxL: jax.Array | None = None) -> jax.Array:
+    """The normed features [B, L, D] the vocabulary head reads."""
     x = self.blocks(tokens_BxLxD, causal=mask_BxLxL is None, mask=mask_BxLxL, ctx=image_BxQxC)
-    return self._logits(x, embed)
+    return self.ln(x)
+
+  def head_kernel(self, embed: nnx.Embed | None) -> jax.Array:
+    """The vocabulary head as a [D, V] matrix (the input embedding, transposed, when tied)."""
+    return embed.embedding[...].T if self.head is None else self.head.kernel[...]
+
+  def project(self, x_BxLxD: jax.Array, embed: nnx.Embed | None) -> jax.Array:
+    return embed.attend(x_BxLxD) if self.head is None else self.head(x_BxLxD)
 
   def _logits(self, x_BxLxD: jax.Array, embed: nnx.Embed | None) -> jax.Array:
-    x_BxLxD = self.ln(x_BxLxD)
-    return embed.attend(x_BxLxD) if self.head is None else self.head(x_BxLxD)
+    return self.project(self.ln(x_BxLxD), embed)
 
   def init_cache(self, image_BxQxC: jax.Array, max_len: int) -> Any:
     return self.blocks.init_cache(image_BxQxC.shape[0], max_len, image_BxQxC)
