@@ -185,6 +185,12 @@ def test_cli_convert_load_and_reverse(tmp_path, capsys):
   _, abstract = abstract_params(cfg)
   loaded = convert.load_params(out, abstract)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, expected)
+  # `vlmjax eval --workdir OUT` restores converted weights as step 0, with the config convert used.
+  from vlmjax.evals import runner
+  run_cfg = runner.load_workdir_config(out, [])
+  _, params, step = runner.restore(out, run_cfg, None)
+  assert step == 0
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, expected)
   exported = str(tmp_path / "back.safetensors")
   assert cli.main(["convert", "--from", "hf", "--reverse", "--checkpoint", out, "--config", spec,
                    "--out", exported]) == 0

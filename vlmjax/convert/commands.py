@@ -53,8 +53,12 @@ def _convert(args, overrides) -> int:
   path = convert.save_params(args.out, params, dict(
       source=args.source, checkpoint=os.path.abspath(args.checkpoint), config=args.config,
       overrides=[f"{k}={v}" for k, v in overrides], tokenizer=spec, vocab_offset=offset))
+  if spec is not None:
+    cfg.data.train.tokenizer = spec
+  config.dump(cfg, os.path.join(args.out, "config.json"))  # so `vlmjax eval --workdir OUT` evaluates it
   print(f"wrote {path}")
   print(f"train from it: --config.init_from={os.path.abspath(args.out)}")
+  print(f"evaluate it: vlmjax eval --workdir {args.out} --config.evals.NAME=TYPE:SOURCE")
   if spec is not None:
     note = " (ids shifted by one so 0 is padding; the embedding got a pad row)" if offset else ""
     print(f"tokenizer: --config.data.train.tokenizer={spec}{note}")

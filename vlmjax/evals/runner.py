@@ -33,6 +33,12 @@ def restore(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
   from vlmjax import checkpoint, sharding, train  # noqa: PLC0415
   from vlmjax.config import ConfigError  # noqa: PLC0415
   s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isdir(os.path.join(workdir, "params")):
+    from vlmjax import convert  # noqa: PLC0415  (a `vlmjax convert --out` directory: step 0)
+    if step not in (None, 0):
+      raise ConfigError(f"{workdir} holds converted weights only (step 0), not step {step}")
+    return s, convert.load_params(workdir, checkpoint.abstract_with_shardings(
+        s.abstract_state.params, s.state_shardings.params)), 0
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
   steps = ckpt.manager.all_steps()
   if not steps or (step is not None and step not in steps):
