@@ -112,23 +112,10 @@ def test_abstract_model_has_the_real_structure(micro_cfg):
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(fake))
 
 
-@pytest.mark.parametrize("policy", ["dots"])  # "full" is covered by test_scan_equals_unrolled
-def test_remat_gives_the_same_loss_and_gradients(micro_cfg, policy):
-  from vlmjax import losses
-
-  def loss_and_grads(cfg):
-    model, image, text = _model_and_batch(cfg)
-    graphdef, params = nnx.split(model)
-
-    def loss(p):
-      return losses.composite(nnx.merge(graphdef, p)(image, text), {"text": text}, cfg.loss)[0]
-    return jax.jit(jax.value_and_grad(loss))(params)
-
-  (v0, g0), (v1, g1) = loss_and_grads(micro_cfg()), loss_and_grads(micro_cfg(("model.remat", policy)))
-  np.testing.assert_allclose(v1, v0, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g0)
+def test_unknown_remat_policy_is_an_error(micro_cfg):
+  """(Remat itself is checked against no remat in test_scan_equals_unrolled.)"""
   with pytest.raises(ValueError, match="model.remat must be one of"):
-    models.build(micro_cfg(("model.remat", "some")).model, nnx.Rngs(0))(*_model_and_batch(micro_cfg())[1:])
+    models.build(micro_cfg(("model.remat", "some")).model, nnx.Rngs(0))
 
 
 def _stacked(params):

@@ -15,46 +15,38 @@ def _fixed_batch(cfg, s, seed=0):
   return next(data)
 
 
-def test_step_on_8_devices_equals_1_device(micro_cfg):
-  cfg = micro_cfg()
+def test_data_parallel_and_fsdp_tensor_steps_equal_one_device_and_training_reduces_loss(micro_cfg):
+  """One update on 1 device = on 8 (pure data parallel) = on a 2x2x2 data/FSDP/tensor mesh;
+  then ten steps on one batch (8 devices) reduce the loss."""
+  cfg = micro_cfg(("optim.lr", "3e-3"))
   s1 = train.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
-  s8 = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  assert s8.mesh.shape["data"] == 8
   state1 = train.init_state(cfg, s1)
-  state8 = jax.device_put(jax.device_get(state1), s8.state_shardings)  # a copy: state1 is donated
+  host_state = jax.device_get(state1)  # a copy: state1 is donated
   batch = jax.device_get(_fixed_batch(cfg, s1))
   out1, m1 = train.compile_train_step(cfg, s1)(state1, jax.device_put(batch, s1.batch_sharding))
-  out8, m8 = train.compile_train_step(cfg, s8)(state8, jax.device_put(batch, s8.batch_sharding))
+
+  s8 = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  assert s8.mesh.shape["data"] == 8
+  step8 = train.compile_train_step(cfg, s8)
+  out8, m8 = step8(jax.device_put(host_state, s8.state_shardings), jax.device_put(batch, s8.batch_sharding))
   assert len(out8.params["vision"]["embed"]["kernel"].sharding.device_set) == 8
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out8.params, out1.params)
 
-
-def test_fsdp_and_tensor_rules_shard_params_and_match(micro_cfg):
-  cfg = micro_cfg(("mesh.data", "2"), ("mesh.fsdp", "2"), ("mesh.tensor", "2"))
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  sharded = micro_cfg(("optim.lr", "3e-3"), ("mesh.data", "2"), ("mesh.fsdp", "2"), ("mesh.tensor", "2"))
+  s = train.setup(sharded, sharding.make_mesh(sharded.mesh))
   kernel_sh = s.state_shardings.params["vision"]["blocks"]["layers"][0]["mlp"]["fc1"]["kernel"]
   assert kernel_sh.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  ref = micro_cfg()
-  s1 = train.setup(ref, sharding.make_mesh(ref.mesh, devices=jax.devices()[:1]))
-  state1 = train.init_state(ref, s1)
-  host_state = jax.device_get(state1)
-  batch = jax.device_get(_fixed_batch(ref, s1))
-  _, m1 = train.compile_train_step(ref, s1)(state1, jax.device_put(batch, s1.batch_sharding))
-  _, m = train.compile_train_step(cfg, s)(jax.device_put(host_state, s.state_shardings),
-                                          jax.device_put(batch, s.batch_sharding))
+  out, m = train.compile_train_step(sharded, s)(jax.device_put(host_state, s.state_shardings),
+                                                jax.device_put(batch, s.batch_sharding))
   np.testing.assert_allclose(m["loss"], m1["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out.params, out1.params)
 
-
-def test_ten_steps_on_one_batch_reduce_loss(micro_cfg):
-  cfg = micro_cfg(("optim.lr", "3e-3"))
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  state, step = train.init_state(cfg, s), train.compile_train_step(cfg, s)
-  batch = _fixed_batch(cfg, s)
-  losses = []
-  for _ in range(10):
-    state, m = step(state, batch)
+  state, losses = out8, [float(m8["loss"])]
+  batch8 = jax.device_put(batch, s8.batch_sharding)
+  for _ in range(9):
+    state, m = step8(state, batch8)
     losses.append(float(m["loss"]))
   assert int(state.step) == 10
   assert losses[-1] < 0.8 * losses[0], losses
