@@ -80,7 +80,8 @@ def test_tar_stream_resumes_exactly_with_shuffle_buffer_crops_and_bad_samples(tm
 
 
 def test_random_access_resumes_exactly(tmp_path):
-  _resume_matches(data_cfg("synthetic:shapes", image_mode="random_resized_crop"), 3, 3)
+  stats = _resume_matches(data_cfg("synthetic:shapes", image_mode="random_resized_crop"), 3, 3)
+  assert stats["data/skipped"] == 0 and stats["data/samples"] > 0
 
 
 def test_bad_input_is_skipped_and_counted(tmp_path, caplog):

@@ -28,21 +28,26 @@ class ConfigError(ValueError):
   """A user error in a config file, config argument or override (one line)."""
 
 
-def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
-  """Loads `FILE[:arg]`, applies `(dotted.key, raw_value)` overrides and validates."""
-  path, _, arg = spec.partition(":")
+def load_python_file(path: str, kind: str, function: str):
+  """Imports a config-like Python file by path; returns its `function`. `kind` names it in errors."""
   if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist")
+    raise ConfigError(f"{kind} file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(
-      f"vlmjax_config_{abs(hash(os.path.abspath(path)))}", path)
+      f"vlmjax_{kind}_{abs(hash(os.path.abspath(path)))}", path)
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
-  cfg = module.get_config(arg or None)
+    raise ConfigError(f"{kind} file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+  if not hasattr(module, function):
+    raise ConfigError(f"{kind} file {path!r} defines no {function}() function")
+  return getattr(module, function)
+
+
+def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """Loads `FILE[:arg]`, applies `(dotted.key, raw_value)` overrides and validates."""
+  path, _, arg = spec.partition(":")
+  cfg = load_python_file(path, "config", "get_config")(arg or None)
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ConfigError(f"get_config in {path!r} returned {type(cfg).__name__}, expected ml_collections.ConfigDict")
   for key, raw in overrides:

@@ -88,8 +88,9 @@ def collect(workdir: str) -> list[RunResult]:
       state, error, seconds = status["state"], status.get("error"), status.get("seconds")
     else:  # trained outside `vlmjax sweep`: group by the name without its seed
       group = re.sub(r"(^|,)seed=-?\d+", "", name).strip(",")
-      index, seed, state, error, seconds = math.inf, cfg.get("seed"), "unknown", None, None
-    runs.append(RunResult(name, group, index, seed, state, error, seconds, cfg.get("total_steps"),
+      index, state, error, seconds = math.inf, "unknown", None, None
+      seed = cfg["seed"] if cfg else None  # a run's config.json holds every key; a run without one: unknown
+    runs.append(RunResult(name, group, index, seed, state, error, seconds, cfg["total_steps"] if cfg else None,
                           read_metrics(rundir)))
   if not runs:
     raise ConfigError(f"report: no runs in {workdir!r} (no subdirectory holds status.json or metrics.jsonl)")

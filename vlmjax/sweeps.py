@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -33,7 +32,7 @@ import sys
 import threading
 import time
 
-from vlmjax.config import ConfigError
+from vlmjax.config import ConfigError, load_python_file
 
 SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels", "evals")
 STATUS = "status.json"
@@ -147,17 +146,7 @@ def expand(spec: dict, where: str = "sweep") -> Sweep:
 
 def load_sweep(path: str) -> Sweep:
   """Loads a sweep file (a module with `get_sweep()`) and expands it."""
-  if not os.path.isfile(path):
-    raise ConfigError(f"sweep file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(f"vlmjax_sweep_{abs(hash(os.path.abspath(path)))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except SyntaxError as e:
-    raise ConfigError(f"sweep file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
-  if not hasattr(module, "get_sweep"):
-    raise ConfigError(f"sweep file {path!r} defines no get_sweep() function")
-  return expand(module.get_sweep(), where=path)
+  return expand(load_python_file(path, "sweep", "get_sweep")(), where=path)
 
 
 def check_configs(sweep: Sweep) -> None:
