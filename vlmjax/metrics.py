@@ -74,9 +74,14 @@ class Writer:
     self._jsonl.flush()
     for k, v in results.items():
       self._tb.add_scalar(k, v, step)
-    shown = [f"{k[5:]} {v:.4f}" for k, v in results.items() if not k.endswith("/seconds")]
-    seconds = sum(v for k, v in results.items() if k.endswith("/seconds"))
-    print(f"eval   {step:>6}/{self.total_steps} | " + " | ".join(shown) + f" | {seconds:.0f}s", flush=True)
+    by_name: dict[str, list[str]] = {}
+    for k, v in results.items():  # eval/<name>/<metric>: one console line per evaluator
+      _, name, metric = k.split("/", 2)
+      if metric != "seconds":
+        by_name.setdefault(name, []).append(f"{metric} {v:.4f}")
+    for name, shown in by_name.items():
+      seconds = results.get(f"eval/{name}/seconds", 0.0)
+      print(f"eval   {step:>6}/{self.total_steps} | {name}: {', '.join(shown)} ({seconds:.1f}s)", flush=True)
 
   def summary(self) -> dict:
     """The closing summary: steps, wall time, first and last loss, mean throughput."""
