@@ -2,7 +2,10 @@
 
     /work/torchenv/bin/python scripts/make_golden.py   # any venv with torch, open_clip_torch, transformers
 
-Builds open_clip CLIP, open_clip CoCa, HF CLIPModel and HF SiglipModel at toy sizes
+    /work/torchenv/bin/python scripts/make_golden.py openclip_siglip   # only the named makers
+
+Builds open_clip CLIP, open_clip CoCa, open_clip ViT-B-16-SigLIP (timm image tower), HF
+CLIPModel and HF SiglipModel at toy sizes
 (width 64, 2 layers, 4 heads, image 32, patch 8, vocabulary 100, 12 tokens), gives
 every parameter random values (norms and biases too, so a mis-mapped tensor shows),
 and writes under tests/fixtures/convert/:
@@ -14,6 +17,11 @@ and writes under tests/fixtures/convert/:
             tanh gelu + LayerNorm eps 1e-6 (SigLIP), the legacy CLS mask (open_clip CoCa);
             `gelu_*` (open_clip CLIP): the same weights with exact gelu, as LAION-trained models;
             `correct_*` (open_clip CoCa): with `correct_cls_mask=True`.
+            open_clip's ViT-B-16-SigLIP (MLP ratio 2, weights stored as float16, to stay small) runs as released: exact gelu in both towers (timm's and
+            open_clip's default), LayerNorm eps 1e-6, text padded with id 1 (its tokenizer's
+            pad = eos), which the last-token pooling reads as it is.
+  openclip_siglip_b16_shapes.json: name -> shape of every tensor of the full-size open_clip
+            ViT-B-16-SigLIP state dict (built on the meta device; no download).
   bpe_tiny.txt.gz / bpe_tiny.npz: a made-up merges file in open_clip's BPE format and the
             ids open_clip's SimpleTokenizer gives a few texts with it (context 16).
 
@@ -23,8 +31,10 @@ EOS is the largest id (open_clip CLIP pools at the argmax id).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 
 import numpy as np
 import open_clip
@@ -115,6 +125,52 @@ def openclip_coca() -> None:
            correct_logits=correct["logits"])
 
 
+SIGLIP = "ViT-B-16-SigLIP"
+
+
+def openclip_siglip() -> None:
+  """open_clip's ViT-B-16-SigLIP model config with toy sizes: the text tower through its config,
+  the timm trunk through the same `timm.create_model` call with size overrides (open_clip passes none)."""
+  import timm
+  cfg = open_clip.get_model_config(SIGLIP)
+  cfg.pop("custom_text")
+  cfg["embed_dim"] = W  # proj "none": the MAP head's output is the embedding
+  cfg["vision_cfg"]["image_size"] = IMG
+  cfg["text_cfg"].update(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH, mlp_ratio=2.0)
+  cfg["text_cfg"].pop("hf_tokenizer_name"), cfg["text_cfg"].pop("tokenizer_kwargs")
+  create = timm.create_model
+  tiny = dict(img_size=IMG, patch_size=PATCH, embed_dim=W, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0)
+  open_clip.timm_model.timm.create_model = functools.partial(create, **tiny)
+  try:
+    model = open_clip.CustomTextCLIP(**cfg).eval()
+  finally:
+    open_clip.timm_model.timm.create_model = create
+  assert type(model.visual.trunk.attn_pool).__name__ == "AttentionPoolLatent" and model.text.pool_type == "last"
+  randomise(model, 8)
+  with torch.no_grad():  # stored as float16 (a small fixture): run the reference on exactly those values
+    for p in model.parameters():
+      p.copy_(p.half().float())
+  g = torch.Generator().manual_seed(9)
+  image = torch.randn(2, 3, IMG, IMG, generator=g)
+  text = torch.randint(2, V, (2, L), generator=g)  # sentencepiece ids; 1 = eos = pad (open_clip's SigLIP tokenizer)
+  text[0, -1] = 1
+  text[1, 6:] = 1
+  with torch.no_grad():
+    out = model(image, text)
+  save_file({k: v.half() for k, v in state(model).items()}, os.path.join(OUT, "openclip_siglip.safetensors"))
+  image_emb, text_emb, logit_scale, logit_bias = out  # logit_scale comes exponentiated
+  save_npz("openclip_siglip", image, text, image_emb=image_emb, text_emb=text_emb, logit_scale=logit_scale,
+           logit_bias=logit_bias)
+  cfg = open_clip.get_model_config(SIGLIP)
+  cfg.pop("custom_text")
+  with torch.device("meta"):
+    full = open_clip.CustomTextCLIP(**cfg)
+  shapes = {k: list(v.shape) for k, v in full.state_dict().items()}
+  with open(os.path.join(OUT, "openclip_siglip_b16_shapes.json"), "w") as f:
+    json.dump(dict(model=SIGLIP, open_clip=open_clip.__version__, shapes=shapes), f, indent=0)
+    f.write("\n")
+
+
 def save_hf(name: str, model, config) -> None:
   os.makedirs(os.path.join(OUT, name), exist_ok=True)
   save_file(state(model), os.path.join(OUT, name, "model.safetensors"))
@@ -176,7 +232,14 @@ def openclip_bpe() -> None:
 def main() -> None:
   os.makedirs(OUT, exist_ok=True)
   torch.manual_seed(0)
-  for make in (openclip_clip, openclip_coca, hf_clip, hf_siglip, openclip_bpe):
+  makers = (openclip_clip, openclip_coca, openclip_siglip, hf_clip, hf_siglip, openclip_bpe)
+  names = sys.argv[1:] or [m.__name__ for m in makers]
+  unknown = set(names) - {m.__name__ for m in makers}
+  if unknown:
+    raise SystemExit(f"unknown fixture(s) {sorted(unknown)}; valid: {', '.join(m.__name__ for m in makers)}")
+  for make in makers:
+    if make.__name__ not in names:
+      continue
     make()
     print(f"wrote {make.__name__}")
 

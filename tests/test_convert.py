@@ -25,6 +25,7 @@ FIX = os.path.join(os.path.dirname(__file__), "fixtures", "convert")
 CONFIGS = os.path.join(FIX, "tiny_configs.py")
 CHECKPOINTS = {"openclip_clip": ("open_clip", "openclip_clip.safetensors"),
                "openclip_coca": ("open_clip", "openclip_coca.safetensors"),
+               "openclip_siglip": ("open_clip", "openclip_siglip.safetensors"),
                "hf_clip": ("hf", "hf_clip"), "hf_siglip": ("hf", "hf_siglip")}
 TOL = 1e-4
 
@@ -145,8 +146,8 @@ def test_shape_mismatch_names_first_tensor(override, tensor):
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["openclip_clip", "openclip_coca", "hf_siglip"])
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("name, scan", [(n, s) for n in ("openclip_clip", "openclip_coca", "hf_siglip")
+                                         for s in (False, True)] + [("openclip_siglip", False)])
 def test_round_trip(name, scan):
   """reference -> ours -> reference and ours -> reference -> ours are the identity (scanned or not)."""
   cfg = load_cfg(name, ("model.scan", str(scan)))
@@ -161,6 +162,22 @@ def test_round_trip(name, scan):
     np.testing.assert_array_equal(back[k], v, err_msg=k)
   again = params.to_ours(back, family, cfg.model, abstract)
   jax.tree.map(np.testing.assert_array_equal, again, ours)
+
+
+def test_openclip_siglip_full_size_maps_onto_siglip_b16():
+  """Every tensor of open_clip's real ViT-B-16-SigLIP state dict (names and shapes stored by
+  scripts/make_golden.py) maps onto one of configs/siglip_b16.py's parameters with its shape, and
+  every parameter gets one (to_ours raises at the first missing, left-over or misshapen tensor)."""
+  import json
+  with open(os.path.join(FIX, "openclip_siglip_b16_shapes.json")) as f:
+    shapes = json.load(f)["shapes"]
+  state = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}  # shape-only stand-ins
+  assert convert.family_of("open_clip", "ViT-B-16-SigLIP", state) == "open_clip_siglip"
+  cfg = config.load(os.path.join(os.path.dirname(FIX), "..", "..", "configs", "siglip_b16.py"))
+  assert convert.export_family("open_clip", cfg.model) == "open_clip_siglip"  # what --reverse writes
+  _, abstract = abstract_params(cfg)
+  ours = params.to_ours(state, "open_clip_siglip", cfg.model, abstract)
+  assert sum(x.size for x in jax.tree.leaves(ours)) == sum(int(np.prod(s)) for s in shapes.values())
 
 
 def test_vocab_offset_inserts_pad_row():
@@ -199,6 +216,13 @@ def test_cli_convert_load_and_reverse(tmp_path, capsys):
   assert set(again) == set(original)
   for k in original:
     np.testing.assert_array_equal(again[k], original[k].reshape(again[k].shape), err_msg=k)
+
+
+def test_openclip_timm_tower_without_map_head_is_refused():
+  state = {"visual.trunk.blocks.0.norm1.weight": np.ones(4), "text.text_projection.bias": np.ones(4)}
+  with pytest.raises(ConfigError, match="attn_pool") as e:
+    convert.family_of("open_clip", "x.safetensors", state)
+  assert "\n" not in str(e.value)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

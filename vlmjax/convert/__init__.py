@@ -20,12 +20,22 @@ from vlmjax.config import ConfigError
 PARAMS_DIR, META = "params", "convert.json"
 
 
+SIGLIP_KEYS = ("visual.trunk.attn_pool.latent", "text.text_projection.bias")  # open_clip ViT-B-16-SigLIP
+
+
 def family_of(source: str, checkpoint: str, state: dict) -> str:
-  """`open_clip` | `hf_clip` | `hf_siglip` from `--from` and the checkpoint's config.json or keys."""
+  """`open_clip` | `open_clip_siglip` | `hf_clip` | `hf_siglip` from `--from` and the checkpoint's
+  config.json or keys."""
   if source == "open_clip":
-    if any(k.startswith(("visual.trunk.", "text.transformer.embeddings")) for k in state):
-      raise ConfigError(f"{checkpoint!r} has timm or HF towers inside open_clip (e.g. ViT-B-16-SigLIP); "
-                        "not supported: convert the same weights from the HF SiglipModel instead")
+    if any(k.startswith("text.transformer.embeddings") for k in state):
+      raise ConfigError(f"{checkpoint!r} has a Hugging Face text tower inside open_clip; not supported "
+                        "(supported: open_clip CLIP / CoCa towers, and ViT-B-16-SigLIP's timm ViT with a MAP head)")
+    if any(k.startswith("visual.trunk.") for k in state):
+      if not all(k in state for k in SIGLIP_KEYS):
+        missing = next(k for k in SIGLIP_KEYS if k not in state)
+        raise ConfigError(f"{checkpoint!r} has a timm image tower but no {missing!r}; supported timm layout: "
+                          "ViT-B-16-SigLIP's (MAP head `attn_pool`, biased text projection)")
+      return "open_clip_siglip"
     return "open_clip"
   if source != "hf":
     raise ConfigError(f"--from must be open_clip or hf, got {source!r}")
@@ -34,6 +44,14 @@ def family_of(source: str, checkpoint: str, state: dict) -> str:
   if kind not in ("clip", "siglip"):
     raise ConfigError(f"{checkpoint!r} is an HF {kind!r} model; supported: clip (CLIPModel), siglip (SiglipModel)")
   return f"hf_{kind}"
+
+
+def export_family(source: str, model_cfg) -> str:
+  """The reference family `--reverse` writes for `--from SOURCE` and a model config."""
+  siglip = model_cfg.name == "two_tower" and model_cfg.vision.pool == "map"
+  if source == "open_clip":
+    return "open_clip_siglip" if siglip else "open_clip"
+  return "hf_siglip" if siglip else "hf_clip"
 
 
 def convert(source: str, checkpoint: str, model_cfg, abstract_params: Any, *, vocab_offset: int = 0) -> Any:

@@ -71,10 +71,7 @@ def _reverse(args, cfg) -> int:
   from vlmjax.convert import io, params as conv
   if not args.out.endswith(".safetensors"):
     raise ConfigError(f"--reverse writes a .safetensors file; got --out {args.out!r}")
-  if args.source == "open_clip":
-    family = "open_clip"
-  else:  # the HF family follows from the architecture
-    family = "hf_siglip" if cfg.model.vision.pool == "map" else "hf_clip"
+  family = convert.export_family(args.source, cfg.model)  # the family follows from the architecture
   ours = convert.load_params(args.checkpoint, _abstract_params(cfg))
   offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
   state = conv.to_ref(ours, family, cfg.model, vocab_offset=offset)

@@ -6,9 +6,15 @@ tensor's layout differs:
 
   copy    same array                      linear  torch Linear weight [out, in] -> kernel [in, out]
   patch   conv [D, 3, p, p] -> [p*p*3, D]  row     [D] -> [1, D] (class token)
-  probe   [1, 1, D] -> [1, D]              scalar  [] or [1] -> []
-  qkv_w   fused in_proj_weight [3D, C]: slice q | k | v, transposed (or separate q/k/v_proj_weight)
-  qkv_b   fused in_proj_bias [3D]: slice q | k | v
+  probe   [1, N, D] -> [N, D]              scalar  [] or [1] -> []
+  qkv_w   fused in_proj_weight / timm qkv.weight [3D, C]: slice q | k | v, transposed
+          (or separate q/k/v_proj_weight)
+  qkv_b   fused in_proj_bias / timm qkv.bias [3D]: slice q | k | v
+  kv_w    timm's fused kv.weight [2D, C] (the MAP head): slice k | v, transposed
+  kv_b    timm's fused kv.bias [2D]: slice k | v
+
+`open_clip_siglip` is open_clip's ViT-B-16-SigLIP layout: a timm ViT (`visual.trunk.*`, MAP
+head `attn_pool`) and open_clip's text tower pooled at the last token with a biased projection.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import re
 import numpy as np
 
 Rule = tuple[str, str, str]
-FAMILIES = ("open_clip", "hf_clip", "hf_siglip")
+FAMILIES = ("open_clip", "open_clip_siglip", "hf_clip", "hf_siglip")
 QKV = "qkv"
+FUSED = {"qkv_w": "qkv", "qkv_b": "qkv", "kv_w": "kv", "kv_b": "kv"}  # kind -> the parts, in order
 
 
 def _norm(ours: str, ref: str) -> list[Rule]:
@@ -58,6 +65,22 @@ def _hf_stack(ours: str, ref: str) -> list[Rule]:
           *_mlp(b + r"\.mlp", r, "mlp.fc1", "mlp.fc2")]
 
 
+def _timm_stack(ours: str, ref: str) -> list[Rule]:
+  """timm ViT blocks (`norm1`, fused `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1|fc2`)."""
+  b, r = ours + r"\.blocks\.layers\.(\d+)", ref + r".\1"
+  return [*_norm(b + r"\.ln1", r + ".norm1"), (b + r"\.attn\.([qkv])\.kernel", r + ".attn.qkv.weight", "qkv_w"),
+          (b + r"\.attn\.([qkv])\.bias", r + ".attn.qkv.bias", "qkv_b"), *_linear(b + r"\.attn\.out", r + ".attn.proj"),
+          *_norm(b + r"\.ln2", r + ".norm2"), *_mlp(b + r"\.mlp", r, "mlp.fc1", "mlp.fc2")]
+
+
+def _timm_map(ours: str, ref: str) -> list[Rule]:
+  """timm's AttentionPoolLatent (`latent`, `q`, fused `kv`, `proj`, `norm`, `mlp`) as our MAP head."""
+  return [(ours + r"\.queries", ref + ".latent", "probe"), *_linear(ours + r"\.attn\.q", ref + ".q"),
+          (ours + r"\.attn\.([kv])\.kernel", ref + ".kv.weight", "kv_w"),
+          (ours + r"\.attn\.([kv])\.bias", ref + ".kv.bias", "kv_b"), *_linear(ours + r"\.attn\.out", ref + ".proj"),
+          *_norm(ours + r"\.ln_out", ref + ".norm"), *_mlp(ours + r"\.mlp", ref + ".mlp", "fc1", "fc2")]
+
+
 def _oc_vision(v: str = "visual") -> list[Rule]:
   return [(r"vision\.embed\.kernel", f"{v}.conv1.weight", "patch"), (r"vision\.cls", f"{v}.class_embedding", "row"),
           (r"vision\.posemb", f"{v}.positional_embedding", "copy"), *_norm(r"vision\.ln_pre", f"{v}.ln_pre"),
@@ -85,6 +108,17 @@ OPEN_CLIP_COCA: list[Rule] = [
     *_oc_block(r"decoder\.blocks\.layers\.(\d+)\.cross_block", r"text_decoder.cross_attn.\1"),
     *_norm(r"decoder\.blocks\.layers\.(\d+)\.cross_block\.ln_kv", r"text_decoder.cross_attn.\1.ln_1_kv"),
     *_norm(r"decoder\.ln", "text_decoder.ln_final"), (r"decoder\.head\.kernel", "text_decoder.text_projection", "copy"),
+    (r"logit_scale", "logit_scale", "scalar"), (r"logit_bias", "logit_bias", "scalar")]
+
+_TRUNK = "visual.trunk"
+OPEN_CLIP_SIGLIP: list[Rule] = [
+    (r"vision\.embed\.bias", f"{_TRUNK}.patch_embed.proj.bias", "copy"),
+    (r"vision\.embed\.kernel", f"{_TRUNK}.patch_embed.proj.weight", "patch"),
+    (r"vision\.posemb", f"{_TRUNK}.pos_embed", "probe"), *_timm_stack(r"vision", f"{_TRUNK}.blocks"),
+    *_norm(r"vision\.ln", f"{_TRUNK}.norm"), *_timm_map(r"vision\.map", f"{_TRUNK}.attn_pool"),
+    (r"text\.token_embed\.embedding", "text.token_embedding.weight", "copy"),
+    (r"text\.posemb", "text.positional_embedding", "copy"), *_oc_stack(r"text", "text.transformer.resblocks"),
+    *_norm(r"text\.ln", "text.ln_final"), *_linear(r"text_proj", "text.text_projection"),
     (r"logit_scale", "logit_scale", "scalar"), (r"logit_bias", "logit_bias", "scalar")]
 
 HF_CLIP: list[Rule] = [
@@ -116,6 +150,7 @@ HF_SIGLIP: list[Rule] = [
 def rules(family: str, model_name: str) -> list[Rule]:
   """The rule list for a reference family and our model family (`two_tower` | `coca`)."""
   table = {("open_clip", "two_tower"): OPEN_CLIP_CLIP, ("open_clip", "coca"): OPEN_CLIP_COCA,
+           ("open_clip_siglip", "two_tower"): OPEN_CLIP_SIGLIP,
            ("hf_clip", "two_tower"): HF_CLIP, ("hf_siglip", "two_tower"): HF_SIGLIP}
   if (family, model_name) not in table:
     valid = ", ".join(f"{f} -> {m}" for f, m in table)
@@ -124,11 +159,11 @@ def rules(family: str, model_name: str) -> list[Rule]:
 
 
 def match(rule_list: list[Rule], key: str) -> tuple[str, str, int | None]:
-  """Our key -> (reference key, kind, q/k/v index or None); KeyError if no rule covers it."""
+  """Our key -> (reference key, kind, index in a fused tensor or None); KeyError if no rule covers it."""
   for pattern, template, kind in rule_list:
     m = re.fullmatch(pattern, key)
     if m:
-      index = QKV.index(m.group(m.lastindex)) if kind in ("qkv_w", "qkv_b") else None
+      index = FUSED[kind].index(m.group(m.lastindex)) if kind in FUSED else None
       return m.expand(template), kind, index
   raise KeyError(key)
 
@@ -148,13 +183,13 @@ def to_ours(kind: str, ref: np.ndarray, index: int | None, patch: int | None = N
     return ref.reshape(ref.shape[-2:])
   if kind in ("scalar", "scalar1"):
     return ref.reshape(())
-  n = ref.shape[0] // 3
+  n = ref.shape[0] // len(FUSED[kind])
   part = ref[index * n:(index + 1) * n]
-  return part.T if kind == "qkv_w" else part
+  return part.T if kind in ("qkv_w", "kv_w") else part
 
 
 def to_ref(kind: str, ours: list[np.ndarray]) -> np.ndarray:
-  """Our tensor(s) (three for q/k/v kinds) in the reference layout."""
+  """Our tensor(s) (one per part for fused kinds) in the reference layout."""
   x = ours[0]
   if kind == "copy":
     return x
@@ -172,6 +207,6 @@ def to_ref(kind: str, ours: list[np.ndarray]) -> np.ndarray:
     return x.reshape(())
   if kind == "scalar1":
     return x.reshape((1,))
-  if kind == "qkv_w":
+  if kind in ("qkv_w", "kv_w"):
     return np.concatenate([k.T for k in ours], axis=0)
   return np.concatenate(ours, axis=0)

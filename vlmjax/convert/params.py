@@ -99,8 +99,9 @@ def to_ours(state: dict[str, np.ndarray], family: str, model_cfg, abstract_param
       raise ConfigError(f"config parameter {key} {shape} has no counterpart in {family} checkpoints "
                         "(check the model's layout knobs)") from None
     ref_key, ref, kind = _fetch(state, ref_key, kind, index, where, key, shape)
-    if kind in ("qkv_w", "qkv_b") and ref.shape[0] % 3:
-      raise ConfigError(f"{where} tensor {ref_key} {tuple(ref.shape)} is not a fused q/k/v projection")
+    if kind in mapping.FUSED and ref.shape[0] % len(mapping.FUSED[kind]):
+      raise ConfigError(f"{where} tensor {ref_key} {tuple(ref.shape)} is not a fused "
+                        f"{'/'.join(mapping.FUSED[kind])} projection")
     x = _shift_vocab(key, mapping.to_ours(kind, ref, index), vocab_offset)
     if tuple(x.shape) != shape:
       hint = (f"; the tokenizer shifts ids up by {vocab_offset}, so model.text.vocab_size must be "
@@ -126,7 +127,7 @@ def to_ref(params: Any, family: str, model_cfg, *, vocab_offset: int = 0) -> dic
     if key in VOCAB_ROWS and vocab_offset:
       x = np.delete(x, range(vocab_offset), axis=VOCAB_ROWS[key])
     ref_key, kind, index = mapping.match(rules, key)
-    parts = groups.setdefault(ref_key, (kind, [None, None, None] if index is not None else [None]))[1]
+    parts = groups.setdefault(ref_key, (kind, [None] * len(mapping.FUSED.get(kind, "x"))))[1]
     parts[index or 0] = x
   out = {}
   for ref_key, (kind, parts) in groups.items():
