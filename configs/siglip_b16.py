@@ -8,6 +8,16 @@ embedding, MAP pooling); B-sized bidirectional text tower over 64 tokens with a
 32k vocabulary, pooled at the last token; embedding 768; t' = log 10, b = -10;
 tanh-approximate GELU and LayerNorm epsilon 1e-6 (HF SiglipModel's default config).
 Batch 32k as in the paper. Config argument: batch, steps.
+
+Public weights: HF `SiglipModel` directories convert as they are; open_clip's
+`ViT-B-16-SigLIP` (timm towers) uses exact GELU, so add `--config.model.act=gelu`:
+
+    vlmjax convert --from hf --checkpoint ./siglip-base-patch16-224 --config configs/siglip_b16.py --out w/siglip
+    vlmjax convert --from open_clip --checkpoint open_clip_model.safetensors --config configs/siglip_b16.py \
+        --config.model.act=gelu --out w/siglip_oc
+
+SigLIP's tokenizers pad with a real token id and this tower attends to padding, while
+vlmjax pads with 0: for parity on short captions, feed ids padded as the reference does.
 """
 
 import ml_collections
