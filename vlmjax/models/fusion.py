@@ -151,9 +151,6 @@ class MultimodalDecoder(nnx.Module):
   def project(self, x_BxLxD: jax.Array, embed: nnx.Embed | None) -> jax.Array:
     return embed.attend(x_BxLxD) if self.head is None else self.head(x_BxLxD)
 
-  def _logits(self, x_BxLxD: jax.Array, embed: nnx.Embed | None) -> jax.Array:
-    return self.project(self.ln(x_BxLxD), embed)
-
   def init_cache(self, image_BxQxC: jax.Array, max_len: int) -> Any:
     return self.blocks.init_cache(image_BxQxC.shape[0], max_len, image_BxQxC)
 
@@ -161,4 +158,4 @@ class MultimodalDecoder(nnx.Module):
              embed: nnx.Embed | None = None) -> tuple[jax.Array, Any]:
     """Logits [B, T, V] of T new tokens at positions pos.., and the updated cache."""
     x, cache = self.blocks.decode(tokens_BxTxD, cache, pos)
-    return self._logits(x, embed), cache
+    return self.project(self.ln(x), embed), cache
