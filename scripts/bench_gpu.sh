@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 8, in one run on the lent machine (< 5 minutes on an H200):
-# vlmjax and open_clip train steps on the same synthetic work, batch 256, then the largest
-# batch of each vlmjax model that fits, and a table of ratios. Results: $OUT/*.json, table on stdout.
+# The GPU benchmark of issue 8 on the lent machine, in two calls of under 5 minutes each:
+#   main      vlmjax and open_clip train steps on the same synthetic work, batch 256, then the
+#             largest batch of each vlmjax model that fits, and a table of ratios;
+#   variants  openclip_coca_b16 at batch 256 against one change at a time (XLA options, cuDNN vs
+#             XLA attention, scan, unchunked caption loss), in one process: the measurements that
+#             decide which XLA options vlmjax sets (config key `xla_options.gpu`).
+# Results: $OUT/*.json and *.txt, tables on stdout.
 #
-#   run(command="bash scripts/bench_gpu.sh", carry=[".whl"], timeout_s=420)
+#   run(command="bash scripts/bench_gpu.sh main", carry=[".whl"], timeout_s=420)
+#   run(command="bash scripts/bench_gpu.sh variants", carry=[".whl"], timeout_s=420)
 #
 # Wheels the image lacks travel in .whl/ (grain, array-record, ml-collections, tensorboardX,
 # open_clip_torch, ftfy, wcwidth); see /work/.library/device/README.md for how to fetch them.
 set -uo pipefail
+STAGE=${1:-main}
 OUT=${OUT:-/tmp/vlmjax-bench}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -28,6 +34,19 @@ openclip() {  # name, then bench_openclip.py arguments
   timeout 150 python3 scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
     && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
 }
+
+if [ "$STAGE" = variants ]; then
+  echo "== openclip_coca_b16, batch 256: one change at a time against the base"
+  timeout 400 python3 scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 --steps 10 \
+    --ab xla_gpu_enable_latency_hiding_scheduler=true \
+    --ab xla_gpu_enable_triton_gemm=false \
+    --ab xla_gpu_enable_command_buffer= \
+    --ab model.attention=xla \
+    --ab model.scan=true \
+    --ab loss.caption_chunk=0 \
+    2> "$OUT/variants.err" | tee "$OUT/variants.txt" | tail -12 || tail -5 "$OUT/variants.err"
+  exit 0
+fi
 
 echo "== batch 256"
 bench vlmjax_coca_256 --config configs/openclip_coca_b16.py --batch 256 --steps 20

@@ -10,6 +10,17 @@ compiled step, and MFU against the device's peak (a table of known devices, or
 `--peak-tflops`). `--compare-scan` compiles the model with and without layer scan
 and prints both compile times. Extra `--config.a.b=v` overrides are applied.
 Works on CPU, GPU and TPU.
+
+`--ab KEY=VALUE[;KEY=VALUE...]` (repeatable) also times variants in the same process,
+each on top of the base run, and prints a table against it: KEY is a config key
+(`model.scan=true`, `model.remat=full`, `loss.caption_chunk=0`) or an XLA compile
+option (`xla_gpu_enable_latency_hiding_scheduler=true`), which goes to the
+config's `xla_options.<platform>`. This is how an XLA option earns a place in a
+config: a measured gain. Memory per variant is XLA's compiled estimate
+(`compiled_memory_gib`); the device's peak counter only ever grows within a process.
+
+    python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 \
+        --ab xla_gpu_enable_latency_hiding_scheduler=true --ab model.scan=true
 """
 
 from __future__ import annotations
@@ -83,6 +94,7 @@ def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
   t = time.perf_counter()
   compiled = train.compile_train_step(cfg, s).lower(state, batch).compile()
   compile_s = time.perf_counter() - t
+  mem = compiled.memory_analysis()
   for _ in range(warmup):
     state, m = compiled(state, batch)
   jax.block_until_ready(state)
@@ -104,7 +116,12 @@ def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
       "model_gflop_per_example": model_flops / 1e9, "xla_gflop_per_example": xla_flops / 1e9,
       "mfu": (model_flops * cfg.batch_size / step_s / (peak * n)) if peak else None,
       "loss": float(m["loss"]),
+      "compiled_memory_gib": (getattr(mem, "peak_memory_in_bytes", 0) or (
+          mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)) / 2**30 if mem else None,
+      "xla_options": train.xla_options(cfg),
   }
+  del state, compiled
   mem = peak_memory_bytes()
   if mem is not None:
     out["peak_memory_gib"] = mem / 2**30
@@ -121,6 +138,8 @@ def main(argv=None) -> int:
   p.add_argument("--json", action="store_true")
   p.add_argument("--compile-only", action="store_true", help="only time compilation")
   p.add_argument("--compare-scan", action="store_true", help="compile with and without layer scan")
+  p.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
+                 help="also time this variant: config keys or xla_* compile options (repeatable)")
   args, extra = p.parse_known_args(argv)
   overrides = cli.split_overrides(extra)
   if args.batch:
@@ -134,13 +153,58 @@ def main(argv=None) -> int:
   if args.compile_only:
     result.setdefault("compile_s", compile_seconds(cfg))
   else:
-    result.update(bench(cfg, args.steps, args.warmup, args.peak_tflops * 1e12 if args.peak_tflops else None))
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    result.update(bench(cfg, args.steps, args.warmup, peak))
+    if args.ab:
+      result["variants"] = {v: run_variant(args.config, overrides, v, args.steps, args.warmup, peak)
+                            for v in args.ab}
   if args.json:
     print(json.dumps(result))
     return 0
   for k, v in result.items():
-    print(f"{k:<24} {v:,.3f}" if isinstance(v, float) else f"{k:<24} {v}")
+    if k != "variants":
+      print(f"{k:<24} {v:,.3f}" if isinstance(v, float) else f"{k:<24} {v}")
+  if args.ab:
+    print_variants(result)
   return 0
+
+
+def variant_overrides(cfg_overrides: list, base_cfg, variant: str) -> list:
+  """Config overrides for one `--ab` variant: config keys as they are, xla_* options appended to
+  the config's options for this platform."""
+  out, xla = list(cfg_overrides), []
+  for item in filter(None, (i.strip() for i in variant.split(";"))):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise config.ConfigError(f"--ab {variant!r}: {item!r} is not KEY=VALUE")
+    (xla if key.strip().removeprefix("--").startswith("xla_") else out).append((key.strip(), value.strip()))
+  if xla:
+    platform = jax.default_backend()
+    current = base_cfg.xla_options[platform]
+    text = ",".join(filter(None, [current] + [f"{k.removeprefix('--')}={v}" for k, v in xla]))
+    out.append((f"xla_options.{platform}", text))
+  return out
+
+
+def run_variant(spec: str, overrides: list, variant: str, steps: int, warmup: int, peak) -> dict:
+  try:
+    base_cfg = config.load(spec, overrides)
+    return bench(config.load(spec, variant_overrides(overrides, base_cfg, variant)), steps, warmup, peak)
+  except Exception as e:  # noqa: BLE001 -- one failing variant (an option this XLA lacks, OOM) is reported, not fatal
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+
+
+def print_variants(result: dict) -> None:
+  base = result["examples_per_sec"]
+  print(f"\n{'variant':<56} {'ex/s':>9} {'vs base':>8} {'compile s':>9} {'mem GiB':>8}")
+  rows = [("(base)", result)] + list(result["variants"].items())
+  for name, r in rows:
+    if "error" in r:
+      print(f"{name:<56} failed: {r['error']}")
+      continue
+    mem = f"{r['compiled_memory_gib']:.2f}" if r.get("compiled_memory_gib") is not None else "-"
+    print(f"{name:<56} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base - 1:>+8.1%} "
+          f"{r['compile_s']:>9.1f} {mem:>8}")
 
 
 if __name__ == "__main__":

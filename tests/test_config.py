@@ -60,3 +60,15 @@ def test_cli_missing_config_file_exits_2(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "vlmjax.cli", "train", "--config", "nope.py",
                          "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 2 and "does not exist" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_xla_options_parse_and_reject_unknown():
+  from vlmjax import train
+  cfg = config.load(TINY, [("xla_options.cpu", "xla_cpu_enable_fast_math=false, --xla_gpu_enable_command_buffer=")])
+  assert config.compiler_options(cfg, "cpu") == {"xla_cpu_enable_fast_math": False, "xla_gpu_enable_command_buffer": ""}
+  assert config.compiler_options(cfg, "gpu") == {}
+  assert train.xla_options(cfg) == config.compiler_options(cfg, "cpu")  # XLA accepts them
+  with pytest.raises(config.ConfigError, match="not of the form"):
+    config.compiler_options(config.load(TINY, [("xla_options.cpu", "fast")]), "cpu")
+  with pytest.raises(config.ConfigError, match=r"xla_options\.cpu: XLA rejected .*xla_nope"):
+    train.xla_options(config.load(TINY, [("xla_options.cpu", "xla_nope=1")]))

@@ -149,6 +149,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds total_steps={cfg.total_steps}")
 
 
+def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
+  """`cfg.xla_options.<platform>` ("name=value,...") as a dict for `jax.jit(compiler_options=...)`.
+  Values are Python literals where they parse (true/false, numbers) and strings otherwise."""
+  where = f"xla_options.{platform}"
+  text = cfg.xla_options[platform] if platform in cfg.xla_options else ""
+  out: dict[str, Any] = {}
+  for item in filter(None, (i.strip() for i in text.split(","))):
+    name, eq, raw = item.partition("=")
+    name = name.strip().removeprefix("--")
+    if not eq or not name.startswith("xla_"):
+      raise ConfigError(f"{where}: {item!r} is not of the form xla_option=value "
+                        f"(e.g. xla_gpu_enable_latency_hiding_scheduler=true)")
+    raw = raw.strip()
+    lowered = raw.lower()
+    out[name] = True if lowered == "true" else False if lowered == "false" else parse_value(raw, None, name, where)
+  return out
+
+
 def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
   with open(path, "w") as f:
     f.write(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")
@@ -172,6 +190,9 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=""))
   c.init_from = ""            # start from converted weights (`vlmjax convert --out DIR`) instead of random
   c.init_reinit = ""          # ... but keep these parameter path prefixes freshly initialised
+  # XLA compiler options for the train step, per platform: "name=value,name=value" (see
+  # `compiler_options`). Empty until a measurement justifies one; scripts/bench_step.py --ab times them.
+  c.xla_options = ml_collections.ConfigDict(dict(cpu="", gpu="", tpu=""))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict(dict(
       batch=("data", "fsdp"), embed="fsdp", mlp="tensor", heads="tensor", vocab="tensor", patch=None,

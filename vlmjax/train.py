@@ -121,7 +121,21 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
   step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
                            seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
-                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,))
+                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,),
+                 compiler_options=xla_options(cfg))
+
+
+def xla_options(cfg: ml_collections.ConfigDict) -> dict:
+  """`cfg.xla_options` for this backend, checked up front on a trivial program so that a bad
+  name or value is a config error rather than a failure deep inside the first step."""
+  platform = jax.default_backend()
+  opts = config.compiler_options(cfg, platform)
+  if opts:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options=opts).lower(jnp.zeros(())).compile()
+    except Exception as e:  # noqa: BLE001 -- XLA raises a runtime error naming the bad option
+      raise config.ConfigError(f"xla_options.{platform}: XLA rejected {opts}: {str(e).splitlines()[0]}") from None
+  return opts
 
 
 class TrainingHalted(Exception):
