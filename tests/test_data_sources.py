@@ -130,3 +130,13 @@ def test_brace_range_keeps_missing_shards_for_counting(tmp_path):
   write_tar(tmp_path / "00000.tar", sample("a", "x"))
   assert sources.expand_pattern(f"{tmp_path}/{{00000..00002}}.tar") == [
       f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar", f"{tmp_path}/00002.tar"]
+
+
+def test_arrayrecord_with_several_captions_per_image(tmp_path):
+  png = transforms.encode_png(np.zeros((8, 8, 3), np.uint8))
+  recs = [{"key": "a", "image": png, "caption": "one", "captions": ["one", "uno", "eins"]},
+          {"key": "b", "image": png, "caption": "two"}]
+  records.write_arrayrecord(recs, str(tmp_path))
+  src = sources.open_source(f"arrayrecord:{tmp_path}/*.array_record", image_size=8)
+  assert src[0]["caption"] == "one" and src[0]["captions"] == ["one", "uno", "eins"]
+  assert src[1]["caption"] == "two" and "captions" not in src[1]

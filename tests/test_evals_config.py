@@ -20,6 +20,8 @@ def test_validate_rejects_malformed_evaluators_in_one_line():
       (defaults.zero_shot("synthetic:shapes", every=-1), "evals.bad.every must be an int >= 0"),
       (defaults.captioning("synthetic:shapes", method="nucleus"), "evals.bad.method='nucleus' is unknown"),
       (defaults.captioning("synthetic:shapes", top_p=0.0), "0 < top_p <= 1"),
+      (defaults.zero_shot("synthetic:shapes", image_mode="random_resized_crop"),
+       "evals.bad.image_mode='random_resized_crop' is unknown; valid: center_crop, resize"),
   ]
   extra = defaults.retrieval("synthetic:shapes")
   extra.topk = 3
@@ -41,6 +43,26 @@ def test_new_evaluator_from_an_override():
   assert ev.type == "retrieval" and ev.data.source == "synthetic:shapes:test" and tuple(ev.ks) == (1, 5, 10)
   with pytest.raises(config.ConfigError, match="TYPE:SOURCE"):
     runner.new_evaluator("x", "segmentation:synthetic:shapes")
+
+
+def test_old_workdir_evaluators_gain_new_fields_and_images_are_center_cropped(tmp_path):
+  import json
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
+  cfg.evals.zs = defaults.zero_shot("synthetic:shapes:test", batch_size=8, num_examples=8)
+  old = json.loads(cfg.to_json_best_effort())
+  del old["evals"]["zs"]["image_mode"]  # written before the field existed
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  loaded = runner.load_workdir_config(str(tmp_path), [])
+  assert loaded.evals.zs.image_mode == "center_crop"
+  # A wide image: the evaluator keeps its centred square (the middle third here), resize keeps all.
+  wide = np.zeros((16, 48, 3), np.uint8)
+  wide[:, 16:32] = 255
+  ds = data.EvalSet("zs", loaded.evals.zs, loaded, sharding.make_mesh(loaded.mesh))
+  S = loaded.model.image_size
+  assert ds.decoder(wide).shape == (S, S, 3) and ds.decoder(wide).min() == 255
+  loaded.evals.zs.image_mode = "resize"
+  resized = data.EvalSet("zs", loaded.evals.zs, loaded, sharding.make_mesh(loaded.mesh)).decoder(wide)
+  assert resized[:, 0].max() == 0 and resized[:, S // 2].min() == 255
 
 
 def test_templates_and_class_names(tmp_path, monkeypatch):

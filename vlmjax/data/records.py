@@ -3,7 +3,9 @@
 A record is a `tf.train.Example` (the proto TFDS writes, from TFDS's own copy, so
 no TensorFlow) with bytes features `image` (encoded), `caption` (UTF-8) and `key`:
 exactly what TFDS stores for Image + Text features, so the ArrayRecord files of a
-prepared TFDS dataset are also readable with `arrayrecord:PATTERN`.
+prepared TFDS dataset are also readable with `arrayrecord:PATTERN`. A `caption`
+feature with several values is an image with several references (evaluation
+sets): the record gets `captions` (all of them) and `caption` (the first).
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import bisect
 import os
 
 import grain
+import numpy as np
 
 from vlmjax.data.sources import DataError
 
 CAPTION_FEATURES = ("caption", "text")
 
 
-def serialize(key: str, image: bytes, caption: str) -> bytes:
+def serialize(key: str, image: bytes, caption: str | list[str]) -> bytes:
   from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
-  feats = {name: tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[value]))
-           for name, value in (("key", key.encode()), ("image", image), ("caption", caption.encode()))}
+  captions = [caption] if isinstance(caption, str) else list(caption)
+  feats = {name: tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=values))
+           for name, values in (("key", [key.encode()]), ("image", [image]),
+                                ("caption", [c.encode() for c in captions]))}
   return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feats)).SerializeToString()
 
 
@@ -33,18 +38,21 @@ def parse(data: bytes, shard: str) -> dict:
     feats = tf_example_pb2.Example.FromString(data).features.feature
   except DecodeError:
     return {"key": "", "_skips": [("bad_record", shard)]}
-  value = lambda name: feats[name].bytes_list.value[0] if name in feats and feats[name].bytes_list.value else None
-  caption = next((value(n) for n in CAPTION_FEATURES if value(n) is not None), None)
-  return record((value("key") or b"").decode("utf-8", "replace"), value("image"), caption, shard)
+  values = lambda name: list(feats[name].bytes_list.value) if name in feats else []
+  value = lambda name: values(name)[0] if values(name) else None
+  captions = next((values(n) for n in CAPTION_FEATURES if values(n)), [None])
+  return record((value("key") or b"").decode("utf-8", "replace"), value("image"), captions[0], shard,
+                **({"captions": captions} if len(captions) > 1 else {}))
 
 
 def record(key: str, image, caption: bytes | str | None, shard: str, **extra) -> dict:
-  """A raw record with a str caption, or a skip marker when the caption is not UTF-8."""
-  if isinstance(caption, bytes):
-    try:
-      caption = caption.decode("utf-8")
-    except UnicodeDecodeError:
-      return {"key": key, "_skips": [("bad_text", shard)]}
+  """A raw record with str caption(s), or a skip marker when a caption is not UTF-8."""
+  try:
+    caption = caption.decode("utf-8") if isinstance(caption, bytes) else caption
+    if "captions" in extra:
+      extra["captions"] = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in extra["captions"]]
+  except UnicodeDecodeError:
+    return {"key": key, "_skips": [("bad_text", shard)]}
   return {"key": key, "image": image, "caption": caption, "_shard": shard, **extra}
 
 
@@ -93,7 +101,7 @@ def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: in
         writer.close()
       tmp_paths.append(os.path.join(out_dir, f".{name}-{len(tmp_paths):05d}.tmp"))
       writer = array_record_module.ArrayRecordWriter(tmp_paths[-1], "group_size:1")
-    writer.write(serialize(rec["key"], rec["image"], rec["caption"]))
+    writer.write(serialize(rec["key"], rec["image"], rec["captions"] if "captions" in rec else rec["caption"]))
     n += 1
   if writer is not None:
     writer.close()
@@ -135,8 +143,14 @@ class TfdsSource:
   def __getitem__(self, i: int) -> dict:
     ex = self._source[int(i)]
     caption = next((ex[n] for n in CAPTION_FEATURES if n in ex), None)
-    key = ex.get("key", str(int(i)))
     extra = {"label": int(ex["label"])} if "label" in ex else {}
+    captions = ex["captions"] if "captions" in ex else caption if isinstance(caption, (list, np.ndarray)) else None
+    if isinstance(captions, dict):  # a Sequence of {"text", ...} as in coco_captions
+      captions = captions["text"]
+    if captions is not None:
+      extra["captions"] = list(captions)
+      caption = extra["captions"][0] if extra["captions"] else None
+    key = ex.get("key", str(int(i)))
     return record(key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key),
                   ex.get("image"), caption, self.spec, **extra)
 

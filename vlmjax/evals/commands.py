@@ -25,11 +25,11 @@ def _caption(args, overrides) -> int:
   cfg = runner.load_workdir_config(args.workdir, overrides)
   if args.max_len > cfg.model.text.context_length:
     raise ConfigError(f"--max-len {args.max_len} exceeds model.text.context_length={cfg.model.text.context_length}")
-  images = []
+  images, decoder = [], transforms.ImageDecoder(cfg.model.image_size, args.image_mode)
   for path in args.images:
     try:
       with open(path, "rb") as f:
-        images.append(transforms.normalize(transforms.decode_image(f.read(), cfg.model.image_size)))
+        images.append(transforms.normalize(decoder(f.read())))
     except OSError as e:
       raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
     except transforms.BadImage as e:
@@ -63,6 +63,8 @@ def add_parsers(sub) -> None:
   p.add_argument("images", nargs="+", metavar="IMAGE")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
+  p.add_argument("--image-mode", choices=("center_crop", "resize"), default="center_crop",
+                 help="the centred square (default, as the evaluators) or the whole image, resized")
   p.add_argument("--max-len", type=int, default=32)
   p.add_argument("--beam-size", type=int, default=4)
   p.add_argument("--top-k", type=int, default=0)

@@ -37,6 +37,7 @@ class EvalSet:
     self.tokenizer = tokenizers.build(cfg.data.train.tokenizer)
     self.sharding = sharding.batch_sharding(mesh, cfg.mesh.rules)
     self.batch_size = ev.batch_size
+    self.decoder = transforms.ImageDecoder(self.image_size, ev.image_mode)
     shards = num_shards(self.sharding)
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
@@ -88,7 +89,7 @@ class EvalSet:
     rec = self.source[index]
     if "image" not in rec:
       raise sources.DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
-    return transforms.normalize(transforms.decode_image(rec["image"], self.image_size))
+    return transforms.normalize(self.decoder(rec["image"]))
 
   def text_batches(self, texts: list[str]):
     """Yields (global token array [B, L], number of real rows) over `texts`."""

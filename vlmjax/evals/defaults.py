@@ -7,7 +7,9 @@ nothing is read with a silent default. Common fields: `type`, `data.source` (a
 data spec), `data.data_dir` (TFDS data_dir for tfds: specs; "": TFDS's
 default), `batch_size` (global), `every` (run when step % every == 0; 0: only
 at the last step; always at the last step), `num_examples` (the first N
-records; 0: all). Images are resized to the model's size (aspect not kept).
+records; 0: all), `image_mode` (`center_crop`, the default: the centred square,
+resized to the model's size, as CLIP-style evaluations do; `resize`: the whole
+image, aspect not kept).
 """
 
 from __future__ import annotations
@@ -17,37 +19,43 @@ import ml_collections
 from vlmjax.config import ConfigError
 
 TYPES = ("zero_shot", "retrieval", "captioning")
+IMAGE_MODES = ("center_crop", "resize")
 
 
-def _common(type_: str, source: str, *, batch_size: int, every: int, num_examples: int) -> ml_collections.ConfigDict:
+def _common(type_: str, source: str, *, batch_size: int, every: int, num_examples: int,
+            image_mode: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       type=type_, data=ml_collections.ConfigDict(dict(source=source, data_dir="")), batch_size=batch_size, every=every,
-      num_examples=num_examples))
+      num_examples=num_examples, image_mode=image_mode))
 
 
 def zero_shot(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
-              templates="photo", class_names: str = "") -> ml_collections.ConfigDict:
+              image_mode: str = "center_crop", templates="photo", class_names: str = "") -> ml_collections.ConfigDict:
   """templates: a named set (shapes | photo | plain) or a tuple of strings with one '{}'.
   class_names: '' (from the source) or a file with one name per line, in label order."""
-  c = _common("zero_shot", source, batch_size=batch_size, every=every, num_examples=num_examples)
+  c = _common("zero_shot", source, batch_size=batch_size, every=every, num_examples=num_examples,
+              image_mode=image_mode)
   c.templates = templates
   c.class_names = class_names
   return c
 
 
 def retrieval(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
-              ks: tuple[int, ...] = (1, 5, 10)) -> ml_collections.ConfigDict:
-  c = _common("retrieval", source, batch_size=batch_size, every=every, num_examples=num_examples)
+              image_mode: str = "center_crop", ks: tuple[int, ...] = (1, 5, 10)) -> ml_collections.ConfigDict:
+  c = _common("retrieval", source, batch_size=batch_size, every=every, num_examples=num_examples,
+              image_mode=image_mode)
   c.ks = tuple(ks)
   return c
 
 
-def captioning(source: str, *, batch_size: int = 64, every: int = 0, num_examples: int = 0, max_len: int = 32,
+def captioning(source: str, *, batch_size: int = 64, every: int = 0, num_examples: int = 0,
+               image_mode: str = "center_crop", max_len: int = 32,
                method: str = "greedy", beam_size: int = 4, top_k: int = 0, top_p: float = 1.0,
                temperature: float = 1.0, length_penalty: float = 1.0, seed: int = 0,
                meteor: bool = True) -> ml_collections.ConfigDict:
   """method: greedy | beam | sample. meteor: add METEOR when Java is present."""
-  c = _common("captioning", source, batch_size=batch_size, every=every, num_examples=num_examples)
+  c = _common("captioning", source, batch_size=batch_size, every=every, num_examples=num_examples,
+              image_mode=image_mode)
   c.update(dict(max_len=max_len, method=method, beam_size=beam_size, top_k=top_k, top_p=top_p,
                 temperature=temperature, length_penalty=length_penalty, seed=seed, meteor=meteor))
   return c
@@ -76,6 +84,8 @@ def validate(name: str, ev) -> None:
   if set(ev.data.keys()) != {"source", "data_dir"}:
     raise ConfigError(f"{where}.data must have exactly 'source' (e.g. synthetic:shapes:validation) and "
                       f"'data_dir', got {sorted(ev.data.keys())}")
+  if ev.image_mode not in IMAGE_MODES:
+    raise ConfigError(f"{where}.image_mode={ev.image_mode!r} is unknown; valid: {', '.join(IMAGE_MODES)}")
   for key in ("batch_size",):
     if not isinstance(ev[key], int) or ev[key] <= 0:
       raise ConfigError(f"{where}.{key} must be a positive int, got {ev[key]!r}")

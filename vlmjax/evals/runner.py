@@ -59,6 +59,8 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
     raise config.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
   with open(path) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
+  for name in cfg.evals.keys():
+    add_new_fields(cfg.evals[name])
   for key, raw in overrides:
     parts = key.split(".")
     if len(parts) == 2 and parts[0] == "evals" and parts[1] not in cfg.evals:
@@ -69,6 +71,16 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   for name in cfg.evals.keys():
     defaults.validate(name, cfg.evals[name])
   return cfg
+
+
+def add_new_fields(ev: ml_collections.ConfigDict) -> None:
+  """Gives an evaluator stored by an older vlmjax the fields its type has gained since (with their
+  defaults), so old workdirs stay evaluable; anything else malformed is left to `validate`."""
+  if isinstance(ev, ml_collections.ConfigDict) and "type" in ev and ev.type in defaults.TYPES:
+    fresh = getattr(defaults, ev.type)("")
+    for key in fresh.keys():
+      if key not in ev:
+        ev[key] = fresh[key]
 
 
 def new_evaluator(name: str, raw: str) -> ml_collections.ConfigDict:
