@@ -29,7 +29,7 @@ def get_config(arg=None):
   m.image_proj, m.text_proj = "linear", "linear"
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=49_408, context_length=77, width=512, depth=12, heads=8, mlp_dim=2048,
-      causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct"))
+      causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
       z_loss=0.0, caption_chunk=0))

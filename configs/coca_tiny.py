@@ -28,7 +28,7 @@ def get_config(arg=None):
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=True, cls_mask="correct"))
+      causal=True, pool="cls", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
   m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512, layout="fused",
                                              tie_embedding=False))
   m.pooler = ml_collections.ConfigDict(dict(mode="parallel", kind="coca", width=128, n_queries=16, heads=4))

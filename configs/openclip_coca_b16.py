@@ -36,7 +36,7 @@ def get_config(arg=None):
   m.vision = presets.vit("B/16", cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=49_408, context_length=76, width=512, depth=12, heads=8, mlp_dim=2048,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy"))
+      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy", pad_id=0))
   m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=8, mlp_dim=2048, layout="open_clip",
                                              tie_embedding=False))
   m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=512, n_queries=256,

@@ -16,8 +16,9 @@ Public weights: HF `SiglipModel` directories convert as they are; open_clip's
     vlmjax convert --from open_clip --checkpoint open_clip_model.safetensors --config configs/siglip_b16.py \
         --config.model.act=gelu --out w/siglip_oc
 
-SigLIP's tokenizers pad with a real token id and this tower attends to padding, while
-vlmjax pads with 0: for parity on short captions, feed ids padded as the reference does.
+SigLIP's tokenizers pad with a real token (</s>, id 1) and this tower attends to
+padding; vlmjax batches pad with 0, so `model.text.pad_id=1` embeds id 1 there, as
+the released weights expect.
 """
 
 import ml_collections
@@ -42,7 +43,8 @@ def get_config(arg=None):
   m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
-      causal=False, pool="last", mask_pad=False, norm_tokens=True, cls_mask="correct"))
+      causal=False, pool="last", mask_pad=False, norm_tokens=True, cls_mask="correct",
+      pad_id=1))  # SigLIP tokenizers pad with </s> (id 1); batches pad with 0, the tower embeds 1 there
   c.loss = ml_collections.ConfigDict(dict(
       contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
       z_loss=0.0, caption_chunk=0))

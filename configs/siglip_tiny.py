@@ -29,7 +29,7 @@ def get_config(arg=None):
   m.image_proj, m.text_proj = "linear", "linear"
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
-      causal=not sigmoid, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct"))
+      causal=not sigmoid, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
 
   c.loss = ml_collections.ConfigDict(dict(
       contrastive=a.loss, contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,

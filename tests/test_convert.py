@@ -96,6 +96,18 @@ def test_other_settings_match_reference(outputs, name, overrides, prefix):
     assert rel(released[key], ref[prefix + key]) > 10 * TOL, f"{key}: the fixture does not tell the settings apart"
 
 
+def test_siglip_pad_id_embeds_the_tokenizers_pad_where_batches_hold_0():
+  """open_clip SigLIP pads with id 1 (= EOS); vlmjax batches pad with 0 and `pad_id=1` embeds 1 there."""
+  ref = np.load(os.path.join(FIX, "openclip_siglip.npz"))
+  text = ref["text"].copy()
+  assert (text[1, 6:] == 1).all()
+  text[1, 7:] = 0  # EOS kept, padding as vlmjax's tokenizers write it
+  for pad_id, close in ((1, True), (0, False)):
+    cfg, graphdef, p = convert_fixture("openclip_siglip", load_cfg("openclip_siglip", ("model.text.pad_id", str(pad_id))))
+    emb = nnx.merge(graphdef, p).encode_text(jnp.asarray(text))
+    assert (rel(emb, ref["text_emb"]) < TOL) == close, pad_id
+
+
 def test_coca_cls_mask_changes_only_padded_rows():
   """Legacy and correct CLS masks agree on a text that fills the context (row 0), not on a padded one."""
   ref = np.load(os.path.join(FIX, "openclip_coca.npz"))

@@ -79,7 +79,7 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
       heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls", mask_pad=True, norm_tokens=True,
-      cls_mask="correct"))
+      cls_mask="correct", pad_id=0))
   m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
                                              layout="fused", tie_embedding=s["tie"]))
   m.pooler = ml_collections.ConfigDict(dict(mode="cascade", kind="coca", width=m.vision.width,
@@ -131,7 +131,7 @@ def openclip_clip(vision: str, *, text_width: int, text_heads: int, embed_dim: i
   m.image_proj, m.text_proj = "linear", "linear"
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=OPEN_CLIP_VOCAB, context_length=77, width=text_width, depth=12, heads=text_heads,
-      mlp_dim=4 * text_width, causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct"))
+      mlp_dim=4 * text_width, causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
   return m
 
 
@@ -145,7 +145,7 @@ def openclip_coca(vision: str, *, width: int, heads: int, pooler_heads: int, act
   m.vision = vit(vision, cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=OPEN_CLIP_VOCAB, context_length=76, width=width, depth=12, heads=heads, mlp_dim=4 * width,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy"))
+      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy", pad_id=0))
   m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=heads, mlp_dim=4 * width, layout="open_clip",
                                              tie_embedding=False))
   m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=width, n_queries=256,

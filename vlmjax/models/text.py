@@ -5,6 +5,9 @@ pools the last position of its fixed-length, padded input (`pool="last"`).
 `cls_mask` (with `pool="cls"`): `correct` lets every query see the valid tokens and the
 trailing CLS; `legacy` shifts that key mask right by one (key j visible iff j == 0 or
 token j-1 is not padding), as released open_clip CoCa weights were trained.
+`pad_id`: the token the tower embeds at padding positions. Batches always pad with
+0; SigLIP's tokenizers pad with a real token (</s>, id 1) that its tower attends to,
+so `pad_id=1` reproduces released SigLIP weights on short captions.
 `norm_tokens`: whether the token features returned (what a caption decoder reads) pass
 through the final norm; the pooled vector always does. open_clip's CoCa: False.
 
@@ -34,8 +37,11 @@ class TextTransformer(nnx.Module):
       raise ValueError(f"model.text.cls_mask must be one of {'|'.join(CLS_MASKS)}, got {cfg.cls_mask!r}")
     if not isinstance(cfg.norm_tokens, bool):
       raise ValueError(f"model.text.norm_tokens must be true|false, got {cfg.norm_tokens!r}")
+    if not isinstance(cfg.pad_id, int) or not 0 <= cfg.pad_id < cfg.vocab_size:
+      raise ValueError(f"model.text.pad_id must be an int in [0, {cfg.vocab_size}), got {cfg.pad_id!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = cfg.width
+    self.pad_id = cfg.pad_id
     self.pool, self.causal, self.mask_pad = cfg.pool, cfg.causal, cfg.mask_pad
     self.norm_tokens, self.legacy_cls_mask = cfg.norm_tokens, cfg.cls_mask == "legacy"
     self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, param_dtype=param_dtype,
@@ -55,8 +61,8 @@ class TextTransformer(nnx.Module):
   def __call__(self, text_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns (tokens_BxLxD, pooled_BxD): pooled after the final norm, tokens too if `norm_tokens`."""
     B, L = text_BxL.shape
-    x_BxTxD = self.token_embed(text_BxL)
     valid_BxT = text_BxL != 0
+    x_BxTxD = self.token_embed(jnp.where(valid_BxT, text_BxL, self.pad_id) if self.pad_id else text_BxL)
     if self.cls is not None:
       cls = jnp.broadcast_to(self.cls[...].astype(x_BxTxD.dtype), (B, 1, x_BxTxD.shape[-1]))
       x_BxTxD = jnp.concatenate([x_BxTxD, cls], axis=1)
