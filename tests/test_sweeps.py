@@ -187,26 +187,29 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   assert "(settings changed since it finished)" in lines[0] and _calls(workdir, "x=1.0,seed=0") == 2
 
 
-def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
+  """Ctrl-C, or SIGTERM (scancel, preemption) under `sigterm_as_interrupt` as `vlmjax sweep` runs."""
   if threading.current_thread() is not threading.main_thread():
-    pytest.skip("needs to run in the main thread: it sends SIGINT to it")
+    pytest.skip("needs to run in the main thread: it sends a signal to it")
   slow = tmp_path / "slow.py"
   slow.write_text("import time\nprint('training', flush=True)\ntime.sleep(30)\n")
   sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
   workdir, lines = str(tmp_path / "sweep"), []
 
-  ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+  ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signum))
 
   def print_fn(line):  # Ctrl-C (SIGINT to the main thread) a second after the first run starts
     lines.append(line)
     if len(lines) == 1:
       ctrl_c.start()
-  start = time.time()
+  start, before = time.time(), signal.getsignal(signal.SIGTERM)
   try:
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), sweeps.sigterm_as_interrupt():
       sweeps.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
   finally:
-    ctrl_c.cancel()  # never let a late SIGINT reach pytest
+    ctrl_c.cancel()  # never let a late signal reach pytest
+  assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
   assert time.time() - start < 20  # the trainer was stopped, not waited for
   assert sorted(os.listdir(workdir)) == ["seed=0"] and _status(workdir, "seed=0")["state"] == "interrupted"
   assert lines[-1].endswith("interrupted; run the same command again to resume")

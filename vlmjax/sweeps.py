@@ -22,11 +22,13 @@ its state (running | done | failed | interrupted, the error's last lines) in `st
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -334,6 +336,24 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
   return {r.name: states[r.name] for r in sweep.runs}
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+  """SIGTERM (Slurm's scancel or preemption, `kill`) handled as Ctrl-C while a sweep runs: the
+  trainers are stopped (they checkpoint on SIGTERM), their runs marked `interrupted`, the sweep
+  resumable. Only from the main thread, where Python delivers signals."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def slurm_script(sweep: Sweep, workdir: str, *, parallel: int | None, extra: tuple[tuple[str, str], ...] = (),
                  sbatch: tuple[str, ...] = ()) -> str:
   """An array job: task i runs `vlmjax sweep FILE --only <run i>`, so skip/resume/status are shared."""
@@ -398,9 +418,10 @@ def _sweep(args, overrides) -> int:
     print(f"wrote {path} ({len(sweep.runs)} array tasks); submit it with: sbatch {path}")
     return 0
   try:
-    states = run_sweep(sweep, args.workdir, parallel=1 if args.parallel is None else args.parallel)
-  except KeyboardInterrupt:
-    return 130
+    with sigterm_as_interrupt():
+      states = run_sweep(sweep, args.workdir, parallel=1 if args.parallel is None else args.parallel)
+  except KeyboardInterrupt as e:
+    return 143 if str(e) == f"signal {signal.SIGTERM.value}" else 130
   return 0 if all(s == "done" for s in states.values()) else 1
 
 
