@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 8 on the lent machine, in two calls of under 5 minutes each:
-#   main      vlmjax and open_clip train steps on the same synthetic work, batch 256, then the
-#             largest batch of each vlmjax model that fits, and a table of ratios;
+# The GPU benchmark of issue 8 on the lent machine. Stages (default: main then max):
+#   main      vlmjax and open_clip (torch.compile) train steps on the same synthetic work at
+#             batch 256, and a table of ratios: every figure from one run;
+#   max       the largest batch of each vlmjax model that fits (full remat, layer scan), found
+#             from XLA's compiled memory estimates (scripts/bench_step.py --max-batch), and its
+#             throughput;
 #   variants  openclip_coca_b16 at batch 256 against one change at a time (XLA options, cuDNN vs
-#             XLA attention, scan, unchunked caption loss), in one process: the measurements that
+#             XLA attention, scan, unchunked caption loss) in one process: the measurements that
 #             decide which XLA options vlmjax sets (config key `xla_options.gpu`).
-# Results: $OUT/*.json and *.txt, tables on stdout.
+# Results: $OUT/*.json and *.txt, tables on stdout. Untimed on a GPU so far: run main first.
 #
 #   run(command="bash scripts/bench_gpu.sh main", carry=[".whl"], timeout_s=420)
+#   run(command="bash scripts/bench_gpu.sh max", carry=[".whl"], timeout_s=420)
 #   run(command="bash scripts/bench_gpu.sh variants", carry=[".whl"], timeout_s=420)
 #
 # Wheels the image lacks travel in .whl/ (grain, array-record, ml-collections, tensorboardX,
 # open_clip_torch, ftfy, wcwidth); see /work/.library/device/README.md for how to fetch them.
 set -uo pipefail
-STAGE=${1:-main}
+STAGE=${1:-all}
 OUT=${OUT:-/tmp/vlmjax-bench}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -26,7 +30,7 @@ python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.
 
 bench() {  # name, then bench_step.py arguments
   local name=$1; shift
-  timeout 150 python3 scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
+  timeout "${LIMIT:-150}" python3 scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
     && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
 }
 openclip() {  # name, then bench_openclip.py arguments
@@ -48,15 +52,24 @@ if [ "$STAGE" = variants ]; then
   exit 0
 fi
 
+if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
 echo "== batch 256"
 bench vlmjax_coca_256 --config configs/openclip_coca_b16.py --batch 256 --steps 20
 bench vlmjax_siglip_256 --config configs/siglip_b16.py --batch 256 --steps 20
 openclip openclip_coca_256 --model coca_b16 --batch 256 --steps 20 --compile
 openclip openclip_siglip_256 --model siglip_b16 --batch 256 --steps 20 --compile
 
-echo "== largest batch (full remat)"
-bench vlmjax_coca_max --config configs/openclip_coca_b16.py --batch 1024 --steps 5 --config.model.remat=full
-bench vlmjax_siglip_max --config configs/siglip_b16.py --batch 2048 --steps 5 --config.model.remat=full
+fi
+
+if [ "$STAGE" = max ] || [ "$STAGE" = all ]; then
+echo "== largest batch that fits (full remat, layer scan; 95% of the card for jax)"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+LIMIT=200 bench vlmjax_coca_max --config configs/openclip_coca_b16.py --max-batch --steps 5 \
+  --config.model.remat=full --config.model.scan=true
+LIMIT=200 bench vlmjax_siglip_max --config configs/siglip_b16.py --max-batch --steps 5 \
+  --config.model.remat=full --config.model.scan=true
+unset XLA_PYTHON_CLIENT_MEM_FRACTION
+fi
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -66,14 +79,14 @@ def load(name):
     return json.loads(open(os.path.join(out, name + ".json")).read().splitlines()[-1])
   except Exception:
     return None
-print(f"{'run':<22} {'ex/s':>8} {'step ms':>8} {'peak GiB':>9} {'MFU':>6}")
+print(f"{'run':<22} {'batch':>6} {'ex/s':>8} {'step ms':>8} {'peak GiB':>9} {'MFU':>6}")
 for name in ("vlmjax_coca_256", "openclip_coca_256", "vlmjax_siglip_256", "openclip_siglip_256",
              "vlmjax_coca_max", "vlmjax_siglip_max"):
   r = load(name)
   if r:
     mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
     mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
-    print(f"{name:<22} {r['examples_per_sec']:>8.0f} {r['step_ms']:>8.1f} {mem:>9} {mfu:>6}")
+    print(f"{name:<22} {r['batch']:>6} {r['examples_per_sec']:>8.0f} {r['step_ms']:>8.1f} {mem:>9} {mfu:>6}")
 for model in ("coca", "siglip"):
   a, b = load(f"vlmjax_{model}_256"), load(f"openclip_{model}_256")
   if a and b:

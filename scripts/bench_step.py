@@ -3,12 +3,15 @@
     python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 --steps 20
     python scripts/bench_step.py --config configs/coca_tiny.py --batch 64 --json
     python scripts/bench_step.py --config configs/coca_base.py --batch 8 --compile-only --compare-scan
+    python scripts/bench_step.py --config configs/siglip_b16.py --max-batch --config.model.remat=full
 
 Prints examples/s, step time, compile time, peak device memory, model FLOPs per
 example (the analytic count `vlmjax info` prints) next to XLA's own count of the
 compiled step, and MFU against the device's peak (a table of known devices, or
 `--peak-tflops`). `--compare-scan` compiles the model with and without layer scan
-and prints both compile times. Extra `--config.a.b=v` overrides are applied.
+and prints both compile times. `--max-batch` finds the largest batch whose compiled
+step fits in device memory (XLA's estimate, 95% of the device's limit or of
+`--memory-gib`) and times that. Extra `--config.a.b=v` overrides are applied.
 Works on CPU, GPU and TPU.
 
 `--ab KEY=VALUE[;KEY=VALUE...]` (repeatable) also times variants in the same process,
@@ -75,7 +78,8 @@ def peak_memory_bytes() -> int | None:
   return max(s.get("peak_bytes_in_use", 0) for s in stats)
 
 
-def compile_seconds(cfg) -> float:
+def compile_abstract(cfg):
+  """(the train step compiled for abstract state and batch, seconds): nothing allocated."""
   s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           s.abstract_state, s.state_shardings)
@@ -83,8 +87,47 @@ def compile_seconds(cfg) -> float:
   batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
            "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
   t = time.perf_counter()
-  train.compile_train_step(cfg, s).lower(abstract, batch).compile()
-  return time.perf_counter() - t
+  compiled = train.compile_train_step(cfg, s).lower(abstract, batch).compile()
+  return compiled, time.perf_counter() - t
+
+
+def compile_seconds(cfg) -> float:
+  return compile_abstract(cfg)[1]
+
+
+def compiled_bytes(compiled) -> int:
+  """XLA's estimate of the device memory one step needs (state, batch, outputs and temporaries)."""
+  m = compiled.memory_analysis()
+  return int(getattr(m, "peak_memory_in_bytes", 0) or (
+      m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes))
+
+
+def device_memory_bytes() -> int | None:
+  stats = jax.local_devices()[0].memory_stats()
+  return stats.get("bytes_limit") if stats else None
+
+
+def largest_batch(spec: str, overrides: list, limit: int, multiple: int, log=print) -> tuple[int, dict]:
+  """The largest global batch (a multiple of `multiple`) whose compiled step fits in `limit` bytes
+  per device: memory is affine in the batch, so two abstract compiles give the line, a third
+  checks the prediction (stepping down while it does not fit). Nothing is allocated."""
+  probes: dict[int, int] = {}
+
+  def probe(b: int) -> int:
+    compiled, secs = compile_abstract(config.load(spec, overrides + [("batch_size", str(b))]))
+    probes[b] = compiled_bytes(compiled)
+    log(f"  batch {b}: {probes[b] / 2**30:.2f} GiB (compiled in {secs:.0f} s)")
+    return probes[b]
+  lo, hi = 4 * multiple, 8 * multiple
+  slope = max((probe(hi) - probe(lo)) / (hi - lo), 1.0)
+  fixed = probes[lo] - slope * lo
+  b = max(multiple, int((limit - fixed) / slope) // multiple * multiple)
+  for _ in range(4):
+    if probe(b) <= limit or b == multiple:
+      break
+    b = max(multiple, b - max(1, int((probes[b] - limit) / slope) // multiple + 1) * multiple)
+  return b, {"limit_gib": limit / 2**30, "bytes_per_example": slope, "fixed_gib": fixed / 2**30,
+             "probes_gib": {k: v / 2**30 for k, v in probes.items()}}
 
 
 def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
@@ -138,14 +181,27 @@ def main(argv=None) -> int:
   p.add_argument("--json", action="store_true")
   p.add_argument("--compile-only", action="store_true", help="only time compilation")
   p.add_argument("--compare-scan", action="store_true", help="compile with and without layer scan")
+  p.add_argument("--max-batch", action="store_true",
+                 help="find the largest batch that fits (from XLA's memory estimates) and time it")
+  p.add_argument("--memory-gib", type=float, help="device memory for --max-batch (default: the device's limit)")
   p.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
                  help="also time this variant: config keys or xla_* compile options (repeatable)")
   args, extra = p.parse_known_args(argv)
   overrides = cli.split_overrides(extra)
-  if args.batch:
+  if args.max_batch:
+    limit = args.memory_gib * 2**30 if args.memory_gib else device_memory_bytes()
+    if not limit:
+      raise SystemExit("--max-batch needs --memory-gib on a device that does not report its memory (CPU)")
+    shards = max(1, jax.device_count())
+    batch, found = largest_batch(args.config, overrides, int(0.95 * limit), 32 * shards,
+                                 log=lambda m: print(m, file=sys.stderr))
+    overrides.append(("batch_size", str(batch)))
+  elif args.batch:
     overrides.append(("batch_size", str(args.batch)))
   cfg = config.load(args.config, overrides)
   result: dict = {"config": args.config}
+  if args.max_batch:
+    result["max_batch"] = found
   if args.compare_scan:
     for scan in (True, False):
       c = config.load(args.config, overrides + [("model.scan", str(scan))])
