@@ -140,6 +140,8 @@ def main() -> int:
   p.add_argument("--compile", action="store_true", help="torch.compile the model (default mode)")
   p.add_argument("--grad-clip", type=float, default=1.0,
                  help="global-norm gradient clip, vlmjax's default (0: none, open_clip_train's default)")
+  p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                 help="bf16 autocast (the benchmark) or plain fp32 (faster on CPUs without bf16 units)")
   p.add_argument("--tiny", action="store_true", help="same model family at a toy size, for CPU checks")
   p.add_argument("--json", action="store_true", help="one JSON line on stdout")
   args = p.parse_args()
@@ -172,9 +174,12 @@ def main() -> int:
   images, text = random_batch(args.batch, size, ctx, vocab)
   images, text = images.to(device), text.to(device)  # on the device once, the same every step
 
+  amp = ((lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)) if args.precision == "bf16"
+         else contextlib.nullcontext)
+
   def step():
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+    with amp():
       out = fwd(images, text)
       if args.model == "coca_b16":
         clip_loss, caption_loss = loss_fn(out["image_features"], out["text_features"], out["logits"],
@@ -211,7 +216,7 @@ def main() -> int:
 
   result = {
       "impl": "open_clip" + (" compile" if args.compile else " eager"), "model": args.model + ("_tiny" if args.tiny else ""),
-      "device": torch.cuda.get_device_name() if cuda else "cpu", "params": n_params, "batch": args.batch,
+      "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": args.precision, "params": n_params, "batch": args.batch,
       "steps": args.steps, "examples_per_sec": args.batch / step_s, "step_ms": 1e3 * step_s,
       "warmup_s": sum(warm_steps), "first_step_s": warm_steps[0],
       "last_warmup_step_ms": 1e3 * warm_steps[-1], "loss": float(loss.detach()),
