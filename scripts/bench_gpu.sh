@@ -20,28 +20,36 @@ set -uo pipefail
 STAGE=${1:-all}
 OUT=${OUT:-/tmp/vlmjax-bench}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+PY=${PY:-python3}              # the python with jax (on the lent machine, one python has both)
+PY_TORCH=${PY_TORCH:-$PY}      # the python with torch and open_clip
+if ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SMOKE:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"
+# SMOKE=1 checks the script itself on a CPU in a few minutes: tiny models, batch 8, 2 steps.
+if [ -n "${SMOKE:-}" ]; then
+  COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.05"
+else
+  COCA=configs/openclip_coca_b16.py SIGLIP=configs/siglip_b16.py TINY= B=256 STEPS=20 MEM=
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+fi
+$PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 bench() {  # name, then bench_step.py arguments
   local name=$1; shift
-  timeout "${LIMIT:-150}" python3 scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
+  timeout "${LIMIT:-200}" $PY scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
     && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
 }
-openclip() {  # name, then bench_openclip.py arguments
+openclip() {  # name, then bench_openclip.py arguments; a cold torch.compile of CoCa takes minutes
   local name=$1; shift
-  timeout 150 python3 scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
+  timeout 300 $PY_TORCH scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
     && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
 }
 
 if [ "$STAGE" = variants ]; then
-  echo "== openclip_coca_b16, batch 256: one change at a time against the base"
-  timeout 400 python3 scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 --steps 10 \
+  echo "== $COCA, batch $B: one change at a time against the base"
+  timeout 400 $PY scripts/bench_step.py --config $COCA --batch $B --steps $((STEPS / 2)) \
     --ab xla_gpu_enable_latency_hiding_scheduler=true \
     --ab xla_gpu_enable_triton_gemm=false \
     --ab xla_gpu_enable_command_buffer= \
@@ -53,25 +61,22 @@ if [ "$STAGE" = variants ]; then
 fi
 
 if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
-echo "== batch 256"
-bench vlmjax_coca_256 --config configs/openclip_coca_b16.py --batch 256 --steps 20
-bench vlmjax_siglip_256 --config configs/siglip_b16.py --batch 256 --steps 20
-openclip openclip_coca_256 --model coca_b16 --batch 256 --steps 20 --compile
-openclip openclip_siglip_256 --model siglip_b16 --batch 256 --steps 20 --compile
-
+  echo "== batch $B: vlmjax, then open_clip with torch.compile"
+  bench vlmjax_coca_256 --config $COCA --batch $B --steps $STEPS
+  bench vlmjax_siglip_256 --config $SIGLIP --batch $B --steps $STEPS
+  openclip openclip_coca_256 --model coca_b16 $TINY --batch $B --steps $STEPS --compile
+  openclip openclip_siglip_256 --model siglip_b16 $TINY --batch $B --steps $STEPS --compile
 fi
 
 if [ "$STAGE" = max ] || [ "$STAGE" = all ]; then
-echo "== largest batch that fits (full remat, layer scan; 95% of the card for jax)"
-export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
-LIMIT=200 bench vlmjax_coca_max --config configs/openclip_coca_b16.py --max-batch --steps 5 \
-  --config.model.remat=full --config.model.scan=true
-LIMIT=200 bench vlmjax_siglip_max --config configs/siglip_b16.py --max-batch --steps 5 \
-  --config.model.remat=full --config.model.scan=true
-unset XLA_PYTHON_CLIENT_MEM_FRACTION
+  echo "== largest batch that fits (full remat, layer scan; 95% of the card for jax)"
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+  bench vlmjax_coca_max --config $COCA --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
+  bench vlmjax_siglip_max --config $SIGLIP --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
+  unset XLA_PYTHON_CLIENT_MEM_FRACTION
 fi
 
-python3 - "$OUT" <<'PY'
+$PY - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 def load(name):
