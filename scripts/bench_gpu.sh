@@ -29,22 +29,26 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # SMOKE=1 checks the script itself on a CPU in a few minutes: tiny models, batch 8, 2 steps.
 if [ -n "${SMOKE:-}" ]; then
-  COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.05"
+  COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.025"
 else
   COCA=configs/openclip_coca_b16.py SIGLIP=configs/siglip_b16.py TINY= B=256 STEPS=20 MEM=
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
 $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
+report() {  # name, exit status
+  if [ "$2" -eq 0 ]; then tail -1 "$OUT/$1.json"; return; fi
+  echo "$1 failed (exit $2$([ "$2" -eq 124 ] && echo ': timed out')):"; tail -3 "$OUT/$1.err"
+}
 bench() {  # name, then bench_step.py arguments
   local name=$1; shift
-  timeout "${LIMIT:-200}" $PY scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
-    && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
+  timeout 200 $PY scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
+  report "$name" $?
 }
 openclip() {  # name, then bench_openclip.py arguments; a cold torch.compile of CoCa takes minutes
   local name=$1; shift
-  timeout 300 $PY_TORCH scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err" \
-    && tail -1 "$OUT/$name.json" || { echo "$name failed:"; tail -3 "$OUT/$name.err"; }
+  timeout 300 $PY_TORCH scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
+  report "$name" $?
 }
 
 if [ "$STAGE" = variants ]; then
@@ -56,6 +60,7 @@ if [ "$STAGE" = variants ]; then
     --ab model.attention=xla \
     --ab model.scan=true \
     --ab loss.caption_chunk=0 \
+    --ab base \
     2> "$OUT/variants.err" | tee "$OUT/variants.txt" | tail -12 || tail -5 "$OUT/variants.err"
   exit 0
 fi
