@@ -14,17 +14,19 @@
 #   run(command="bash scripts/bench_gpu.sh max", carry=[".whl"], timeout_s=420)
 #   run(command="bash scripts/bench_gpu.sh variants", carry=[".whl"], timeout_s=420)
 #
-# Wheels the image lacks travel in .whl/ (grain, array-record, ml-collections, tensorboardX,
-# open_clip_torch, ftfy, wcwidth); see /work/.library/device/README.md for how to fetch them.
+# Wheels the image lacks travel in .whl/: fetch them first with scripts/fetch_gpu_wheels.sh;
+# scripts/check_gpu_image.sh rehearses this on a CPU in a venv built like the image.
 set -uo pipefail
 STAGE=${1:-all}
 OUT=${OUT:-/tmp/vlmjax-bench}
 mkdir -p "$OUT"
 PY=${PY:-python3}              # the python with jax (on the lent machine, one python has both)
 PY_TORCH=${PY_TORCH:-$PY}      # the python with torch and open_clip
-if ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SMOKE:-}" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+SITE=${SITE:-/tmp/site}         # where the carried wheels (.whl/, scripts/fetch_gpu_wheels.sh) go
+WHEELS=${WHEELS:-$([ -n "${SMOKE:-}" ] && echo 0 || echo 1)}  # SMOKE=1 uses $PY's own packages
+if [ "$WHEELS" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+  export PYTHONPATH=$SITE
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # SMOKE=1 checks the script itself on a CPU in a few minutes: tiny models, batch 8, 2 steps.

@@ -10,20 +10,23 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/vlmjax-gpu-check}
 mkdir -p "$OUT"
+PY=${PY:-python3}
+SITE=${SITE:-/tmp/site}  # where the carried wheels (.whl/, scripts/fetch_gpu_wheels.sh) go
+STEPS=${STEPS:-240}      # coca_tiny training steps per dtype (fewer to check this script on a CPU)
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+  export PYTHONPATH=$SITE
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
+$PY -c "import jax, flax, optax, orbax.checkpoint as o, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
 
 echo "== attention kernels and numerics"
-timeout 240 python3 scripts/gpu_check.py --batch 8 2>"$OUT/gpu_check.err" | tee "$OUT/gpu_check.txt" || tail -5 "$OUT/gpu_check.err"
+timeout 240 $PY scripts/gpu_check.py --batch 8 2>"$OUT/gpu_check.err" | tee "$OUT/gpu_check.txt" || tail -5 "$OUT/gpu_check.err"
 
 echo "== coca_tiny on the GPU, float32 vs bfloat16 compute"
-python3 -m vlmjax.cli data synth --out /tmp/shapes --num-shards 4 --samples-per-shard 2500 --image-size 32
+$PY -m vlmjax.cli data synth --out /tmp/shapes --num-shards 4 --samples-per-shard 2500 --image-size 32
 for dtype in float32 bfloat16; do
-  timeout 150 python3 -m vlmjax.cli train --config configs/coca_tiny.py:evals=0 --workdir /tmp/gpu_$dtype \
+  timeout 150 $PY -m vlmjax.cli train --config configs/coca_tiny.py:evals=0,steps=$STEPS --workdir /tmp/gpu_$dtype \
     --config.model.dtype=$dtype --config.data.train.source='tar:/tmp/shapes/*.tar' \
-    --config.data.train.num_threads=8 2>&1 | tee "$OUT/train_$dtype.log" | grep -E "step +(1|120|240)/|done|rror"
+    --config.data.train.num_threads=8 2>&1 | tee "$OUT/train_$dtype.log" | grep -E "step +1/|step +$((STEPS / 2))/|step +$STEPS/|done|rror"
 done
