@@ -68,6 +68,16 @@ def test_xla_options_parse_and_reject_unknown():
   assert config.compiler_options(cfg, "cpu") == {"xla_cpu_enable_fast_math": False, "xla_gpu_enable_command_buffer": ""}
   assert config.compiler_options(cfg, "gpu") == {}
   assert train.xla_options(cfg) == config.compiler_options(cfg, "cpu")  # XLA accepts them
+  # A list value keeps its commas; numbers and strings are typed as XLA expects them.
+  cfg = config.load(TINY, [("xla_options.cpu", "xla_gpu_enable_command_buffer=FUSION,CUBLAS,"
+                                               "xla_cpu_enable_fast_math=true, xla_gpu_memory_limit_slop_factor=95")])
+  assert config.compiler_options(cfg, "cpu") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS",
+                                                 "xla_cpu_enable_fast_math": True,
+                                                 "xla_gpu_memory_limit_slop_factor": 95}
+  assert train.xla_options(cfg) == config.compiler_options(cfg, "cpu")
+  with pytest.raises(config.ConfigError, match="xla_cpu_enable_fast_math is given twice"):
+    config.compiler_options(config.load(TINY, [("xla_options.cpu", "xla_cpu_enable_fast_math=true,"
+                                                                   "xla_cpu_enable_fast_math=false")]), "cpu")
   with pytest.raises(config.ConfigError, match="not of the form"):
     config.compiler_options(config.load(TINY, [("xla_options.cpu", "fast")]), "cpu")
   with pytest.raises(config.ConfigError, match=r"xla_options\.cpu: XLA rejected .*xla_nope"):

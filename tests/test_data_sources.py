@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import os
 import threading
 
 import numpy as np
@@ -140,3 +141,10 @@ def test_arrayrecord_with_several_captions_per_image(tmp_path):
   src = sources.open_source(f"arrayrecord:{tmp_path}/*.array_record", image_size=8)
   assert src[0]["caption"] == "one" and src[0]["captions"] == ["one", "uno", "eins"]
   assert src[1]["caption"] == "two" and "captions" not in src[1]
+  # `data convert` keeps every caption; a record with none is refused before anything is renamed.
+  assert cli.main(["data", "convert", f"arrayrecord:{tmp_path}/*.array_record", "--out", str(tmp_path / "c")]) == 0
+  copy = sources.open_source(f"arrayrecord:{tmp_path}/c/*.array_record", image_size=8)
+  assert copy[0]["captions"] == ["one", "uno", "eins"] and copy[1]["caption"] == "two"
+  with pytest.raises(ConfigError, match="'c': no caption to write"):
+    records.write_arrayrecord([{"key": "c", "image": png, "caption": "", "captions": []}], str(tmp_path / "d"))
+  assert os.listdir(tmp_path / "d") == []  # no file, not even a temporary one, is left

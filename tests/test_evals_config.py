@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import MICRO, ROOT
-from vlmjax import config, sharding
+from vlmjax import config, models, sharding
 from vlmjax.data import synthetic
 from vlmjax.evals import data, defaults, runner, zero_shot
 
@@ -45,15 +45,19 @@ def test_new_evaluator_from_an_override():
     runner.new_evaluator("x", "segmentation:synthetic:shapes")
 
 
-def test_old_workdir_evaluators_gain_new_fields_and_images_are_center_cropped(tmp_path):
+def test_old_workdir_configs_keep_their_behaviour_and_images_are_center_cropped(tmp_path):
   import json
   cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   cfg.evals.zs = defaults.zero_shot("synthetic:shapes:test", batch_size=8, num_examples=8)
   old = json.loads(cfg.to_json_best_effort())
-  del old["evals"]["zs"]["image_mode"]  # written before the field existed
+  # written before these fields existed: evaluators then resized whole images, text padded with 0
+  del old["evals"]["zs"]["image_mode"], old["model"]["text"]["pad_id"], old["xla_options"]
   (tmp_path / "config.json").write_text(json.dumps(old))
   loaded = runner.load_workdir_config(str(tmp_path), [])
-  assert loaded.evals.zs.image_mode == "center_crop"
+  assert loaded.evals.zs.image_mode == "resize" and loaded.model.text.pad_id == 0
+  assert loaded.xla_options.cpu == "" and defaults.zero_shot("x").image_mode == "center_crop"
+  models.abstract(loaded.model)  # the old model config builds
+  loaded.evals.zs.image_mode = "center_crop"
   # A wide image: the evaluator keeps its centred square (the middle third here), resize keeps all.
   wide = np.zeros((16, 48, 3), np.uint8)
   wide[:, 16:32] = 255
@@ -108,3 +112,12 @@ def test_eval_set_pads_the_last_batch_and_checks_sizes():
     data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=12), cfg, mesh)
   with pytest.raises(config.ConfigError, match="exceeds the 100000 examples"):
     data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", num_examples=10**6), cfg, mesh)
+
+
+def test_train_rejects_a_bad_evaluator_before_it_trains(tmp_path):
+  from vlmjax import train
+  cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
+  cfg.evals.zs = defaults.zero_shot("synthetic:shapes:test", image_mode="center-crop")
+  with pytest.raises(config.ConfigError, match="evals.zs.image_mode='center-crop' is unknown"):
+    train.train(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # nothing trained, nothing written

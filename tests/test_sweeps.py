@@ -193,7 +193,10 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
   if threading.current_thread() is not threading.main_thread():
     pytest.skip("needs to run in the main thread: it sends a signal to it")
   slow = tmp_path / "slow.py"
-  slow.write_text("import time\nprint('training', flush=True)\ntime.sleep(30)\n")
+  # Like `vlmjax train` it saves on SIGTERM and exits; with status 0 here, which must not count as done.
+  slow.write_text("import signal, sys, time\n"
+                  "signal.signal(signal.SIGTERM, lambda *_: (print('preempted: saved', flush=True), sys.exit(0)))\n"
+                  "print('training', flush=True)\ntime.sleep(30)\n")
   sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
   workdir, lines = str(tmp_path / "sweep"), []
 
@@ -211,7 +214,10 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
     ctrl_c.cancel()  # never let a late signal reach pytest
   assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
   assert time.time() - start < 20  # the trainer was stopped, not waited for
-  assert sorted(os.listdir(workdir)) == ["seed=0"] and _status(workdir, "seed=0")["state"] == "interrupted"
+  assert sorted(os.listdir(workdir)) == ["seed=0"]
+  status = _status(workdir, "seed=0")
+  assert status["state"] == "interrupted" and not status["trained"], status
+  assert sweeps.state_of(sweep, sweep.runs[0], workdir) == "interrupted"  # so the next sweep resumes it
   assert lines[-1].endswith("interrupted; run the same command again to resume")
 
 

@@ -45,16 +45,21 @@ class Parser(argparse.ArgumentParser):
     sys.exit(2)
 
 
+PREEMPTED = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended
+
+
 def _train(args, overrides) -> int:
   from vlmjax import config, sharding, train  # jax imports are slow; keep `--help` fast
   cfg = config.load(args.config, overrides)
   sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   try:
-    train.train(cfg, args.workdir)
+    summary = train.train(cfg, args.workdir)
   except train.TrainingHalted as e:
     sys.stderr.write(f"vlmjax: training halted: {e}\n")
     return 3
-  return 0
+  # Stopped by SIGTERM / a preemption notice, checkpoint saved: not finished, so not 0 (a job
+  # runner that retries failed jobs restarts it, and a sweep does not take it for done).
+  return PREEMPTED if summary.get("preempted") else 0
 
 
 def add_distributed_flags(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import json
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import ml_collections
@@ -151,19 +152,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
   """`cfg.xla_options.<platform>` ("name=value,...") as a dict for `jax.jit(compiler_options=...)`.
-  Values are Python literals where they parse (true/false, numbers) and strings otherwise."""
+  A value may hold commas (`xla_gpu_enable_command_buffer=FUSION,CUBLAS`): items split only where
+  the next `xla_...=` starts. true/false become booleans, integers and decimals numbers, the rest
+  stays a string."""
   where = f"xla_options.{platform}"
   text = cfg.xla_options[platform] if platform in cfg.xla_options else ""
   out: dict[str, Any] = {}
-  for item in filter(None, (i.strip() for i in text.split(","))):
+  for item in filter(None, (i.strip() for i in re.split(r",(?=\s*(?:--)?xla_\w+\s*=)", text))):
     name, eq, raw = item.partition("=")
     name = name.strip().removeprefix("--")
-    if not eq or not name.startswith("xla_"):
+    if not eq or not re.fullmatch(r"xla_\w+", name):
       raise ConfigError(f"{where}: {item!r} is not of the form xla_option=value "
                         f"(e.g. xla_gpu_enable_latency_hiding_scheduler=true)")
+    if name in out:
+      raise ConfigError(f"{where}: {name} is given twice")
     raw = raw.strip()
-    lowered = raw.lower()
-    out[name] = True if lowered == "true" else False if lowered == "false" else parse_value(raw, None, name, where)
+    if raw.lower() in ("true", "false"):
+      out[name] = raw.lower() == "true"
+    elif re.fullmatch(r"[+-]?\d+", raw):
+      out[name] = int(raw)
+    elif re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+)", raw):
+      out[name] = float(raw)
+    else:
+      out[name] = raw
   return out
 
 

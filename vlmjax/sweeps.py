@@ -218,33 +218,63 @@ def _tail(path: str, offset: int, n: int = 20) -> list[str]:
   return lines[-n:]
 
 
-def _phase(argv: list[str], log_path: str, run: Run, attempt: int, procs: dict | None) -> tuple[int, list[str]]:
-  """Runs one command with its output appended to the run's log; returns (exit status, last lines)."""
+class Stopper:
+  """The processes a sweep has running, and its stop switch: once `stop()` has run, every running
+  process has been sent SIGTERM and no new one starts (the check and the start share a lock)."""
+
+  def __init__(self):
+    self._lock, self._procs, self.stopped = threading.Lock(), {}, False
+
+  def start(self, name: str, argv: list[str], **popen) -> subprocess.Popen | None:
+    with self._lock:
+      if self.stopped:
+        return None
+      proc = self._procs[name] = subprocess.Popen(argv, **popen)
+      return proc
+
+  def done(self, name: str) -> None:
+    with self._lock:
+      self._procs.pop(name, None)
+
+  def stop(self) -> None:
+    with self._lock:
+      self.stopped = True
+      for proc in self._procs.values():
+        proc.terminate()
+
+
+STOPPED = -1  # a phase's exit status when the sweep stopped before or while it ran
+
+
+def _phase(argv: list[str], log_path: str, run: Run, attempt: int, stopper: Stopper) -> tuple[int, list[str]]:
+  """Runs one command with its output appended to the run's log; returns (exit status, last lines).
+  STOPPED when the sweep was stopped, whatever the command's status (a trainer that saved its
+  checkpoint on SIGTERM has not finished)."""
   with open(log_path, "a") as log:
     log.write(f"==> attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n")
     log.flush()
     offset = log.tell()
     try:
-      proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-      if procs is not None:
-        procs[run.name] = proc
-      rc = proc.wait()
-      if procs is not None:
-        procs.pop(run.name)
+      proc = stopper.start(run.name, argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+      rc = STOPPED if proc is None else proc.wait()
+      stopper.done(run.name)
     except OSError as e:
       log.write(f"could not start {argv[0]!r}: {e}\n")
       rc = 127
+  if stopper.stopped:
+    rc = STOPPED
   return rc, (_tail(log_path, offset) if rc else [])
 
 
 def run_one(sweep: Sweep, run: Run, workdir: str, *, train_cmd=TRAIN_CMD, eval_cmd=EVAL_CMD,
-            procs: dict | None = None) -> dict:
+            stopper: Stopper | None = None) -> dict:
   """Trains one run in WORKDIR/<name>, then evaluates it if the sweep has `evals`; records its status.
 
   `vlmjax train` resumes from the run's checkpoint; a run whose training finished with the same
-  settings only repeats the evaluation. `procs`, when given, holds the running process under the
-  run's name (so it can be stopped).
+  settings only repeats the evaluation. `stopper`, when given, can stop the running process; the
+  run is then recorded as `interrupted`.
   """
+  stopper = stopper or Stopper()
   rundir = os.path.join(workdir, run.name)
   os.makedirs(rundir, exist_ok=True)
   previous = read_status(rundir)
@@ -260,14 +290,15 @@ def run_one(sweep: Sweep, run: Run, workdir: str, *, train_cmd=TRAIN_CMD, eval_c
     status["trained"] = True
   else:
     _write_status(rundir, status)
-    rc, tail = _phase(argv, log_path, run, status["attempts"], procs)
+    rc, tail = _phase(argv, log_path, run, status["attempts"], stopper)
     status["trained"] = rc == 0
   if rc == 0 and sweep.evals:
     status["eval_command"] = shlex.join(eval_argv(sweep, rundir, eval_cmd))
     _write_status(rundir, status)
-    rc, tail = _phase(eval_argv(sweep, rundir, eval_cmd), log_path, run, status["attempts"], procs)
-  status.update(seconds=round(time.time() - start, 1), returncode=rc, state="done" if rc == 0 else "failed")
-  if rc != 0:
+    rc, tail = _phase(eval_argv(sweep, rundir, eval_cmd), log_path, run, status["attempts"], stopper)
+  state = "done" if rc == 0 else "interrupted" if rc == STOPPED else "failed"
+  status.update(seconds=round(time.time() - start, 1), returncode=rc, state=state)
+  if state == "failed":
     status.update(error=tail[-1] if tail else f"exit status {rc} with no output", log_tail=tail)
   _write_status(rundir, status)
   return status
@@ -293,21 +324,18 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
       print_fn(f"{tag[run.name]}: done, skipped")
     else:
       todo.append((run, state))
-  lock, stop, procs = threading.Lock(), threading.Event(), {}
+  lock, stopper = threading.Lock(), Stopper()
 
   def work(item):
     run, before = item
-    if stop.is_set():
+    if stopper.stopped:
       return run.name, before
     note = {"new": "", "changed": " (settings changed since it finished)"}.get(before, f" (was {before}; resuming)")
     trained = _same_training(sweep, run, read_status(os.path.join(workdir, run.name)))
     what = "evaluating" if trained else "training + evaluating" if sweep.evals else "training"
     with lock:
       print_fn(f"{tag[run.name]}: {what}{note} -> {os.path.join(workdir, run.name, LOG)}")
-    status = run_one(sweep, run, workdir, train_cmd=train_cmd, eval_cmd=eval_cmd, procs=procs)
-    if stop.is_set() and status["state"] == "failed":
-      status["state"] = "interrupted"
-      _write_status(os.path.join(workdir, run.name), status)
+    status = run_one(sweep, run, workdir, train_cmd=train_cmd, eval_cmd=eval_cmd, stopper=stopper)
     with lock:
       if status["state"] == "interrupted":
         print_fn(f"{tag[run.name]}: interrupted")
@@ -323,9 +351,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
     for name, state in pool.map(work, todo):
       states[name] = state
   except KeyboardInterrupt:
-    stop.set()
-    for proc in list(procs.values()):
-      proc.terminate()
+    stopper.stop()
     pool.shutdown(wait=True, cancel_futures=True)
     print_fn(f"sweep {sweep.path}: interrupted; run the same command again to resume")
     raise

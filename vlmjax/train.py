@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -76,8 +77,9 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   except ValueError as e:
     raise config.ConfigError(f"model config: {e}") from None
   except (AttributeError, KeyError) as e:  # ml_collections reports a missing field as AttributeError
-    raise config.ConfigError(f"model config has no key {str(e).split('.')[0]}; a config.json written by an "
-                             "older vlmjax lacks keys added since (see the config reference)") from None
+    missing = re.search(r"'(\w+)'", str(e))
+    raise config.ConfigError(f"model config has no key {missing.group(1) if missing else str(e)!r}; a config.json "
+                             "written by an older vlmjax lacks keys added since (see the config reference)") from None
   graphdef, abstract_params = nnx.split(abstract_model)
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
@@ -187,8 +189,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
 
   `stop_after` ends the run early at that step, with a checkpoint, as a preempted run would.
   SIGTERM (or the cluster's preemption notice, agreed on by all processes) does the same
-  at the next step.
+  at the next step. The summary's `finished` says whether training reached `total_steps`,
+  `preempted` whether a signal or notice stopped it (`vlmjax train` then exits 143).
   """
+  evals.validate_all(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
@@ -207,13 +211,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     start = int(state.step)
     if start >= cfg.total_steps:
       print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
-      return {"steps": (start, start), "finished": True}
+      return {"steps": (start, start), "finished": True, "preempted": False}
     if start:
       print(f"resuming from step {start} in {workdir}")
 
     writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start)
     step_fn = compile_train_step(cfg, s)
     last = min(cfg.total_steps, stop_after or cfg.total_steps)
+    preempted = False
     pending = None   # (step, device metrics) to log: fetched only after the next step is dispatched
     unchecked = None  # (step, device `finite` flag) not yet read
     for step in range(start + 1, last + 1):
@@ -245,7 +250,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
       _log(writer, pending, data, guard)
     summary = writer.summary()
     writer.close()
-    return summary
+    return {**summary, "finished": not preempted and last == cfg.total_steps, "preempted": preempted}
   finally:
     preemption.close()
     data.close()

@@ -79,7 +79,8 @@ def _convert(args, overrides) -> int:
       if not isinstance(image, bytes):
         image = transforms.encode_png(image)
       counts["written"] += 1
-      yield {"key": rec["key"], "image": image, "caption": caption}
+      captions = [c for c in rec.get("captions") or () if c]  # every caption of a multi-caption set
+      yield {"key": rec["key"], "image": image, "caption": caption, **({"captions": captions} if captions else {})}
 
   paths = rec_lib.write_arrayrecord(usable(), args.out, per_file=args.per_file)
   print(f"wrote {counts['written']} examples in {len(paths)} ArrayRecord file(s) to {args.out} "

@@ -91,18 +91,31 @@ def _num_records(path: str) -> int:
 
 
 def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: int = 10_000) -> list[str]:
-  """Writes raw records {"key", "image" (bytes), "caption"} as `NAME-00000-of-NNNNN.array_record` files."""
+  """Writes raw records {"key", "image" (bytes), "caption", optional "captions"} as
+  `NAME-00000-of-NNNNN.array_record` files; `caption` is stored first, then the other `captions`."""
   from array_record.python import array_record_module
   os.makedirs(out_dir, exist_ok=True)
   tmp_paths, writer, n = [], None, 0
-  for rec in records:
-    if n % per_file == 0:
-      if writer is not None:
-        writer.close()
-      tmp_paths.append(os.path.join(out_dir, f".{name}-{len(tmp_paths):05d}.tmp"))
-      writer = array_record_module.ArrayRecordWriter(tmp_paths[-1], "group_size:1")
-    writer.write(serialize(rec["key"], rec["image"], rec["captions"] if "captions" in rec else rec["caption"]))
-    n += 1
+  try:
+    for rec in records:
+      if n % per_file == 0:
+        if writer is not None:
+          writer.close()
+        tmp_paths.append(os.path.join(out_dir, f".{name}-{len(tmp_paths):05d}.tmp"))
+        writer = array_record_module.ArrayRecordWriter(tmp_paths[-1], "group_size:1")
+      first = rec.get("caption")
+      captions = ([first] if first else []) + [c for c in rec.get("captions") or () if c and c != first]
+      if not captions:
+        raise DataError(f"record {rec['key']!r}: no caption to write (`caption` and `captions` are empty)")
+      writer.write(serialize(rec["key"], rec["image"], captions if len(captions) > 1 else captions[0]))
+      n += 1
+  except BaseException:  # a bad record or Ctrl-C: no partial files left behind
+    if writer is not None:
+      writer.close()
+    for tmp in tmp_paths:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    raise
   if writer is not None:
     writer.close()
   paths = [os.path.join(out_dir, f"{name}-{i:05d}-of-{len(tmp_paths):05d}.array_record") for i in range(len(tmp_paths))]

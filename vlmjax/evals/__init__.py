@@ -8,7 +8,14 @@ light (no jax import) so that `vlmjax --help` is fast.
 
 from __future__ import annotations
 
-from vlmjax.evals.defaults import due
+from vlmjax.evals.defaults import due, validate
+
+
+def validate_all(cfg) -> None:
+  """A one-line ConfigError for the first malformed evaluator of `cfg.evals` (before training, not
+  when the evaluator is first due)."""
+  for name in cfg.evals.keys():
+    validate(name, cfg.evals[name])
 
 
 def run_all(cfg, graphdef, params, mesh, *, step: int, final: bool = False) -> dict[str, float]:
@@ -17,4 +24,4 @@ def run_all(cfg, graphdef, params, mesh, *, step: int, final: bool = False) -> d
   return run(cfg, graphdef, params, mesh, step=step, final=final)
 
 
-__all__ = ["due", "run_all"]
+__all__ = ["due", "run_all", "validate_all"]

@@ -64,6 +64,10 @@ class EvalSet:
     if any(c is None for caps in out for c in caps):
       raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no caption; "
                         f"retrieval and captioning need an image-text set")
+    empty = next((i for i, caps in enumerate(out) if not caps), None)
+    if empty is not None:
+      raise ConfigError(f"evals.{self.name}: record {empty} of {self.source!r} has an empty caption list; "
+                        f"every image needs at least one caption")
     return out
 
   def labels(self) -> np.ndarray:

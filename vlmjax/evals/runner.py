@@ -59,8 +59,7 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
     raise config.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
   with open(path) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
-  for name in cfg.evals.keys():
-    add_new_fields(cfg.evals[name])
+  add_stored_defaults(cfg)
   for key, raw in overrides:
     parts = key.split(".")
     if len(parts) == 2 and parts[0] == "evals" and parts[1] not in cfg.evals:
@@ -73,14 +72,41 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
-def add_new_fields(ev: ml_collections.ConfigDict) -> None:
-  """Gives an evaluator stored by an older vlmjax the fields its type has gained since (with their
-  defaults), so old workdirs stay evaluable; anything else malformed is left to `validate`."""
+# Fields added after a workdir's config.json may have been written, with the value that reproduces
+# what that older vlmjax did (not always today's default).
+OLD_BEHAVIOUR = {"model.text.pad_id": 0}
+OLD_EVALUATOR_BEHAVIOUR = {"image_mode": "resize"}  # evaluators resized whole images before center_crop
+
+
+def add_stored_defaults(cfg: ml_collections.ConfigDict) -> None:
+  """Brings a config.json written by an older vlmjax up to date, so old workdirs stay evaluable:
+  keys added since get the value that keeps their old behaviour, evaluators the fields their type
+  has gained. Anything else malformed is left to `validate`."""
+  from vlmjax import config  # noqa: PLC0415
+  fresh = config.base(batch_size=1, total_steps=1)
+  for key in fresh.keys():
+    if key not in cfg:
+      cfg[key] = fresh[key]
+  for dotted, value in OLD_BEHAVIOUR.items():
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+      node = node[part] if isinstance(node, ml_collections.ConfigDict) and part in node else None
+    if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
+      node[leaf] = value
+  if "evals" in cfg:
+    for name in cfg.evals.keys():
+      add_new_fields(cfg.evals[name], OLD_EVALUATOR_BEHAVIOUR)
+
+
+def add_new_fields(ev: ml_collections.ConfigDict, old_behaviour: dict | None = None) -> None:
+  """Gives an evaluator the fields its type has gained since it was stored: `old_behaviour`'s value
+  where given, else the type's default."""
   if isinstance(ev, ml_collections.ConfigDict) and "type" in ev and ev.type in defaults.TYPES:
     fresh = getattr(defaults, ev.type)("")
     for key in fresh.keys():
       if key not in ev:
-        ev[key] = fresh[key]
+        ev[key] = (old_behaviour or {}).get(key, fresh[key])
 
 
 def new_evaluator(name: str, raw: str) -> ml_collections.ConfigDict:

@@ -37,7 +37,7 @@ class TextTransformer(nnx.Module):
       raise ValueError(f"model.text.cls_mask must be one of {'|'.join(CLS_MASKS)}, got {cfg.cls_mask!r}")
     if not isinstance(cfg.norm_tokens, bool):
       raise ValueError(f"model.text.norm_tokens must be true|false, got {cfg.norm_tokens!r}")
-    if not isinstance(cfg.pad_id, int) or not 0 <= cfg.pad_id < cfg.vocab_size:
+    if isinstance(cfg.pad_id, bool) or not isinstance(cfg.pad_id, int) or not 0 <= cfg.pad_id < cfg.vocab_size:
       raise ValueError(f"model.text.pad_id must be an int in [0, {cfg.vocab_size}), got {cfg.pad_id!r}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     d = cfg.width
