@@ -62,3 +62,12 @@ def test_vit_presets():
   assert (v.width, v.depth, v.mlp_dim, v.heads, v.patch_size, v.pool) == (1152, 27, 4304, 16, 14, "map")
   with pytest.raises(ValueError, match="unknown ViT variant"):
     presets.vit("B16")
+
+
+def test_flops_count_only_live_products():
+  """The chunked caption loss never uses the model's full caption logits: XLA drops them, so must
+  the count (else MFU reads high); chunking that divides the positions evenly adds nothing."""
+  counts = {ch: info.train_flops_per_example(config.load(os.path.join(ROOT, "configs/coca_tiny.py"),
+                                                         [("loss.caption_chunk", ch)]))
+            for ch in ("0", "5")}
+  assert counts["0"] == counts["5"], counts

@@ -2,8 +2,8 @@
 
 `train_flops_per_example` is the model-FLOPs count used for MFU: the matrix
 products of one forward + backward pass (2 FLOPs per multiply-add), read off
-the traced program's `dot_general`s, with no activation recomputation (remat
-off) and attention counted as the XLA implementation computes it (full score
+the traced program's live `dot_general`s (dead code removed, as XLA removes it), with no
+activation recomputation (remat off) and attention counted as the XLA implementation computes it (full score
 matrices, masks included). Element-wise work is left out, as in the usual
 MFU accounting. `xla_flops_per_example` is XLA's own count, to cross-check.
 """
@@ -64,10 +64,20 @@ def _dot_flops(jaxpr: jax_core.Jaxpr) -> int:
   return total
 
 
+def _live(jaxpr: jax_core.Jaxpr) -> jax_core.Jaxpr:
+  """`jaxpr` without the equations no output depends on, which XLA drops from the compiled step
+  too (CoCa's full caption logits, say, when the loss projects chunk by chunk)."""
+  try:
+    from jax._src.interpreters import partial_eval as pe  # noqa: PLC0415 -- no public DCE yet
+    return pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+  except (ImportError, AttributeError, TypeError):  # a jax without it: count everything
+    return jaxpr
+
+
 def train_flops_per_example(cfg: ml_collections.ConfigDict) -> float:
   """Matmul FLOPs of forward + backward for one example (see the module docstring)."""
   grad, params, batch = _grad_fn(cfg)
-  return float(_dot_flops(jax.make_jaxpr(grad)(params, batch).jaxpr))
+  return float(_dot_flops(_live(jax.make_jaxpr(grad)(params, batch).jaxpr)))
 
 
 def xla_flops_per_example(cfg: ml_collections.ConfigDict) -> float:

@@ -133,6 +133,7 @@ def caption_xent_chunked(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets
   """
   B, L, D = hidden_BxLxD.shape
   n = -(-L // chunk)
+  chunk = -(-L // n)  # at most `chunk`, as even as n chunks allow: 75 positions -> 5 x 15, not 5 x 16
   pad = n * chunk - L
   if pad:
     hidden_BxLxD = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0)))
