@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 8 on the lent machine. Stages (default: main then max):
+# The GPU benchmark of issue 8 on the lent machine: `bench_gpu.sh [STAGE...]`, the stages in the
+# order given, all within one time budget (default: main):
 #   main      vlmjax and open_clip (torch.compile) train steps on the same synthetic work at
-#             batch 256, and a table of ratios: every figure from one run;
+#             batch 256, CoCa pair first, then SigLIP, and a table of ratios: every figure
+#             from one run;
 #   max       the largest batch of each vlmjax model that fits (full remat, layer scan), found
 #             from XLA's compiled memory estimates (scripts/bench_step.py --max-batch), and its
 #             throughput;
 #   variants  openclip_coca_b16 at batch 256 against one change at a time (XLA options, cuDNN vs
-#             XLA attention, scan, unchunked caption loss) in one process: the measurements that
-#             decide which XLA options vlmjax sets (config key `xla_options.gpu`).
-# Results: $OUT/*.json and *.txt, tables on stdout. Untimed on a GPU so far: run main first.
+#             XLA attention, remat, scan, unchunked caption loss) in one process: the
+#             measurements that decide which XLA options vlmjax sets (`xla_options.gpu`);
+#   check     scripts/gpu_check.sh: attention kernel and bf16 error per B/16 shape, coca_tiny
+#             trained in float32 and bfloat16 (output in $OUT/check/);
+#   all       main, check, max, variants: the whole device session in priority order.
+# The whole call keeps within BUDGET seconds (default 540): each job's timeout is what is left,
+# so the table always prints, with whatever finished. Results in $OUT (at most 8 files come
+# back from the device): results.jsonl (one JSON line per job, with its name), log.txt (every
+# job's stderr), variants.txt. Untimed on a GPU so far.
 #
-#   run(command="bash scripts/bench_gpu.sh main", carry=[".whl"], timeout_s=420)
-#   run(command="bash scripts/bench_gpu.sh max", carry=[".whl"], timeout_s=420)
-#   run(command="bash scripts/bench_gpu.sh variants", carry=[".whl"], timeout_s=420)
+#   bash scripts/fetch_gpu_wheels.sh     # here, once: the wheels the image lacks, into .whl/
+#   run(command="bash scripts/bench_gpu.sh all", carry=[".whl"], timeout_s=570)
+#   then, with the device time left: BUDGET=... bash scripts/bench_gpu.sh <what did not finish>
 #
-# Wheels the image lacks travel in .whl/: fetch them first with scripts/fetch_gpu_wheels.sh;
 # scripts/check_gpu_image.sh rehearses this on a CPU in a venv built like the image.
 set -uo pipefail
-STAGE=${1:-all}
+STAGES=${*:-main}
+[ "$STAGES" = all ] && STAGES="main check max variants"
 OUT=${OUT:-/tmp/vlmjax-bench}
+BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 PY=${PY:-python3}              # the python with jax (on the lent machine, one python has both)
 PY_TORCH=${PY_TORCH:-$PY}      # the python with torch and open_clip
@@ -31,76 +40,117 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # SMOKE=1 checks the script itself on a CPU in a few minutes: tiny models, batch 8, 2 steps.
 if [ -n "${SMOKE:-}" ]; then
-  COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.025"
+  COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.5" CHECK_STEPS=20
 else
-  COCA=configs/openclip_coca_b16.py SIGLIP=configs/siglip_b16.py TINY= B=256 STEPS=20 MEM=
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  COCA=configs/openclip_coca_b16.py SIGLIP=configs/siglip_b16.py TINY= B=256 STEPS=20 MEM= CHECK_STEPS=240
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 fi
 $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+RESULTS=$OUT/results.jsonl LOG=$OUT/log.txt
+touch "$RESULTS" "$LOG"
 
-report() {  # name, exit status
-  if [ "$2" -eq 0 ]; then tail -1 "$OUT/$1.json"; return; fi
-  echo "$1 failed (exit $2$([ "$2" -eq 124 ] && echo ': timed out')):"; tail -3 "$OUT/$1.err"
+left() { echo $((BUDGET - SECONDS)); }
+limit() {  # a job's timeout: its cap, or what is left of the budget less a margin for the table
+  local l=$(( $(left) - 15 ))
+  [ "$l" -lt "$1" ] && echo "$l" || echo "$1"
 }
-bench() {  # name, then bench_step.py arguments
+record() {  # name, exit status, JSON file: append the result (or the failure) to results.jsonl
+  local name=$1 rc=$2 json=$3
+  if [ "$rc" -eq 0 ] && [ -s "$json" ]; then
+    $PY -c "import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); r['name']=sys.argv[2]; print(json.dumps(r))" \
+      "$json" "$name" >> "$RESULTS"
+    tail -1 "$RESULTS"
+  else
+    echo "$name failed (exit $rc$([ "$rc" -eq 124 ] && echo ': timed out'))"
+    echo "{\"name\": \"$name\", \"error\": \"exit $rc\"}" >> "$RESULTS"
+  fi
+}
+run_job() {  # name, cap seconds, command...: runs it under the budget, stderr to log.txt
+  local name=$1 cap=$2; shift 2
+  local t; t=$(limit "$cap")
+  if [ "$t" -lt 30 ]; then echo "$name skipped: $(left) s of the budget left"; return 1; fi
+  echo "== $name (up to $t s)" >> "$LOG"
+  timeout "$t" "$@" --json > "$OUT/job.json" 2>> "$LOG"
+  local rc=$?
+  record "$name" $rc "$OUT/job.json"
+  [ $rc -eq 0 ] || tail -3 "$LOG"
+  return $rc
+}
+vlmjax() { local name=$1; shift; run_job "$name" 240 $PY scripts/bench_step.py "$@"; }
+openclip() {  # a cold torch.compile of CoCa takes minutes; if compiling fails, time eager instead
   local name=$1; shift
-  timeout 200 $PY scripts/bench_step.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
-  report "$name" $?
-}
-openclip() {  # name, then bench_openclip.py arguments; a cold torch.compile of CoCa takes minutes
-  local name=$1; shift
-  timeout 300 $PY_TORCH scripts/bench_openclip.py "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
-  report "$name" $?
+  run_job "$name" 300 $PY_TORCH scripts/bench_openclip.py "$@" --compile
+  local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then run_job "${name}_eager" 150 $PY_TORCH scripts/bench_openclip.py "$@"; fi
 }
 
-if [ "$STAGE" = variants ]; then
-  echo "== $COCA, batch $B: one change at a time against the base"
-  timeout 400 $PY scripts/bench_step.py --config $COCA --batch $B --steps $((STEPS / 2)) \
-    --ab xla_gpu_enable_latency_hiding_scheduler=true \
-    --ab xla_gpu_enable_triton_gemm=false \
-    --ab xla_gpu_enable_command_buffer= \
-    --ab model.attention=xla \
-    --ab model.scan=true \
-    --ab loss.caption_chunk=0 \
-    --ab base \
-    2> "$OUT/variants.err" | tee "$OUT/variants.txt" | tail -12 || tail -5 "$OUT/variants.err"
-  exit 0
-fi
-
-if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
-  echo "== batch $B: vlmjax, then open_clip with torch.compile"
-  bench vlmjax_coca_256 --config $COCA --batch $B --steps $STEPS
-  bench vlmjax_siglip_256 --config $SIGLIP --batch $B --steps $STEPS
-  openclip openclip_coca_256 --model coca_b16 $TINY --batch $B --steps $STEPS --compile
-  openclip openclip_siglip_256 --model siglip_b16 $TINY --batch $B --steps $STEPS --compile
-fi
-
-if [ "$STAGE" = max ] || [ "$STAGE" = all ]; then
+stage_main() {
+  echo "== batch $B: vlmjax, then open_clip with torch.compile (CoCa pair, then SigLIP pair)"
+  vlmjax vlmjax_coca_256 --config $COCA --batch $B --steps $STEPS
+  openclip openclip_coca_256 --model coca_b16 $TINY --batch $B --steps $STEPS
+  vlmjax vlmjax_siglip_256 --config $SIGLIP --batch $B --steps $STEPS
+  openclip openclip_siglip_256 --model siglip_b16 $TINY --batch $B --steps $STEPS
+}
+stage_check() {
+  local t; t=$(limit 400)
+  echo "== correctness: scripts/gpu_check.sh (up to $t s; $OUT/check/)"
+  OUT=$OUT/check WHEELS=0 STEPS=$CHECK_STEPS timeout "$t" bash scripts/gpu_check.sh
+}
+stage_max() {
   echo "== largest batch that fits (full remat, layer scan; 95% of the card for jax)"
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
-  bench vlmjax_coca_max --config $COCA --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
-  bench vlmjax_siglip_max --config $SIGLIP --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
+  vlmjax vlmjax_coca_max --config $COCA --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
+  vlmjax vlmjax_siglip_max --config $SIGLIP --max-batch $MEM --steps 5 --config.model.remat=full --config.model.scan=true
   unset XLA_PYTHON_CLIENT_MEM_FRACTION
-fi
+}
+stage_variants() {
+  local t; t=$(limit 600)
+  if [ "$t" -lt 60 ]; then echo "variants skipped: $(left) s of the budget left"; return; fi
+  echo "== $COCA, batch $B: one change at a time against the base (rows as they finish; up to $t s)"
+  timeout "$t" $PY scripts/bench_step.py --config $COCA --batch $B --steps $((STEPS / 2)) \
+    --ab xla_gpu_enable_latency_hiding_scheduler=true \
+    --ab model.attention=xla \
+    --ab model.remat=dots_no_batch \
+    --ab loss.caption_chunk=0 \
+    --ab xla_gpu_enable_triton_gemm=false \
+    --ab model.scan=true \
+    --ab xla_gpu_enable_command_buffer= \
+    --ab base \
+    > "$OUT/variants.txt" 2>&1
+  echo "exit $?"; grep -E "^(variant|\(base\)|model|loss|xla|base)" "$OUT/variants.txt" | head -12
+}
+for stage in $STAGES; do
+  case $stage in
+    main|check|max|variants) "stage_$stage" ;;
+    *) echo "unknown stage '$stage'; valid: main check max variants all"; exit 2 ;;
+  esac
+done
+rm -f "$OUT/job.json"
 
-$PY - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-  try:
-    return json.loads(open(os.path.join(out, name + ".json")).read().splitlines()[-1])
-  except Exception:
-    return None
-print(f"{'run':<22} {'batch':>6} {'ex/s':>8} {'step ms':>8} {'peak GiB':>9} {'MFU':>6}")
-for name in ("vlmjax_coca_256", "openclip_coca_256", "vlmjax_siglip_256", "openclip_siglip_256",
-             "vlmjax_coca_max", "vlmjax_siglip_max"):
-  r = load(name)
-  if r:
-    mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
-    mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
-    print(f"{name:<22} {r['batch']:>6} {r['examples_per_sec']:>8.0f} {r['step_ms']:>8.1f} {mem:>9} {mfu:>6}")
+$PY - "$RESULTS" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+  r = json.loads(line)
+  rows[r["name"]] = r
+print(f"{'run':<26} {'batch':>6} {'ex/s':>8} {'step ms':>8} {'peak GiB':>9} {'MFU':>6} {'fused attn':>10}")
+for name, r in rows.items():
+  if "error" in r:
+    print(f"{name:<26} {r['error']}")
+    continue
+  mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+  mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
+  fused = str(r.get("fused_attention_calls", "-"))
+  print(f"{name:<26} {r['batch']:>6} {r['examples_per_sec']:>8.0f} {r['step_ms']:>8.1f} {mem:>9} {mfu:>6} {fused:>10}")
 for model in ("coca", "siglip"):
-  a, b = load(f"vlmjax_{model}_256"), load(f"openclip_{model}_256")
-  if a and b:
-    print(f"{model}: vlmjax / open_clip torch.compile = {a['examples_per_sec'] / b['examples_per_sec']:.2f}x")
+  a = rows.get(f"vlmjax_{model}_256")
+  for impl in ("", "_eager"):
+    b = rows.get(f"openclip_{model}_256{impl}")
+    if a and b and "error" not in a and "error" not in b:
+      kind = "torch.compile" if not impl else "eager"
+      line = f"{model}: vlmjax / open_clip {kind} = {a['examples_per_sec'] / b['examples_per_sec']:.2f}x throughput"
+      if a.get("peak_memory_gib") and b.get("peak_memory_gib"):
+        line += f", {a['peak_memory_gib'] / b['peak_memory_gib']:.2f}x peak memory"
+      print(line)
 PY
+echo "bench_gpu.sh $STAGES: $SECONDS s of a $BUDGET s budget"

@@ -152,8 +152,7 @@ def main() -> int:
   cuda = torch.cuda.is_available()
   device = "cuda" if cuda else "cpu"
   if cuda:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")  # TF32 (the legacy allow_tf32 flags trip inductor on torch 2.9+)
     torch.backends.cudnn.benchmark = True
   torch.manual_seed(0)
 

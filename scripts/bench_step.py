@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +70,7 @@ def random_batch(cfg, batch: int, sharding_) -> dict:
   for i, n in enumerate(lengths):  # a caption of n tokens, EOS, then padding
     text[i, n] = 2
     text[i, n + 1:] = 0
-  image = rng.normal(size=(batch, S, S, 3)).astype(np.float32)
+  image = rng.standard_normal(size=(batch, S, S, 3), dtype=np.float32)
   return jax.device_put({"image": image, "text": text}, sharding_)
 
 
@@ -98,10 +99,32 @@ def compile_seconds(cfg) -> float:
 
 
 def compiled_bytes(compiled) -> int:
-  """XLA's estimate of the device memory one step needs (state, batch, outputs and temporaries)."""
+  """XLA's estimate of the device memory one step needs: state and batch, outputs not aliased to
+  them, and the temporaries (allocated as one block). `peak_memory_in_bytes` where larger: on CPU
+  it holds about the arguments alone, so it never stands in for the sum."""
   m = compiled.memory_analysis()
-  return int(getattr(m, "peak_memory_in_bytes", 0) or (
-      m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes))
+  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  return int(max(total, getattr(m, "peak_memory_in_bytes", 0) or 0))
+
+
+def peak_flops(kind: str) -> float | None:
+  """The known peak of a device kind: the exact name, else the longest known name inside it."""
+  if kind in PEAK_FLOPS:
+    return PEAK_FLOPS[kind]
+  known = [k for k in PEAK_FLOPS if k in kind]
+  return PEAK_FLOPS[max(known, key=len)] if known else None
+
+
+def fused_attention_calls(compiled) -> int:
+  """cuDNN fused-attention custom calls in the compiled step (0 off GPU, or where XLA's is used)."""
+  try:
+    return fused_calls(compiled.as_text())
+  except Exception:  # noqa: BLE001 -- a backend without HLO text
+    return 0
+
+
+def fused_calls(hlo_text: str) -> int:
+  return sum(1 for line in hlo_text.splitlines() if "custom-call" in line and "__cudnn$fmha" in line)
 
 
 def device_memory_bytes() -> int | None:
@@ -109,37 +132,48 @@ def device_memory_bytes() -> int | None:
   return stats.get("bytes_limit") if stats else None
 
 
-def largest_batch(spec: str, overrides: list, limit: int, multiple: int, log=print) -> tuple[int, dict]:
+def largest_batch(spec: str, overrides: list, limit: int, multiple: int, log=print) -> tuple[int, dict, Any]:
   """The largest global batch (a multiple of `multiple`) whose compiled step fits in `limit` bytes
   per device: memory is affine in the batch, so two abstract compiles give the line, a third
-  checks the prediction (stepping down while it does not fit). Nothing is allocated."""
+  checks the prediction (stepping down while it does not fit). Nothing is allocated. Returns the
+  batch, the probes, and that batch's compiled step (to time without compiling it again)."""
   probes: dict[int, int] = {}
+  executables: dict[int, Any] = {}
+  seconds: dict[int, float] = {}
 
   def probe(b: int) -> int:
-    compiled, secs = compile_abstract(config.load(spec, overrides + [("batch_size", str(b))]))
-    probes[b] = compiled_bytes(compiled)
-    log(f"  batch {b}: {probes[b] / 2**30:.2f} GiB (compiled in {secs:.0f} s)")
+    if b not in probes:
+      compiled, secs = compile_abstract(config.load(spec, overrides + [("batch_size", str(b))]))
+      probes[b], seconds[b] = compiled_bytes(compiled), secs
+      executables.clear()  # keep only the latest: the answer is the last batch probed
+      executables[b] = compiled
+      log(f"  batch {b}: {probes[b] / 2**30:.2f} GiB (compiled in {secs:.0f} s)")
     return probes[b]
   lo, hi = 4 * multiple, 8 * multiple
   slope = max((probe(hi) - probe(lo)) / (hi - lo), 1.0)
   fixed = probes[lo] - slope * lo
   b = max(multiple, int((limit - fixed) / slope) // multiple * multiple)
-  for _ in range(4):
+  for _ in range(6):
     if probe(b) <= limit or b == multiple:
       break
     b = max(multiple, b - max(1, int((probes[b] - limit) / slope) // multiple + 1) * multiple)
+  if probe(b) > limit:
+    raise SystemExit(f"--max-batch: no batch fits in {limit / 2**30:.2f} GiB (batch {b} needs "
+                     f"{probes[b] / 2**30:.2f} GiB; probes {sorted(probes)})")
   return b, {"limit_gib": limit / 2**30, "bytes_per_example": slope, "fixed_gib": fixed / 2**30,
-             "probes_gib": {k: v / 2**30 for k, v in probes.items()}}
+             "probes_gib": {k: v / 2**30 for k, v in probes.items()}, "compile_s": seconds[b]}, executables.get(b)
 
 
-def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
+def bench(cfg, steps: int, warmup: int, peak: float | None, *, model_flops: float | None = None,
+          compiled=None, compile_s: float | None = None) -> dict:
+  """Times the step of `cfg` (compiled here, or the given `compiled` for the same config)."""
   s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
   state = train.init_state(cfg, s)
   batch = random_batch(cfg, cfg.batch_size, s.batch_sharding)
-  t = time.perf_counter()
-  compiled = train.compile_train_step(cfg, s).lower(state, batch).compile()
-  compile_s = time.perf_counter() - t
-  mem = compiled.memory_analysis()
+  if compiled is None:
+    t = time.perf_counter()
+    compiled = train.compile_train_step(cfg, s).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
   for _ in range(warmup):
     state, m = compiled(state, batch)
   jax.block_until_ready(state)
@@ -148,12 +182,13 @@ def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
     state, m = compiled(state, batch)
   jax.block_until_ready((state, m))
   step_s = (time.perf_counter() - t) / steps
-  model_flops = info.train_flops_per_example(cfg)
+  if model_flops is None:
+    model_flops = info.train_flops_per_example(cfg)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", 0.0)) / cfg.batch_size if cost else 0.0
   kind = jax.devices()[0].device_kind
-  peak = peak or PEAK_FLOPS.get(kind)
+  peak = peak or peak_flops(kind)
   n = jax.device_count()
   out = {
       "device": f"{n} x {kind}", "batch": cfg.batch_size, "examples_per_sec": cfg.batch_size / step_s,
@@ -161,9 +196,8 @@ def bench(cfg, steps: int, warmup: int, peak: float | None) -> dict:
       "model_gflop_per_example": model_flops / 1e9, "xla_gflop_per_example": xla_flops / 1e9,
       "mfu": (model_flops * cfg.batch_size / step_s / (peak * n)) if peak else None,
       "loss": float(m["loss"]),
-      "compiled_memory_gib": (getattr(mem, "peak_memory_in_bytes", 0) or (
-          mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes)) / 2**30 if mem else None,
+      "compiled_memory_gib": compiled_bytes(compiled) / 2**30 if compiled.memory_analysis() else None,
+      "fused_attention_calls": fused_attention_calls(compiled),
       "xla_options": train.xla_options(cfg),
   }
   del state, compiled
@@ -190,13 +224,14 @@ def main(argv=None) -> int:
                  help="also time this variant: config keys or xla_* compile options (repeatable)")
   args, extra = p.parse_known_args(argv)
   overrides = cli.split_overrides(extra)
+  compiled = None
   if args.max_batch:
     limit = args.memory_gib * 2**30 if args.memory_gib else device_memory_bytes()
     if not limit:
       raise SystemExit("--max-batch needs --memory-gib on a device that does not report its memory (CPU)")
     shards = max(1, jax.device_count())
-    batch, found = largest_batch(args.config, overrides, int(0.95 * limit), 32 * shards,
-                                 log=lambda m: print(m, file=sys.stderr))
+    batch, found, compiled = largest_batch(args.config, overrides, int(0.95 * limit), 32 * shards,
+                                           log=lambda m: print(m, file=sys.stderr, flush=True))
     overrides.append(("batch_size", str(batch)))
   elif args.batch:
     overrides.append(("batch_size", str(args.batch)))
@@ -212,10 +247,16 @@ def main(argv=None) -> int:
     result.setdefault("compile_s", compile_seconds(cfg))
   else:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    result.update(bench(cfg, args.steps, args.warmup, peak))
+    model_flops = info.train_flops_per_example(cfg)  # the model's: the same for every variant
+    result.update(bench(cfg, args.steps, args.warmup, peak, model_flops=model_flops, compiled=compiled,
+                        compile_s=found["compile_s"] if compiled is not None else None))
     if args.ab:
-      result["variants"] = {v: run_variant(args.config, overrides, v, args.steps, args.warmup, peak)
-                            for v in args.ab}
+      print_variant_row("(base)", result, result["examples_per_sec"], header=True)
+      result["variants"] = {}
+      for v in args.ab:  # each row as it comes (stderr), so a timeout keeps the finished ones
+        r = result["variants"][v] = run_variant(args.config, overrides, v, args.steps, args.warmup, peak,
+                                                model_flops)
+        print_variant_row(v, r, result["examples_per_sec"])
   if args.json:
     print(json.dumps(result))
     return 0
@@ -246,25 +287,31 @@ def variant_overrides(cfg_overrides: list, base_cfg, variant: str) -> list:
   return out
 
 
-def run_variant(spec: str, overrides: list, variant: str, steps: int, warmup: int, peak) -> dict:
+def run_variant(spec: str, overrides: list, variant: str, steps: int, warmup: int, peak, model_flops) -> dict:
   try:
     base_cfg = config.load(spec, overrides)
-    return bench(config.load(spec, variant_overrides(overrides, base_cfg, variant)), steps, warmup, peak)
+    return bench(config.load(spec, variant_overrides(overrides, base_cfg, variant)), steps, warmup, peak,
+                 model_flops=model_flops)
   except Exception as e:  # noqa: BLE001 -- one failing variant (an option this XLA lacks, OOM) is reported, not fatal
     return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
 
 
+def print_variant_row(name: str, r: dict, base: float, *, header: bool = False, file=sys.stderr) -> None:
+  if header:
+    print(f"{'variant':<56} {'ex/s':>9} {'vs base':>8} {'compile s':>9} {'mem GiB':>8}", file=file)
+  if "error" in r:
+    print(f"{name:<56} failed: {r['error']}", file=file, flush=True)
+    return
+  mem = f"{r['compiled_memory_gib']:.2f}" if r.get("compiled_memory_gib") is not None else "-"
+  print(f"{name:<56} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base - 1:>+8.1%} "
+        f"{r['compile_s']:>9.1f} {mem:>8}", file=file, flush=True)
+
+
 def print_variants(result: dict) -> None:
-  base = result["examples_per_sec"]
-  print(f"\n{'variant':<56} {'ex/s':>9} {'vs base':>8} {'compile s':>9} {'mem GiB':>8}")
-  rows = [("(base)", result)] + list(result["variants"].items())
-  for name, r in rows:
-    if "error" in r:
-      print(f"{name:<56} failed: {r['error']}")
-      continue
-    mem = f"{r['compiled_memory_gib']:.2f}" if r.get("compiled_memory_gib") is not None else "-"
-    print(f"{name:<56} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base - 1:>+8.1%} "
-          f"{r['compile_s']:>9.1f} {mem:>8}")
+  print()
+  print_variant_row("(base)", result, result["examples_per_sec"], header=True, file=sys.stdout)
+  for name, r in result["variants"].items():
+    print_variant_row(name, r, result["examples_per_sec"], file=sys.stdout)
 
 
 if __name__ == "__main__":
