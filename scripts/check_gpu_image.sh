@@ -4,7 +4,7 @@
 # optax, orbax and the rest of KINDS.md's list, with an old flax 0.12.8 that cannot import nnx
 # under jax 0.11, and none of the packages the image lacks), the wheels from
 # scripts/fetch_gpu_wheels.sh go in as the device scripts install them, and then
-# scripts/gpu_check.sh and `bench_gpu.sh main` run with tiny settings. open_clip's half needs
+# `bench_gpu.sh main check` runs with tiny settings. open_clip's half needs
 # torch, which this venv leaves out (several GB); bench_gpu.sh reports it as failed.
 #
 #   bash scripts/check_gpu_image.sh     # ~10 minutes the first time (venv), then ~6
@@ -25,5 +25,4 @@ bash scripts/fetch_gpu_wheels.sh
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
 export PY=$IMG/bin/python SITE
-OUT=$SITE/out-check STEPS=20 bash scripts/gpu_check.sh || echo "gpu_check.sh: exit $?"
-OUT=$SITE/out-bench SMOKE=1 WHEELS=1 bash scripts/bench_gpu.sh main
+OUT=$SITE/out SMOKE=1 WHEELS=1 BUDGET=900 bash scripts/bench_gpu.sh main check

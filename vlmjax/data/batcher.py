@@ -1,7 +1,8 @@
 """Raw records -> host batches: parallel decode, tokenise, skip-and-count bad samples.
 
-`DecodeBatch` pulls raw records ({"key", "image", "caption", "_shard", "_skips"})
-from a grain iterator, decodes and tokenises them on a thread pool (OpenCV and
+`DecodeBatch` pulls raw records ({"key", "image", "caption", "_shard", "_skips"}, and
+"captions" where an image has several: each visit trains on one of them, drawn from
+the record's seed) from a grain iterator, decodes and tokenises them on a thread pool (OpenCV and
 PIL release the GIL), drops the ones that fail and pulls more until the batch is
 full. Its state is the parent's state plus the number of records consumed (which
 seeds each record's random crop) and the skip counters, so a restored iterator
@@ -66,6 +67,9 @@ class DecodeBatchIterator(grain.DatasetIterator):
     if raw.get("image") is None:
       return "no_image" if "_shard" in raw else ""  # "": a marker record that only carries _skips
     caption = raw.get("caption")
+    several = [c for c in raw.get("captions") or () if c and c.strip()]
+    if len(several) > 1:  # an image with several captions (COCO-style): one of them, drawn per visit
+      caption = several[np.random.default_rng([self._ds.seed, index, 1]).integers(len(several))]
     if not caption or not caption.strip():
       return "no_caption"
     try:
