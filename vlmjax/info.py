@@ -2,10 +2,10 @@
 
 `train_flops_per_example` is the model-FLOPs count used for MFU: the matrix
 products of one forward + backward pass (2 FLOPs per multiply-add), read off
-the traced program's live `dot_general`s (dead code removed, as XLA removes it), with no
-activation recomputation (remat off) and attention counted as the XLA implementation computes it (full score
-matrices, masks included). Element-wise work is left out, as in the usual
-MFU accounting. `xla_flops_per_example` is XLA's own count, to cross-check.
+the traced program's live `dot_general`s (dead code removed, as XLA removes
+it), with no activation recomputation (remat off) and attention counted as
+the XLA implementation computes it (full score matrices, masks included).
+Element-wise work is left out, as in the usual MFU accounting. `xla_flops_per_example` is XLA's own count, to cross-check.
 """
 
 from __future__ import annotations
