@@ -19,7 +19,7 @@ def test_validate_rejects_malformed_evaluators_in_one_line():
       (defaults.retrieval("synthetic:shapes", batch_size=0), "evals.bad.batch_size must be a positive int"),
       (defaults.zero_shot("synthetic:shapes", every=-1), "evals.bad.every must be an int >= 0"),
       (defaults.captioning("synthetic:shapes", method="nucleus"), "evals.bad.method='nucleus' is unknown"),
-      (defaults.captioning("synthetic:shapes", top_p=0.0), "0 < top_p <= 1"),
+      (defaults.captioning("synthetic:shapes", top_p=0.0), "evals.bad.top_p=0.0 is out of range; it must be in (0, 1]"),
       (defaults.zero_shot("synthetic:shapes", image_mode="random_resized_crop"),
        "evals.bad.image_mode='random_resized_crop' is unknown; valid: center_crop, resize"),
   ]
@@ -121,3 +121,17 @@ def test_train_rejects_a_bad_evaluator_before_it_trains(tmp_path):
   with pytest.raises(config.ConfigError, match="evals.zs.image_mode='center-crop' is unknown"):
     train.train(cfg, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("flag, message", [
+    (("--top-p", "0"), "--top-p=0.0 is out of range; it must be in (0, 1]"),
+    (("--temperature", "0"), "--temperature=0.0 is out of range; it must be > 0"),
+    (("--top-k", "100000"), "--top-k=100000 is out of range; it must be >= 0 and <= the vocabulary"),
+    (("--max-len", "0"), "--max-len=0 is out of range; it must be > 0"),
+])
+def test_caption_command_rejects_bad_decoding_flags_in_one_line(tmp_path, capsys, flag, message):
+  from vlmjax import cli
+  config.dump(config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO), str(tmp_path / "config.json"))
+  assert cli.main(["caption", "--workdir", str(tmp_path), "img.png", *flag]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1, err

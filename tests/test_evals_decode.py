@@ -93,6 +93,7 @@ def _filter_reference(logits, top_k, top_p):
     p = np.exp(out[order] - out[order][0])
     p /= p.sum()
     keep = np.cumsum(p) - p < top_p
+    keep[0] = True  # the most likely token always stays
     out[out < out[order][keep].min()] = -np.inf
   return out
 
@@ -101,7 +102,7 @@ def test_filter_logits_matches_numpy():
   rng = np.random.default_rng(5)
   logits = rng.normal(size=(20, 11)).astype(np.float32)
   logits[:, 3] = logits[:, 4]  # ties
-  for top_k, top_p in [(3, 1.0), (0, 0.6), (4, 0.5), (11, 0.99), (1, 1.0)]:
+  for top_k, top_p in [(3, 1.0), (0, 0.6), (4, 0.5), (11, 0.99), (1, 1.0), (0, 0.0)]:  # p=0: the top token
     got = np.asarray(decode.filter_logits(jnp.asarray(logits), top_k=top_k, top_p=top_p))
     want = np.stack([_filter_reference(row, top_k, top_p) for row in logits])
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))

@@ -73,6 +73,23 @@ def test_recall_of_constant_embeddings_is_zero_not_one():
   assert retrieval.recall_at_k(ones, ones[[0, 1, 2, 3, 0]], np.array([0, 1, 2, 3, 0]), ks=(4,))["i2t@4"] == 1 / 4
 
 
+def test_identical_caption_strings_and_class_names_do_not_count_against_each_other():
+  # Images 0 and 1 share the caption "a cat", which a model embeds identically: a perfect model.
+  texts = ["a cat", "a cat", "a dog", "a bird"]
+  ids = np.array([0, 1, 2, 3])
+  emb = {t: v for t, v in zip(["a cat", "a dog", "a bird"], np.eye(3, dtype=np.float32))}
+  text = np.stack([emb[t] for t in texts])
+  image = text.copy()
+  assert retrieval.recall_at_k(image, text, ids, ks=(1,))["i2t@1"] == 0.5  # by index: both cats miss
+  got = retrieval.recall_at_k(image, text, ids, ks=(1,), texts=texts)
+  assert got["i2t@1"] == 1.0 and got["t2i@1"] == 0.5  # a "cat" text still cannot tell its image
+  # Zero-shot: a class listed twice under one name (ImageNet's "sunglasses").
+  cls = np.eye(3, dtype=np.float32)[[0, 1, 1]]
+  labels = np.array([0, 1, 2])
+  assert zero_shot.accuracy(cls, labels, cls, ks=(1,))["top1"] == 1 / 3
+  assert zero_shot.accuracy(cls, labels, cls, ks=(1,), names=["cat", "sunglasses", "sunglasses"])["top1"] == 1.0
+
+
 def test_recall_rejects_images_without_captions():
   with pytest.raises(ValueError, match="no caption"):
     retrieval.recall_at_k(np.eye(3), np.eye(3)[:2], np.array([0, 1]))

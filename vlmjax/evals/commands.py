@@ -21,8 +21,11 @@ def _caption(args, overrides) -> int:
 
   from vlmjax import sharding  # noqa: PLC0415
   from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
-  from vlmjax.evals import captioning, data, decode, runner  # noqa: PLC0415
+  from vlmjax.evals import captioning, data, decode, defaults, runner  # noqa: PLC0415
   cfg = runner.load_workdir_config(args.workdir, overrides)
+  defaults.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,
+                          top_p=args.top_p, temperature=args.temperature, vocab_size=cfg.model.text.vocab_size,
+                          prefix="--")
   if args.max_len > cfg.model.text.context_length:
     raise ConfigError(f"--max-len {args.max_len} exceeds model.text.context_length={cfg.model.text.context_length}")
   images, decoder = [], transforms.ImageDecoder(cfg.model.image_size, args.image_mode)

@@ -74,7 +74,8 @@ def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) 
     sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
     probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
     mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    keep = mass_before_BxV < top_p  # a token stays if the mass ranked above it is short of top_p
+    # a token stays if the mass ranked above it is short of top_p; the most likely one always does
+    keep = (mass_before_BxV < top_p) | (jnp.arange(sorted_BxV.shape[-1]) == 0)
     cutoff_B = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1)
     logits_BxV = jnp.where(logits_BxV < cutoff_B[:, None], -jnp.inf, logits_BxV)
   return logits_BxV

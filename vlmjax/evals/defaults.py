@@ -95,9 +95,21 @@ def validate(name: str, ev) -> None:
   if ev.type == "captioning":
     if ev.method not in ("greedy", "beam", "sample"):
       raise ConfigError(f"{where}.method={ev.method!r} is unknown; valid: greedy, beam, sample")
-    if ev.max_len <= 0 or ev.beam_size <= 0 or ev.top_k < 0 or not 0 < ev.top_p <= 1 or ev.temperature <= 0:
-      raise ConfigError(f"{where}: need max_len > 0, beam_size > 0, top_k >= 0, 0 < top_p <= 1, "
-                        f"temperature > 0; got {ev.max_len}, {ev.beam_size}, {ev.top_k}, {ev.top_p}, {ev.temperature}")
+    check_decoding(where, max_len=ev.max_len, beam_size=ev.beam_size, top_k=ev.top_k, top_p=ev.top_p,
+                   temperature=ev.temperature)
+
+
+def check_decoding(where: str, *, max_len, beam_size, top_k, top_p, temperature, vocab_size: int | None = None,
+                   prefix: str = ".") -> None:
+  """One-line ConfigError for decoding settings out of range (evaluators and `vlmjax caption`)."""
+  limits = [("max_len", max_len, max_len > 0, "> 0"), ("beam_size", beam_size, beam_size > 0, "> 0"),
+            ("top_k", top_k, top_k >= 0 and (vocab_size is None or top_k <= vocab_size),
+             ">= 0" + (f" and <= the vocabulary ({vocab_size})" if vocab_size else "")),
+            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"), ("temperature", temperature, temperature > 0, "> 0")]
+  for name, value, ok, valid in limits:
+    if not ok:
+      shown = f"--{name.replace('_', '-')}" if prefix == "--" else f"{where}.{name}"
+      raise ConfigError(f"{shown}={value!r} is out of range; it must be {valid}")
 
 
 def due(evals: ml_collections.ConfigDict, step: int, final: bool = False) -> list[str]:

@@ -1,9 +1,11 @@
 """Image-text retrieval: recall@k both ways, with several captions per image.
 
 Image->text: a query image hits at k if any of its captions is among the top k
-texts. Text->image: a query caption hits at k if its image is among the top k
-images. Ties are pessimistic (see `ranking`): wrong candidates scoring equal to
-the best correct one count as ranked ahead of it.
+texts; given the caption strings, a text equal to one of them counts as one of
+them (a set where two images share a caption string embeds it identically, and
+would otherwise lose both). Text->image: a query caption hits at k if its image
+is among the top k images. Ties are pessimistic (see `ranking`): wrong candidates
+scoring equal to the best correct one count as ranked ahead of it.
 
 Shape legend: I images, T texts (captions), E embedding dim, B batch.
 """
@@ -19,11 +21,12 @@ from vlmjax.evals import ranking
 
 
 def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 10), *,
-                mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+                texts: Sequence[str] | None = None, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """{"i2t@k", "t2i@k"} recall as fractions in [0, 1] for L2-normalised embeddings.
 
   image_emb [I, E], text_emb [T, E], text_image_ids [T]: the image index (0..I-1) of each
-  caption; every image needs at least one caption.
+  caption; every image needs at least one caption. `texts` [T]: the caption strings, so that
+  image->text takes a text equal to one of the image's captions as correct.
   """
   image_IxE, text_TxE = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
   ids_T = np.asarray(text_image_ids)
@@ -38,7 +41,18 @@ def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 
   if any(k < 1 for k in ks):
     raise ValueError(f"recall ks must be >= 1, got {tuple(ks)}")
   image_ids_I = np.arange(num_images)
-  i2t = ranking.ranks(image_IxE, image_ids_I, text_TxE, ids_T, mesh=mesh)
+  if texts is None:
+    i2t = ranking.ranks(image_IxE, image_ids_I, text_TxE, ids_T, mesh=mesh)
+  else:  # a text's id is its string's; an image is correct for the ids of its captions
+    if len(texts) != len(ids_T):
+      raise ValueError(f"got {len(texts)} texts for {len(ids_T)} text embeddings")
+    string_id = {}
+    text_sid_T = np.asarray([string_id.setdefault(t, len(string_id)) for t in texts], np.int32)
+    per_image = [sorted(set(text_sid_T[ids_T == i].tolist())) for i in range(num_images)]
+    sids_IxM = np.full((num_images, max(map(len, per_image))), -1, np.int32)
+    for i, sids in enumerate(per_image):
+      sids_IxM[i, :len(sids)] = sids
+    i2t = ranking.ranks(image_IxE, sids_IxM, text_TxE, text_sid_T, mesh=mesh)
   t2i = ranking.ranks(text_TxE, ids_T, image_IxE, image_ids_I, mesh=mesh)
   out = {f"i2t@{k}": float(np.mean(i2t < k)) for k in ks}
   out.update({f"t2i@{k}": float(np.mean(t2i < k)) for k in ks})
@@ -53,4 +67,4 @@ def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
   captions = [c for caps in ds.captions() for c in caps]
   text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]
   text_TxE = data.embed_texts(ds, graphdef, params, captions)
-  return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), tuple(ev.ks), mesh=mesh)
+  return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), tuple(ev.ks), texts=captions, mesh=mesh)

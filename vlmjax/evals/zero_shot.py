@@ -89,12 +89,18 @@ def classifier(class_emb_KPxE: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def accuracy(image_IxE: np.ndarray, labels_I: np.ndarray, classes_KxE: np.ndarray, ks: Sequence[int] = (1, 5),
-             *, mesh=None) -> dict[str, float]:
-  """{"top1", "top5", ...}: fraction of images whose true class ranks within the top k."""
+             *, names: Sequence[str] | None = None, mesh=None) -> dict[str, float]:
+  """{"top1", "top5", ...}: fraction of images whose true class ranks within the top k.
+  Given the class `names`, classes listed under the same name (ImageNet's usual list has two
+  "sunglasses" and two "missile") count as one: either is right for both."""
   from vlmjax.evals import ranking  # noqa: PLC0415
   if len(labels_I) and (labels_I.min() < 0 or labels_I.max() >= len(classes_KxE)):
     raise ConfigError(f"labels lie in [{labels_I.min()}, {labels_I.max()}] but there are {len(classes_KxE)} classes")
-  r = ranking.ranks(image_IxE, labels_I, classes_KxE, np.arange(len(classes_KxE)), mesh=mesh)
+  ids_K = np.arange(len(classes_KxE))
+  if names is not None:
+    first = {}
+    ids_K = np.asarray([first.setdefault(n, k) for k, n in enumerate(names)])
+  r = ranking.ranks(image_IxE, ids_K[labels_I], classes_KxE, ids_K, mesh=mesh)
   return {f"top{k}": float(np.mean(r < k)) for k in ks}
 
 
@@ -106,4 +112,4 @@ def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
   prompts = templates(ev.templates, f"evals.{name}.templates")
   text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in names for t in prompts])
   image_emb = data.embed_images(ds, graphdef, params)
-  return accuracy(image_emb, ds.labels(), classifier(text_emb, len(names)), mesh=mesh)
+  return accuracy(image_emb, ds.labels(), classifier(text_emb, len(names)), names=names, mesh=mesh)
