@@ -84,6 +84,28 @@ def test_beam_wide_enough_is_exhaustive_search(length_penalty):
     assert got[i].tolist() == best_seq + [0] * (T - len(best_seq)), i
 
 
+def _beam_reference(model, image, K, T, alpha):
+  """Beam search with a pool of finished captions, step by step in NumPy (no early stop: the
+  implementation's stopping rule must not change the answer)."""
+  live, pool = [(0.0, [])], []
+  for t in range(T):
+    cands = [(score + lp, toks + [v]) for score, toks in live
+             for v, lp in enumerate(_logp(model, image, [1] + toks))]
+    cands = sorted(cands, key=lambda c: -c[0])[:2 * K]
+    pool = sorted(pool + [(sc / (t + 1) ** alpha, toks) for sc, toks in cands if toks[-1] == EOS],
+                  key=lambda c: -c[0])[:K]
+    live = [c for c in cands if c[1][-1] != EOS][:K]
+  best = max(pool + [(sc / T ** alpha, toks) for sc, toks in live], key=lambda c: c[0])[1]
+  return best + [0] * (T - len(best))
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_narrow_beam_keeps_finished_captions_apart_from_live_beams(length_penalty):
+  model, images, K, T = Toy(seed=5), _images(24, seed=6), 2, 5
+  got = _run(model, images, max_len=T, method="beam", beam_size=K, length_penalty=length_penalty)
+  assert got.tolist() == [_beam_reference(model, images[i], K, T, length_penalty) for i in range(len(images))]
+
+
 def _filter_reference(logits, top_k, top_p):
   out = logits.copy()
   if top_k:

@@ -97,11 +97,11 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
     raise ValueError("decode method 'sample' needs an rng")
   stepper = stepper or default_stepper(model)
   ctx_BxQxC = model.caption_context(image_BxHxWx3)
-  if method == "beam":
+  if method == "beam" and beam_size > 1:  # a beam of one is greedy search
     return _beam(model, stepper, ctx_BxQxC, max_len, beam_size, length_penalty, bos_id, eos_id)
 
   def choose(logits_BxV, t):
-    if method == "greedy":
+    if method != "sample":  # greedy, or a beam of one
       return jnp.argmax(logits_BxV, axis=-1)
     logits_BxV = filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p)
     return jax.random.categorical(jax.random.fold_in(rng, t), logits_BxV, axis=-1)
@@ -122,37 +122,58 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
 
 
 def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id):
+  """K live beams and a pool of the K best finished captions (as Hugging Face, T5X and Flax do):
+  each step ranks the 2K best continuations of the live beams by summed log-probability; those
+  ending in EOS go to the pool, ranked by score / length ** length_penalty, and the best K others
+  stay live. A finished caption never takes a live beam's place, so a caption that would win
+  after length normalisation is not pruned for it. Stops when no live beam can still beat the
+  pool's worst; at max_len, the live beams join the pool as they are."""
   B = ctx_BxQxC.shape[0]
+  alpha = float(length_penalty)
+  norm = lambda score, length: score / jnp.asarray(length, jnp.float32) ** alpha
   ctx_BKxQxC = jnp.repeat(ctx_BxQxC, K, axis=0)
   state = stepper.init(model, ctx_BKxQxC, max_len)
   score_BxK = jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf)[None].repeat(B, axis=0)  # one live beam at first
 
   def body(carry):
-    t, token_BK, state, out_BxKxT, score_BxK, done_BxK, length_BxK = carry
+    t, token_BK, state, out_BxKxT, score_BxK, pool_BxKxT, pool_score_BxK = carry
     logits_BKxV, state = stepper.step(model, state, token_BK, t)
     V = logits_BKxV.shape[-1]
     logp_BxKxV = jax.nn.log_softmax(logits_BKxV, axis=-1).reshape(B, K, V)
-    finished_V = jnp.where(jnp.arange(V) == PAD, 0.0, -jnp.inf)  # a finished beam only continues with PAD
-    logp_BxKxV = jnp.where(done_BxK[..., None], finished_V, logp_BxKxV)
     cand_BxKV = (score_BxK[..., None] + logp_BxKxV).reshape(B, K * V)
-    score_BxK, idx_BxK = jax.lax.top_k(cand_BxKV, K)
-    beam_BxK, token_BxK = idx_BxK // V, (idx_BxK % V).astype(jnp.int32)
-    reorder = lambda x: jnp.take_along_axis(x, beam_BxK.reshape((B, K) + (1,) * (x.ndim - 2)), axis=1)
+    n = min(2 * K, K * V)  # at most K of them end in EOS (one per beam): K others stay live
+    cand_score_BxN, idx_BxN = jax.lax.top_k(cand_BxKV, n)
+    parent_BxN, token_BxN = idx_BxN // V, (idx_BxN % V).astype(jnp.int32)
+    cand_out_BxNxT = jax.lax.dynamic_update_slice_in_dim(
+        jnp.take_along_axis(out_BxKxT, parent_BxN[..., None], axis=1), token_BxN[..., None], t, axis=2)
+    ends_BxN = token_BxN == eos_id
+    # finished: into the pool by normalised score (the length counts the EOS)
+    merged_BxM = jnp.concatenate([pool_score_BxK, jnp.where(ends_BxN, norm(cand_score_BxN, t + 1), -jnp.inf)], 1)
+    pool_score_BxK, keep_BxK = jax.lax.top_k(merged_BxM, K)
+    pool_BxKxT = jnp.take_along_axis(jnp.concatenate([pool_BxKxT, cand_out_BxNxT], 1), keep_BxK[..., None], axis=1)
+    # live: the K best continuations that did not end
+    score_BxK, live_BxK = jax.lax.top_k(jnp.where(ends_BxN, -jnp.inf, cand_score_BxN), K)
+    beam_BxK = jnp.take_along_axis(parent_BxN, live_BxK, axis=1)
+    out_BxKxT = jnp.take_along_axis(cand_out_BxNxT, live_BxK[..., None], axis=1)
+    token_BxK = jnp.take_along_axis(token_BxN, live_BxK, axis=1)
     flat = (beam_BxK + K * jnp.arange(B)[:, None]).reshape(B * K)
     state = jax.tree.map(lambda x: x[flat], state)
-    was_done_BxK = reorder(done_BxK)
-    length_BxK = reorder(length_BxK) + (~was_done_BxK).astype(jnp.int32)
-    out_BxKxT = jax.lax.dynamic_update_slice_in_dim(reorder(out_BxKxT), token_BxK[..., None], t, axis=2)
-    done_BxK = was_done_BxK | (token_BxK == eos_id)
-    return t + 1, token_BxK.reshape(B * K), state, out_BxKxT, score_BxK, done_BxK, length_BxK
+    return t + 1, token_BxK.reshape(B * K), state, out_BxKxT, score_BxK, pool_BxKxT, pool_score_BxK
+
+  def going(carry):
+    t, _, _, _, score_BxK, _, pool_score_BxK = carry
+    # a live beam's score only falls; its normalised score is best at the most favourable length
+    best_B = jnp.max(score_BxK, axis=1)
+    reachable_B = jnp.maximum(norm(best_B, jnp.minimum(t + 1, max_len)), norm(best_B, max_len))
+    return (t < max_len) & jnp.any(reachable_B > jnp.min(pool_score_BxK, axis=1))
 
   carry = (jnp.int32(0), jnp.full((B * K,), bos_id, jnp.int32), state, jnp.zeros((B, K, max_len), jnp.int32),
-           score_BxK, jnp.zeros((B, K), bool), jnp.zeros((B, K), jnp.int32))
-  carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~jnp.all(c[5]), body, carry)
-  _, _, _, out_BxKxT, score_BxK, _, length_BxK = carry
-  norm_BxK = score_BxK / jnp.maximum(length_BxK, 1).astype(jnp.float32) ** length_penalty
-  best_B = jnp.argmax(norm_BxK, axis=1)
-  return jnp.take_along_axis(out_BxKxT, best_B[:, None, None], axis=1)[:, 0]
+           score_BxK, jnp.zeros((B, K, max_len), jnp.int32), jnp.full((B, K), -jnp.inf))
+  t, _, _, out_BxKxT, score_BxK, pool_BxKxT, pool_score_BxK = jax.lax.while_loop(going, body, carry)
+  live_BxK = jnp.where(t == max_len, norm(score_BxK, max_len), -jnp.inf)  # unfinished at max_len
+  all_BxM = jnp.concatenate([pool_score_BxK, live_BxK], axis=1)
+  best_B = jnp.argmax(all_BxM, axis=1)
+  return jnp.take_along_axis(jnp.concatenate([pool_BxKxT, out_BxKxT], 1), best_B[:, None, None], axis=1)[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options"))
