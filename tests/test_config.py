@@ -82,3 +82,10 @@ def test_xla_options_parse_and_reject_unknown():
     config.compiler_options(config.load(TINY, [("xla_options.cpu", "fast")]), "cpu")
   with pytest.raises(config.ConfigError, match=r"xla_options\.cpu: XLA rejected .*xla_nope"):
     train.xla_options(config.load(TINY, [("xla_options.cpu", "xla_nope=1")]))
+
+
+def test_warmup_must_leave_decay_steps_and_ckpt_keep_at_least_one():
+  with pytest.raises(config.ConfigError, match="must be less than total_steps"):
+    config.load(TINY, [("total_steps", "2"), ("optim.warmup_steps", "2")])
+  with pytest.raises(config.ConfigError, match=r"ckpt_keep=0 must be an int >= 1"):
+    config.load(TINY, [("ckpt_keep", "0")])

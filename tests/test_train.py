@@ -77,3 +77,33 @@ def test_checkpoint_round_trip_is_exact(micro_cfg, tmp_path):
   assert kernel.sharding == s4.state_shardings.params["vision"]["blocks"]["layers"][0]["mlp"]["fc1"]["kernel"]
   assert len(kernel.sharding.device_set) == 4 and kernel.sharding.spec[0] == "fsdp"
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), on4, state)
+
+
+def test_resume_refuses_another_setup_in_one_line_and_keeps_config_json(micro_cfg, tmp_path, capsys):
+  import pytest
+  from vlmjax import config
+  workdir = str(tmp_path / "run")
+  base = (("total_steps", "4"), ("ckpt_every", "2"), ("data.train.source", "synthetic:shapes"))
+  train.train(micro_cfg(*base), workdir, stop_after=2)
+  stored = open(os.path.join(workdir, "config.json")).read()
+  for change, name in [(("model.text.mlp_dim", "128"), "model.text.mlp_dim: 64 -> 128"),
+                       (("seed", "5"), "seed: 0 -> 5")]:
+    with pytest.raises(config.ConfigError, match="holds checkpoints of another setup") as e:
+      train.train(micro_cfg(*base, change), workdir)
+    assert name in str(e.value) and "\n" not in str(e.value)
+    assert open(os.path.join(workdir, "config.json")).read() == stored  # nothing overwritten
+  capsys.readouterr()
+  summary = train.train(micro_cfg(*base, ("total_steps", "5"), ("log_every", "1")), workdir)  # may change
+  assert summary["finished"] and "resuming with changed settings: " in capsys.readouterr().out
+  # A step folder that is not a whole checkpoint (a copy cut short): one line, naming it.
+  os.makedirs(os.path.join(workdir, "checkpoints", "9"))
+  with pytest.raises(config.ConfigError, match=r"cannot resume from .*checkpoints/9: .*remove that step's folder"):
+    train.train(micro_cfg(*base, ("total_steps", "12")), workdir)
+
+
+def test_workdir_that_is_a_file_is_a_one_line_error(micro_cfg, tmp_path):
+  import pytest
+  from vlmjax import config
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(config.ConfigError, match="cannot use --workdir"):
+    train.train(micro_cfg(), str(tmp_path / "file"))

@@ -56,6 +56,11 @@ class Checkpointer:
     self.manager.close()
 
 
+def has_checkpoints(directory: str) -> bool:
+  """Whether `directory` holds a step folder (a checkpoint, whole or not)."""
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 

@@ -145,9 +145,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for key in POSITIVE_INT_KEYS:
     if not isinstance(cfg[key], int) or cfg[key] <= 0:
       raise ConfigError(f"config key {key!r} must be a positive int, got {cfg[key]!r}")
-  if cfg.total_steps < cfg.optim.warmup_steps:
-    raise ConfigError(
-        f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds total_steps={cfg.total_steps}")
+  if cfg.optim.warmup_steps >= cfg.total_steps:
+    raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} must be less than total_steps="
+                      f"{cfg.total_steps} (the cosine decay needs at least one step)")
+  if not isinstance(cfg.ckpt_keep, int) or cfg.ckpt_keep < 1:
+    raise ConfigError(f"ckpt_keep={cfg.ckpt_keep!r} must be an int >= 1 (the latest checkpoints kept; "
+                      f"ckpt_keep_every keeps more)")
 
 
 def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ explicit shardings and the state donated; `train` is the loop.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from typing import Any, NamedTuple
@@ -176,12 +177,56 @@ class NanGuard:
 def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.Checkpointer,
                      data: pipeline.Batches) -> TrainState:
   """The latest checkpoint, resharded onto this run's mesh, or a fresh initialisation."""
-  restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-  if restored is None:
-    return init_state(cfg, s)
-  state, data_state = restored
-  data.set_state(data_state)
+  step = ckpt.latest_step()
+  try:
+    restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+    if restored is None:
+      return init_state(cfg, s)
+    state, data_state = restored
+    data.set_state(data_state)
+  except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    raise config.ConfigError(
+        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {type(e).__name__}: {first}; "
+        "remove that step's folder to resume from an earlier one, or use a new --workdir") from None
   return state
+
+
+# Settings a resumed run must share with the run that wrote its checkpoints: the model and what
+# it trains (the checkpoint's shapes), and the data order (the saved iterator position means
+# nothing in another order). Everything else (total_steps, intervals, evals, mesh, ...) may change.
+RESUME_FIXED = ("optim.freeze", "seed", "batch_size", "data.train.source")  # and every model.* key
+
+
+def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+  """On a workdir with checkpoints: a one-line ConfigError naming the settings that differ from
+  its config.json where they must not; a note for the others. Keys an older config.json lacks
+  are not compared."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    stored = _flat(json.load(f))
+  now = _flat(json.loads(cfg.to_json_best_effort()))
+  changed = {k: (stored[k], now[k]) for k in sorted(stored.keys() & now.keys()) if stored[k] != now[k]}
+  fixed = {k: v for k, v in changed.items() if k.startswith("model.") or k in RESUME_FIXED}
+  if fixed:
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(fixed.items())[:4])
+    more = f" (and {len(fixed) - 4} more)" if len(fixed) > 4 else ""
+    raise config.ConfigError(f"{workdir} holds checkpoints of another setup: {shown}{more}; resume with the "
+                             f"same settings, or train in a new --workdir")
+  if changed and jax.process_index() == 0:
+    print("resuming with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
+  return out
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -197,9 +242,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise config.ConfigError(f"cannot use --workdir {workdir!r}: {e.strerror or e}") from None
+  if checkpoint.has_checkpoints(os.path.join(workdir, "checkpoints")):
+    check_resume(cfg, workdir)
   if jax.process_index() == 0:
-    config.dump(cfg, os.path.join(workdir, "config.json"))
+    try:
+      config.dump(cfg, os.path.join(workdir, "config.json"))
+    except OSError as e:
+      raise config.ConfigError(f"cannot write {os.path.join(workdir, 'config.json')}: {e.strerror or e}") from None
   s = setup(cfg, mesh)
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
