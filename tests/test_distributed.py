@@ -56,6 +56,16 @@ def test_launch_local_two_processes_equals_one_process(tmp_path):
   # Each host reads every other example of the same global order: the same batch, permuted.
   np.testing.assert_allclose([b[k] for k in a], list(a.values()), rtol=2e-5)
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3"]
+  # Each host's own data position is in the checkpoint (each reads its own part of the data).
+  import orbax.checkpoint as ocp
+  cfg = config.load(os.path.join(ROOT, "configs/coca_tiny.py:steps=3,evals=0"), MICRO)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "multi" / "checkpoints"), cfg)
+  data = ckpt.manager.restore(3, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+  ckpt.close()
+  assert len(data["per_process"]) == 2 and all("parent" in d for d in data["per_process"]), data
+  assert checkpoint.own_data_state({"per_process": data["per_process"][:1]}, 3) == data["per_process"][0]
+  with pytest.raises(config.ConfigError, match="saved by 2 processes; this run has 1"):
+    checkpoint.own_data_state(data, 3)
 
 
 def _wait_for(predicate, proc, timeout=300):

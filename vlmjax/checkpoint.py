@@ -2,12 +2,14 @@
 
 A checkpoint at step N holds `state` (step, parameters, optimiser state, each
 array saved by the process that owns its shards) and `data` (the grain
-iterator state as JSON). Orbax writes into a temporary directory and renames it
+iterator state as JSON; with several processes, every process's own, gathered
+to the one that writes it, since each host reads its own part of the data). Orbax writes into a temporary directory and renames it
 when complete, so the latest visible checkpoint is always whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -15,9 +17,12 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
+
+from vlmjax.config import ConfigError
 
 
 class Checkpointer:
@@ -36,6 +41,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Starts an async save; the previous one is finished first."""
+    if jax.process_count() > 1:  # JsonSave writes the primary process's item only
+      data_state = {"per_process": _gather_json(data_state)}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
@@ -46,7 +53,7 @@ class Checkpointer:
       return None
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out.state, out.data
+    return out.state, own_data_state(out.data, step)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -54,6 +61,30 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _gather_json(state: dict) -> list[dict]:
+  """Every process's JSON-able `state`, in process order, on every process."""
+  raw = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(bytes(rows[i, :sizes[i]]).decode()) for i in range(len(sizes))]
+
+
+def own_data_state(data: dict, step: int) -> dict:
+  """This process's data position from a checkpoint's `data` item (one process's or all)."""
+  if "per_process" not in data:
+    if jax.process_count() > 1:
+      raise ConfigError(f"step {step}'s data position was saved by 1 process; this run has "
+                       f"{jax.process_count()}: resume with 1 process")
+    return data
+  per = data["per_process"]
+  if len(per) != jax.process_count():
+    raise ConfigError(f"step {step}'s data position was saved by {len(per)} processes; this run has "
+                     f"{jax.process_count()}: resume with {len(per)} (each host reads its own part of the data)")
+  return per[jax.process_index()]
 
 
 def has_checkpoints(directory: str) -> bool:

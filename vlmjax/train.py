@@ -184,6 +184,8 @@ def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.
       return init_state(cfg, s)
     state, data_state = restored
     data.set_state(data_state)
+  except config.ConfigError:
+    raise
   except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
     raise config.ConfigError(
