@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import MICRO, ROOT
 
@@ -40,3 +41,20 @@ def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
   assert os.listdir(workdir / "tb") and os.listdir(workdir / "checkpoints") == ["4"]
   again = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
   assert again.returncode == 0 and "already finished at step 4" in again.stdout
+
+
+def test_a_failed_checkpoint_save_stops_the_run_with_one_line_soon(tmp_path):
+  """A file where the checkpoint folder goes: the first save fails in the background; the run
+  stops at the next save with one `vlmjax: error:` line, without waiting out orbax's timeouts."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "checkpoints").write_text("not a folder")
+  overrides = [f"--config.{k}={v}" for k, v in MICRO] + [
+      "--config.data.train.source=synthetic:shapes", "--config.ckpt_every=2", "--config.log_every=1"]
+  start = time.time()
+  proc = _run("train", "--config", "configs/coca_tiny.py:steps=6,evals=0", "--workdir", str(workdir), *overrides)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  ours = [line for line in proc.stderr.splitlines() if line.startswith("vlmjax: error: checkpoint")]
+  assert len(ours) == 1 and "failed: NotADirectoryError" in ours[0], proc.stderr[-2000:]
+  assert time.time() - start < 150  # not orbax's 300 s signal timeouts
+  assert "step      6/6" not in proc.stdout  # stopped at the save after the failed one

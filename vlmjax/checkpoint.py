@@ -25,6 +25,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 from vlmjax.config import ConfigError
 
 
+class CheckpointError(ConfigError):
+  """A save failed (disk full, permissions, a file where the checkpoint folder goes): one line."""
+
+
 class Checkpointer:
   def __init__(self, directory: str, cfg: ml_collections.ConfigDict):
     keep = [policies.LatestN(cfg.ckpt_keep)]
@@ -34,17 +38,43 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=True, create=True)
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+    self.failed = False
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+    except OSError as e:
+      raise ConfigError(f"cannot keep checkpoints in {self.directory}: {e.strerror or e}") from None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def check(self) -> None:
+    """Raises, in one line, the error of a background save that failed (disk full, permissions)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 -- orbax re-raises the writer thread's error as it was
+      self._fail(e, "an earlier save")
+
+  def _fail(self, e: Exception, what: str):
+    self.failed = True
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    raise CheckpointError(f"checkpoint {what} to {self.directory} failed: {type(e).__name__}: {first}; "
+                          "the last whole checkpoint is kept") from None
+
   def save(self, step: int, state: Any, data_state: dict) -> None:
-    """Starts an async save; the previous one is finished first."""
+    """Starts an async save; the previous one is finished first (and a failure of it reported
+    before anything of this one starts)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._fail(e, "an earlier save")
+    self.check()
     if jax.process_count() > 1:  # JsonSave writes the primary process's item only
       data_state = {"per_process": _gather_json(data_state)}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    except Exception as e:  # noqa: BLE001
+      self._fail(e, f"save at step {step}")
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
     """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs); None if no checkpoint."""
@@ -59,7 +89,10 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    if self.failed:  # waiting on a failed writer only times out
+      return
     self.manager.wait_until_finished()
+    self.check()
     self.manager.close()
 
 

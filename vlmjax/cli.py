@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from vlmjax.config import ConfigError
@@ -49,7 +50,7 @@ PREEMPTED = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTER
 
 
 def _train(args, overrides) -> int:
-  from vlmjax import config, sharding, train  # jax imports are slow; keep `--help` fast
+  from vlmjax import checkpoint, config, sharding, train  # jax imports are slow; keep `--help` fast
   cfg = config.load(args.config, overrides)
   sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   try:
@@ -57,6 +58,11 @@ def _train(args, overrides) -> int:
   except train.TrainingHalted as e:
     sys.stderr.write(f"vlmjax: training halted: {e}\n")
     return 3
+  except checkpoint.CheckpointError as e:  # orbax's failed writer threads would hold the exit for minutes
+    sys.stderr.write(f"vlmjax: error: {e}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
   # Stopped by SIGTERM / a preemption notice, checkpoint saved: not finished, so not 0 (a job
   # runner that retries failed jobs restarts it, and a sweep does not take it for done).
   return PREEMPTED if summary.get("preempted") else 0

@@ -278,6 +278,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     unchecked = None  # (step, device `finite` flag) not yet read
     for step in range(start + 1, last + 1):
       state, step_metrics = step_fn(state, next(data))
+      ckpt.check()  # a background save that failed stops the run now, not at the next save
       if unchecked is not None:
         guard.check(*unchecked)
       if pending is not None:
