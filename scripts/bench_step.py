@@ -298,7 +298,7 @@ def run_variant(spec: str, overrides: list, variant: str, steps: int, warmup: in
     return bench(config.load(spec, variant_overrides(overrides, base_cfg, variant)), steps, warmup, peak,
                  model_flops=model_flops)
   except Exception as e:  # noqa: BLE001 -- one failing variant (an option this XLA lacks, OOM) is reported, not fatal
-    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+    return {"error": config.one_line(e)}
 
 
 def print_variant_row(name: str, r: dict, base: float, *, header: bool = False, file=sys.stderr) -> None:

@@ -101,7 +101,7 @@ def main() -> int:
     try:
       r = result["attention"][n] = check_shape(n, args.batch, rng)
     except Exception as e:  # noqa: BLE001 -- report the shape that fails and go on to the next
-      result["attention"][n] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+      result["attention"][n] = {"error": config.one_line(e)}
       say(f"{n:<18} failed: {result['attention'][n]['error']}")
       continue
     say(f"{n:<18} {r['shape']:<32} {r['kernel']:<6} {r['rel_err_out']:>11.2e} {r['rel_err_grad']:>12.2e}"

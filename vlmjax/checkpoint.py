@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vlmjax.config import ConfigError
+from vlmjax.config import ConfigError, one_line
 
 
 class CheckpointError(ConfigError):
@@ -56,8 +56,7 @@ class Checkpointer:
 
   def _fail(self, e: Exception, what: str):
     self.failed = True
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    raise CheckpointError(f"checkpoint {what} to {self.directory} failed: {type(e).__name__}: {first}; "
+    raise CheckpointError(f"checkpoint {what} to {self.directory} failed: {one_line(e)}; "
                           "the last whole checkpoint is kept") from None
 
   def save(self, step: int, state: Any, data_state: dict) -> None:

@@ -70,6 +70,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, for errors from libraries whose messages span pages."""
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
   for key in cfg.keys():
     value = cfg[key]

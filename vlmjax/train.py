@@ -137,7 +137,7 @@ def xla_options(cfg: ml_collections.ConfigDict) -> dict:
     try:
       jax.jit(lambda x: x + 1, compiler_options=opts).lower(jnp.zeros(())).compile()
     except Exception as e:  # noqa: BLE001 -- XLA raises a runtime error naming the bad option
-      raise config.ConfigError(f"xla_options.{platform}: XLA rejected {opts}: {str(e).splitlines()[0]}") from None
+      raise config.ConfigError(f"xla_options.{platform}: XLA rejected {opts}: {config.one_line(e)}") from None
   return opts
 
 
@@ -187,9 +187,8 @@ def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.
   except config.ConfigError:
     raise
   except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
     raise config.ConfigError(
-        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {type(e).__name__}: {first}; "
+        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {config.one_line(e)}; "
         "remove that step's folder to resume from an earlier one, or use a new --workdir") from None
   return state
 
@@ -278,7 +277,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     unchecked = None  # (step, device `finite` flag) not yet read
     for step in range(start + 1, last + 1):
       state, step_metrics = step_fn(state, next(data))
-      ckpt.check()  # a background save that failed stops the run now, not at the next save
       if unchecked is not None:
         guard.check(*unchecked)
       if pending is not None:
