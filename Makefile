@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# uv installs in seconds what pip takes a minute over; pip stays the fallback. Copies, not uv's
 	# default hard links into its cache: two checkouts' editable installs once shared one file there,
-	# and one venv ran the other checkout's code.
-	($(BIN)/python -m pip install -q uv && $(BIN)/uv pip install -q --link-mode=copy --python $(BIN)/python -e '.[test]') \
+	# and one venv ran the other checkout's code. Bytecode compiled once at install: where
+	# PYTHONDONTWRITEBYTECODE is set, every process (each test's `vlmjax` run) would compile jax anew.
+	($(BIN)/python -m pip install -q uv && $(BIN)/uv pip install -q --link-mode=copy --compile-bytecode \
+	  --python $(BIN)/python -e '.[test]') \
 	  || $(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

@@ -8,7 +8,8 @@ from conftest import MICRO, ROOT
 
 
 def _run(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+             JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "vlmjax.cli", *args], capture_output=True, text=True,
                         cwd=ROOT, env=env)
 

@@ -1,5 +1,7 @@
 import json
 import os
+import signal
+import time
 
 import jax
 import numpy as np
@@ -107,3 +109,41 @@ def test_workdir_that_is_a_file_is_a_one_line_error(micro_cfg, tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(config.ConfigError, match="cannot use --workdir"):
     train.train(micro_cfg(), str(tmp_path / "file"))
+
+
+def test_sigterm_during_an_evaluation_stops_it_and_saves_that_step(micro_cfg, tmp_path, monkeypatch, capsys):
+  """An evaluation can outlast the grace period before SIGKILL: SIGTERM stops it at once, the step
+  it evaluated is saved (though not a checkpoint step), the run ends preempted, and resumes."""
+  from vlmjax.evals import runner
+  finished = []
+
+  def slow_evaluator(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(300):  # 30 s, unless interrupted
+      time.sleep(0.1)
+    finished.append(args[0])
+    return {"top1": 0.0}
+  monkeypatch.setitem(runner.EVALUATORS, "zero_shot", slow_evaluator)
+  workdir = str(tmp_path / "run")
+  common = (("total_steps", "6"), ("ckpt_every", "5"), ("log_every", "1"))
+  summary = train.train(micro_cfg(*common, ("evals.zero_shot.every", "3"), spec="configs/coca_tiny.py:evals=1"),
+                        workdir)
+  assert not finished  # interrupted, not waited out
+  assert summary["preempted"] and not summary["finished"]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+  assert "preempted during the evaluation at step 3: saved step 3" in capsys.readouterr().out
+  summary = train.train(micro_cfg(*common), workdir)  # resumed without evaluators
+  assert summary["finished"] and summary["steps"] == (3, 6)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all("train/loss" in r for r in rows)
+
+
+def test_a_save_cut_short_leaves_a_folder_the_next_run_removes(micro_cfg, tmp_path):
+  directory = tmp_path / "checkpoints"
+  for name in ("4", "6.orbax-checkpoint-tmp-1764633000", "notes"):
+    (directory / name).mkdir(parents=True)
+  (directory / "6.orbax-checkpoint-tmp-1764633000" / "state").write_text("half a checkpoint")
+  ckpt = checkpoint.Checkpointer(str(directory), micro_cfg())
+  ckpt.remove_unfinished()
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == ["4", "notes"]

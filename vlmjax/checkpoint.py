@@ -9,8 +9,11 @@ when complete, so the latest visible checkpoint is always whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import threading
 from typing import Any
@@ -43,6 +46,18 @@ class Checkpointer:
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
     except OSError as e:
       raise ConfigError(f"cannot keep checkpoints in {self.directory}: {e.strerror or e}") from None
+
+  def remove_unfinished(self) -> None:
+    """Deletes the temporary folders of saves a kill cut short (`<step>.orbax-checkpoint-tmp-*`,
+    as big as a checkpoint). For the train loop's start only: while a run saves, its temporary
+    folder is live (`vlmjax eval` on a training workdir must leave it)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    stale = sorted(name for name in os.listdir(self.directory) if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name))
+    for name in stale:
+      shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if stale:
+      print(f"removed {len(stale)} unfinished checkpoint folder(s) in {self.directory}: {', '.join(stale)}")
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -83,6 +98,15 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return out.state, own_data_state(out.data, step)
+
+  def restore_params(self, abstract_state: Any, step: int) -> Any:
+    """The parameters of the checkpoint at `step`, onto the shardings in `abstract_state.params`;
+    the optimiser state (twice the parameters' size with Adam) and the data position are not read."""
+    item = {"params": abstract_state.params}
+    with ocp.PyTreeCheckpointer() as reader:  # the manager's handler for `state` restores whole trees only
+      out = reader.restore(os.path.join(self.directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    return out["params"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -128,24 +152,48 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+class Preempted(Exception):
+  """SIGTERM arrived inside `PreemptionWatcher.interruptible()`."""
+
+
 class PreemptionWatcher:
   """Tells the train loop when to save and stop because the job is being preempted.
 
   With several processes, jax's preemption service (started by `jax.distributed`)
   catches SIGTERM on any host and all hosts agree on one step to save at. A single
-  process catches SIGTERM itself and stops at the next step.
+  process catches SIGTERM itself and stops at the next step, or at once inside
+  `interruptible()` (an evaluation can outlast the grace period before SIGKILL).
   """
 
   def __init__(self):
     self.multi = jax.process_count() > 1
     self._signalled = False
-    self._previous = None
-    if not self.multi and threading.current_thread() is threading.main_thread():
+    self._interrupt = False
+    self._catching = not self.multi and threading.current_thread() is threading.main_thread()
+    if self._catching:
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame) -> None:
     del signum, frame
     self._signalled = True
+    if self._interrupt:
+      self._interrupt = False
+      raise Preempted()
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    """Within it, SIGTERM raises `Preempted` at once (one process only: several hosts can agree
+    on a step to stop at only at the train loop's sync points, so they finish the block)."""
+    if not self._catching:  # multi-host, or not the main thread
+      yield
+      return
+    if self._signalled:
+      raise Preempted()
+    self._interrupt = True
+    try:
+      yield
+    finally:
+      self._interrupt = False
 
   def reached(self, step: int) -> bool:
     if self.multi:
@@ -153,6 +201,6 @@ class PreemptionWatcher:
     return self._signalled
 
   def close(self) -> None:
-    if self._previous is not None:
+    if self._catching:
       signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+      self._catching = False

@@ -30,9 +30,15 @@ class Writer:
     self._jsonl = self._tb = None
     self.evals: dict | None = None
     if self.enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      dropped = drop_rows_after(path, start_step)
+      if dropped:
+        print(f"{path}: dropped {dropped} rows after step {start_step}, logged by a run that stopped before "
+              f"saving them; they are logged again as training redoes those steps", flush=True)
+      self._jsonl = open(path, "a")
       from tensorboardX import SummaryWriter  # imported lazily: heavy, and only process 0 needs it
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      # purge_step: TensorBoard hides events the interrupted run wrote after the checkpoint resumed from.
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict, extra: dict | None = None) -> dict:
     """Logs host metrics of `step` as `train/<name>`, and `extra` (e.g. `data/...`, `eval/...`)
@@ -104,3 +110,27 @@ class Writer:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def drop_rows_after(path: str, step: int) -> int:
+  """Removes the rows of `path` (metrics.jsonl) logged after `step`, and a last line cut short by a
+  kill, so that a run resumed from a checkpoint at `step` leaves one row per step. Returns how many."""
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row_step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+      continue
+    if row_step <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) == len(lines) and all(line.endswith("\n") for line in lines):
+    return 0
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+  return len(lines) - len(keep)

@@ -60,3 +60,13 @@ def build(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Gradi
         lambda path, _: "frozen" if matches(path_name(path), frozen) else "trained", params)
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
   return tx, lr
+
+
+def updates_applied(opt_state) -> jax.Array:
+  """The learning-rate schedule's step in `opt_state`: updates applied so far. It trails the train
+  state's step by the updates skipped for a non-finite loss, so the lr this gives is the one used."""
+  counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+  if len(counts) != 1:
+    raise ValueError(f"expected one schedule state in the optimiser state, found {len(counts)}")
+  return counts[0]

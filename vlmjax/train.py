@@ -56,7 +56,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   keep = lambda new, old: jnp.where(finite, new, old)
   params = jax.tree.map(keep, params, state.params)
   opt_state = jax.tree.map(keep, opt_state, state.opt_state)
-  step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite}
+  step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": schedule(optim.updates_applied(state.opt_state)), "finite": finite}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
@@ -259,6 +259,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
                         vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  ckpt.remove_unfinished()
   preemption = checkpoint.PreemptionWatcher()
   try:
     state = _restore_or_init(cfg, s, ckpt, data)
@@ -297,7 +298,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
         if pending is not None:  # this step's line first, then its evaluation
           _log(writer, pending, data, guard)
           pending = None
-        writer.write_evals(step, evals.run_all(cfg, s.graphdef, state.params, s.mesh, step=step, final=final))
+        try:
+          with preemption.interruptible():  # an evaluation may outlast the grace period before SIGKILL
+            results = evals.run_all(cfg, s.graphdef, state.params, s.mesh, step=step, final=final)
+        except checkpoint.Preempted:
+          if unchecked is not None:  # not saved at this step yet
+            guard.check(*unchecked)
+            unchecked = None
+            ckpt.save(step, state, data.get_state())
+          print(f"preempted during the evaluation at step {step}: saved step {step}; run the same command to "
+                f"resume, and `vlmjax eval --workdir {workdir} --step {step}` for that evaluation", flush=True)
+          preempted = True
+          break
+        writer.write_evals(step, results)
     if unchecked is not None:
       guard.check(*unchecked)
     if pending is not None:

@@ -8,7 +8,10 @@ for models with `decode_step`) runs only the new token through the towers,
 reading keys and values of earlier positions from a KV cache; `Recompute` runs
 the whole zero-padded prefix buffer through the decoder at every step (the
 reference the cache is tested against). Beam search reorders a stepper's state
-with `jax.tree.map`, so any pytree whose leaves lead with the batch dimension works.
+with `jax.tree.map`, so any pytree whose leaves lead with the batch dimension works;
+entries under a key in `SAME_FOR_ALL_BEAMS` (the context and the cross-attention
+keys and values projected from it) are left in place, since every beam of an image
+holds the same ones.
 
 Output: tokens [B, T] with T = max_len, the BOS excluded, EOS included, PAD (0)
 after it.
@@ -27,6 +30,7 @@ from flax import nnx
 
 METHODS = ("greedy", "beam", "sample")
 PAD = 0
+SAME_FOR_ALL_BEAMS = ("ctx", "cross")  # stepper-state keys that depend on the image only
 
 
 class Stepper(Protocol):
@@ -157,7 +161,7 @@ def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id)
     out_BxKxT = jnp.take_along_axis(cand_out_BxNxT, live_BxK[..., None], axis=1)
     token_BxK = jnp.take_along_axis(token_BxN, live_BxK, axis=1)
     flat = (beam_BxK + K * jnp.arange(B)[:, None]).reshape(B * K)
-    state = jax.tree.map(lambda x: x[flat], state)
+    state = jax.tree_util.tree_map_with_path(lambda path, x: x if _same_for_all_beams(path) else x[flat], state)
     return t + 1, token_BxK.reshape(B * K), state, out_BxKxT, score_BxK, pool_BxKxT, pool_score_BxK
 
   def going(carry):
@@ -174,6 +178,10 @@ def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id)
   all_BxM = jnp.concatenate([pool_score_BxK, live_BxK], axis=1)
   best_B = jnp.argmax(all_BxM, axis=1)
   return jnp.take_along_axis(jnp.concatenate([pool_BxKxT, out_BxKxT], 1), best_B[:, None, None], axis=1)[:, 0]
+
+
+def _same_for_all_beams(path) -> bool:
+  return any(getattr(k, "key", None) in SAME_FOR_ALL_BEAMS for k in path)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options"))

@@ -46,9 +46,9 @@ def restore(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
     raise ConfigError(f"no checkpoint at step {step if step is not None else '(any)'} in {workdir}; "
                       f"available: {sorted(steps) or 'none'}")
   step = max(steps) if step is None else step
-  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
+  params = ckpt.restore_params(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
   ckpt.close()
-  return s, state.params, step
+  return s, params, step
 
 
 def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
