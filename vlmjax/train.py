@@ -56,7 +56,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   keep = lambda new, old: jnp.where(finite, new, old)
   params = jax.tree.map(keep, params, state.params)
   opt_state = jax.tree.map(keep, opt_state, state.opt_state)
-  step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": schedule(optim.updates_applied(state.opt_state)), "finite": finite}
+  lr = schedule(optim.updates_applied(state.opt_state))  # trails state.step after skipped updates
+  step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": lr, "finite": finite}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
