@@ -114,6 +114,38 @@ def test_eval_set_pads_the_last_batch_and_checks_sizes():
     data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", num_examples=10**6), cfg, mesh)
 
 
+def _empty_file(tmp_path):
+  (tmp_path / "names.txt").write_text("\n\n")
+  return str(tmp_path / "names.txt")
+
+
+@pytest.mark.parametrize("spec, make, message", [
+    ("coca", lambda _: defaults.zero_shot("synthetic:shapes:test", templates="photos"),
+     "evals.e.templates='photos' is not a template set"),
+    ("coca", lambda _: defaults.zero_shot("synthetic:shapes:test", class_names="/nonexistent/names.txt"),
+     "evals.e.class_names='/nonexistent/names.txt' is not a file"),
+    ("coca", lambda tmp: defaults.zero_shot("synthetic:shapes:test", class_names=_empty_file(tmp)),
+     "holds no class name"),
+    ("coca", lambda _: defaults.zero_shot("synthetic:shapes:valdation"), "synthetic:shapes:valdation"),
+    ("coca", lambda _: defaults.retrieval("synthetic:shapes:test", num_examples=10**6), "exceeds the 100000"),
+    ("coca", lambda _: defaults.retrieval("synthetic:shapes:test", batch_size=12), "not divisible by the 8"),
+    ("coca", lambda _: defaults.retrieval("synthetic:shapes:test", ks=(0, 5)), "evals.e.ks=(0, 5) must be"),
+    ("coca", lambda _: defaults.captioning("synthetic:shapes:test", max_len=41),
+     "evals.e.max_len=41 exceeds model.text.context_length=40"),
+    ("siglip", lambda _: defaults.captioning("synthetic:shapes:test"), "needs a model with caption_logits()"),
+])
+def test_validate_all_finds_what_would_fail_after_training(spec, make, message, tmp_path):
+  """Everything an evaluator needs but a trained model is checked before training starts: with
+  `every=0` a failure would come after the whole run, and the finished run would never evaluate."""
+  from vlmjax import evals
+  cfg = (config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO) if spec == "coca"
+         else config.load(f"{ROOT}/configs/siglip_tiny.py"))
+  cfg.evals.e = make(tmp_path)
+  with pytest.raises(config.ConfigError) as e:
+    evals.validate_all(cfg)
+  assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 def test_train_rejects_a_bad_evaluator_before_it_trains(tmp_path):
   from vlmjax import train
   cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)

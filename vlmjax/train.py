@@ -197,7 +197,8 @@ def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.
 # Settings a resumed run must share with the run that wrote its checkpoints: the model and what
 # it trains (the checkpoint's shapes), and the data order (the saved iterator position means
 # nothing in another order). Everything else (total_steps, intervals, evals, mesh, ...) may change.
-RESUME_FIXED = ("optim.freeze", "seed", "batch_size", "data.train.source")  # and every model.* key
+RESUME_FIXED = ("optim.freeze", "seed", "batch_size", "data.train.source",  # and every model.* key
+                "data.train.shuffle_buffer")  # the saved position is a place in windows of this size
 
 
 def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
@@ -239,10 +240,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   at the next step. The summary's `finished` says whether training reached `total_steps`,
   `preempted` whether a signal or notice stopped it (`vlmjax train` then exits 143).
   """
-  evals.validate_all(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+  evals.validate_all(cfg, mesh)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   try:
     os.makedirs(workdir, exist_ok=True)

@@ -11,11 +11,20 @@ from __future__ import annotations
 from vlmjax.evals.defaults import due, validate
 
 
-def validate_all(cfg) -> None:
-  """A one-line ConfigError for the first malformed evaluator of `cfg.evals` (before training, not
-  when the evaluator is first due)."""
+def validate_all(cfg, mesh=None) -> None:
+  """A one-line ConfigError for the first evaluator of `cfg.evals` that cannot run: a malformed
+  config, or anything checkable without a trained model (the source and its size, class names,
+  templates, batch size over `mesh`'s shards (default: `cfg.mesh` on this machine's devices),
+  the model's methods, the tokenizer). Run before training, not when the evaluator is first due."""
   for name in cfg.evals.keys():
     validate(name, cfg.evals[name])
+  if not cfg.evals:
+    return
+  from vlmjax import sharding  # noqa: PLC0415
+  from vlmjax.evals import runner  # noqa: PLC0415
+  mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
+  for name in cfg.evals.keys():
+    runner.PREPARE[cfg.evals[name].type](name, cfg.evals[name], cfg, mesh)
 
 
 def run_all(cfg, graphdef, params, mesh, *, step: int, final: bool = False) -> dict[str, float]:

@@ -125,14 +125,26 @@ def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
   return out
 
 
-def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
-  """The `captioning` evaluator: decodes `num_examples` images and scores against their captions."""
+def prepare(name: str, ev, cfg, mesh):
+  """Everything but the model: the eval set; a one-line ConfigError for a setting that cannot work."""
   from vlmjax.config import ConfigError  # noqa: PLC0415
   from vlmjax.evals import data  # noqa: PLC0415
   if ev.max_len > cfg.model.text.context_length:
     raise ConfigError(f"evals.{name}.max_len={ev.max_len} exceeds model.text.context_length="
                       f"{cfg.model.text.context_length}")
   ds = data.EvalSet(name, ev, cfg, mesh)
+  data.require(ds, "caption_logits")
+  ds.require_field("caption", data.NEEDS_CAPTIONS)
+  try:
+    special_ids(ds.tokenizer)
+  except ConfigError as e:
+    raise ConfigError(f"evals.{name}: {e}") from None
+  return ds
+
+
+def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
+  """The `captioning` evaluator: decodes `num_examples` images and scores against their captions."""
+  ds = prepare(name, ev, cfg, mesh)
   captions = caption_images(ds, graphdef, params, decode_options(ev), ev.seed)
   refs = ds.captions()
   return score(dict(enumerate(captions)), dict(enumerate(refs)), meteor=ev.meteor)

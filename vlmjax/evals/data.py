@@ -25,6 +25,10 @@ from vlmjax.config import ConfigError
 from vlmjax.data import sources, tokenizers, transforms
 
 
+NEEDS_CAPTIONS = "retrieval and captioning need an image-text set"
+NEEDS_LABELS = "zero-shot classification needs a labelled set"
+
+
 class EvalSet:
   """The examples one evaluator reads, and the mesh it reads them onto."""
 
@@ -52,6 +56,13 @@ class EvalSet:
     self.num_examples = ev.num_examples or len(self.source)
     self._meta: list[dict] | None = None
 
+  def require_field(self, field: str, needed_by: str) -> None:
+    """A one-line ConfigError unless the first record has `field` ("caption" also accepts "captions")."""
+    rec = self.source[0] if self.num_examples else {}
+    has = rec.get(field) is not None or (field == "caption" and rec.get("captions") is not None)
+    if not has:
+      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no {field!r} field; {needed_by}")
+
   def meta(self) -> list[dict]:
     """Every record without its image (captions, labels), read once; the same on all processes."""
     if self._meta is None:
@@ -62,8 +73,7 @@ class EvalSet:
   def captions(self) -> list[list[str]]:
     out = [list(m["captions"]) if "captions" in m else [m["caption"]] for m in self.meta()]
     if any(c is None for caps in out for c in caps):
-      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no caption; "
-                        f"retrieval and captioning need an image-text set")
+      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no caption; {NEEDS_CAPTIONS}")
     empty = next((i for i, caps in enumerate(out) if not caps), None)
     if empty is not None:
       raise ConfigError(f"evals.{self.name}: record {empty} of {self.source!r} has an empty caption list; "
@@ -73,8 +83,7 @@ class EvalSet:
   def labels(self) -> np.ndarray:
     meta = self.meta()
     if meta and "label" not in meta[0]:
-      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no 'label' field; "
-                        f"zero-shot classification needs a labelled set")
+      raise ConfigError(f"evals.{self.name}: records of {self.source!r} carry no 'label' field; {NEEDS_LABELS}")
     return np.asarray([m["label"] for m in meta], np.int32)
 
   def image_batches(self):

@@ -92,6 +92,10 @@ def validate(name: str, ev) -> None:
   for key in ("every", "num_examples"):
     if not isinstance(ev[key], int) or ev[key] < 0:
       raise ConfigError(f"{where}.{key} must be an int >= 0, got {ev[key]!r}")
+  if ev.type == "retrieval":
+    ks = ev.ks if isinstance(ev.ks, (tuple, list)) else (ev.ks,)
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+      raise ConfigError(f"{where}.ks={ev.ks!r} must be a tuple of ints >= 1, e.g. (1, 5, 10)")
   if ev.type == "captioning":
     if ev.method not in ("greedy", "beam", "sample"):
       raise ConfigError(f"{where}.method={ev.method!r} is unknown; valid: greedy, beam, sample")

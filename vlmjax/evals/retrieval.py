@@ -59,10 +59,20 @@ def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 
   return out
 
 
-def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
-  """The `retrieval` evaluator: embeds `num_examples` images and all their captions."""
+def prepare(name: str, ev, cfg, mesh):
+  """Everything but the model: the eval set; a one-line ConfigError for a setting that cannot work."""
   from vlmjax.evals import data  # noqa: PLC0415 (keeps this module light for recall_at_k users)
   ds = data.EvalSet(name, ev, cfg, mesh)
+  for method in ("encode_image", "encode_text"):
+    data.require(ds, method)
+  ds.require_field("caption", data.NEEDS_CAPTIONS)
+  return ds
+
+
+def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
+  """The `retrieval` evaluator: embeds `num_examples` images and all their captions."""
+  from vlmjax.evals import data  # noqa: PLC0415
+  ds = prepare(name, ev, cfg, mesh)
   image_IxE = data.embed_images(ds, graphdef, params)
   captions = [c for caps in ds.captions() for c in caps]
   text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]

@@ -12,6 +12,7 @@ import ml_collections
 from vlmjax.evals import captioning, defaults, retrieval, zero_shot
 
 EVALUATORS = {"zero_shot": zero_shot.evaluate, "retrieval": retrieval.evaluate, "captioning": captioning.evaluate}
+PREPARE = {"zero_shot": zero_shot.prepare, "retrieval": retrieval.prepare, "captioning": captioning.prepare}
 
 
 def run_all(cfg: ml_collections.ConfigDict, graphdef, params, mesh: jax.sharding.Mesh, *, step: int,

@@ -55,7 +55,10 @@ def class_names(source_spec: str, data_dir: str, class_names_file: str, where: s
     if not os.path.isfile(class_names_file):
       raise ConfigError(f"{where}={class_names_file!r} is not a file (one class name per line)")
     with open(class_names_file) as f:
-      return tuple(line.strip() for line in f if line.strip())
+      names = tuple(line.strip() for line in f if line.strip())
+    if not names:
+      raise ConfigError(f"{where}={class_names_file!r} holds no class name (one per line)")
+    return names
   if source_spec.startswith("synthetic:shapes"):
     return synthetic.CLASS_NAMES
   names = None
@@ -104,12 +107,22 @@ def accuracy(image_IxE: np.ndarray, labels_I: np.ndarray, classes_KxE: np.ndarra
   return {f"top{k}": float(np.mean(r < k)) for k in ks}
 
 
+def prepare(name: str, ev, cfg, mesh):
+  """Everything but the model: (eval set, class names, prompt templates); a one-line ConfigError
+  for a setting that cannot work (run before training too)."""
+  from vlmjax.evals import data  # noqa: PLC0415
+  ds = data.EvalSet(name, ev, cfg, mesh)
+  for method in ("encode_image", "encode_text"):
+    data.require(ds, method)
+  ds.require_field("label", data.NEEDS_LABELS)
+  names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
+  return ds, names, templates(ev.templates, f"evals.{name}.templates")
+
+
 def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
   """The `zero_shot` evaluator."""
   from vlmjax.evals import data  # noqa: PLC0415
-  ds = data.EvalSet(name, ev, cfg, mesh)
-  names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
-  prompts = templates(ev.templates, f"evals.{name}.templates")
+  ds, names, prompts = prepare(name, ev, cfg, mesh)
   text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in names for t in prompts])
   image_emb = data.embed_images(ds, graphdef, params)
   return accuracy(image_emb, ds.labels(), classifier(text_emb, len(names)), names=names, mesh=mesh)
