@@ -167,3 +167,12 @@ def test_caption_command_rejects_bad_decoding_flags_in_one_line(tmp_path, capsys
   assert cli.main(["caption", "--workdir", str(tmp_path), "img.png", *flag]) == 2
   err = capsys.readouterr().err
   assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_corrupt_config_json_is_one_line_for_eval_and_rewritten_by_train(tmp_path, capsys):
+  from vlmjax import train
+  (tmp_path / "config.json").write_text('{"seed": 0, "model": {')  # cut short
+  with pytest.raises(config.ConfigError, match=r"cannot read .*config.json: JSONDecodeError: .*again rewrites it"):
+    runner.load_workdir_config(str(tmp_path), ())
+  train.check_resume(config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO), str(tmp_path))
+  assert "resuming without comparing settings" in capsys.readouterr().out

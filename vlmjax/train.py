@@ -208,8 +208,12 @@ def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return
-  with open(path) as f:
-    stored = _flat(json.load(f))
+  try:
+    with open(path) as f:
+      stored = _flat(json.load(f))
+  except (OSError, ValueError) as e:  # cut short by a full disk, say: the run's own config replaces it
+    print(f"cannot read {path} ({config.one_line(e)}); resuming without comparing settings, and rewriting it")
+    return
   now = _flat(json.loads(cfg.to_json_best_effort()))
   changed = {k: (stored[k], now[k]) for k in sorted(stored.keys() & now.keys()) if stored[k] != now[k]}
   fixed = {k: v for k, v in changed.items() if k.startswith("model.") or k in RESUME_FIXED}

@@ -58,8 +58,12 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise config.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      cfg = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise config.ConfigError(f"cannot read {path}: {config.one_line(e)}; running the training "
+                             "command on this workdir again rewrites it") from None
   add_stored_defaults(cfg)
   for key, raw in overrides:
     parts = key.split(".")
