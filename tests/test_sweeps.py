@@ -307,11 +307,13 @@ def test_report_table_on_finished_runs(tmp_path, capsys):
   text = (w / "report.md").read_text()
   assert printed == text
   groups = text.split("## Groups")[1].split("## Runs")[0]
-  assert "| group | n | status | loss final | loss best (min) | eval/shapes/top1 final | eval/shapes/top1 best (max) |" in groups
+  assert "| group | runs | status | loss final | loss best (min) | eval/shapes/top1 final | eval/shapes/top1 best (max) |" in groups
   # lam=0: final losses 1 and 2 -> 1.5 ± 0.7071 (sample std); best equal to final; top1 0.6 ± 0.1414
-  assert "| lam=0 | 2 | 2 done | 1.5000 ± 0.7071 | 1.5000 ± 0.7071 | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 |" in groups
-  # lam=1: final 0.5 (resumed; best 0.2) and 5.0 (failed at step 2); only one run has top1
-  assert "| lam=1 | 2 | 1 done, 1 failed | 2.7500 ± 3.1820 | 2.6000 ± 3.3941 | 0.9000 | 0.9000 |" in groups
+  assert ("| lam=0 | 2 | 2 done | 1.5000 ± 0.7071 (n=2) | 1.5000 ± 0.7071 (n=2) | 0.6000 ± 0.1414 (n=2) "
+          "| 0.6000 ± 0.1414 (n=2) |") in groups
+  # lam=1: final 0.5 (resumed; best 0.2); the run that failed at step 2 is left out and named
+  assert "| lam=1 | 2 | 1 done, 1 failed | 0.5000 (n=1) | 0.2000 (n=1) | 0.9000 (n=1) | 0.9000 (n=1) |" in groups
+  assert "Not in the group values (1 of 4 runs, unfinished): `lam=1,seed=1` (failed, step 2/4)." in groups
   assert "| lam=1,seed=0 | done | 4/4 | 12s | 0.5000 / 0.2000 | 0.9000 / 0.9000 |" in text
   assert "| lam=1,seed=1 | failed | 2/4 | 12s | 5.0000 / 5.0000 | - |" in text
   assert "- `lam=1,seed=1`: ValueError: boom" in text
@@ -323,7 +325,7 @@ def test_report_table_on_finished_runs(tmp_path, capsys):
   assert "final = mean of the last 2 logged values" in text
   assert "| lam=1,seed=0 | done | 4/4 | 12s | 0.3500 / 0.2000 |" in text
   text = report.write_report(str(w), ["eval/shapes/top1:min"])
-  assert "top1 best (min)" in text and "| lam=0 | 2 | 2 done | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 |" in text
+  assert "top1 best (min)" in text and "| lam=0 | 2 | 2 done | 0.6000 ± 0.1414 (n=2) | 0.6000 ± 0.1414 (n=2) |" in text
   with pytest.raises(ConfigError, match="no run logged 'eval/x'; logged metrics: eval/shapes/top1, train/loss"):
     report.write_report(str(w), ["eval/x"])
   with pytest.raises(ConfigError, match="no runs in"):
@@ -333,7 +335,128 @@ def test_report_table_on_finished_runs(tmp_path, capsys):
 def test_mean_std_and_metric_direction():
   assert report.mean_std([1.0, None, 3.0]) == f"2.0000 ± {math.sqrt(2):.4f}"
   assert report.mean_std([None]) == "-"
+  assert report.mean_std([1.0, math.nan]) == "nan" and report.mean_std([1.0, math.inf]) == "inf"
   assert report.parse_metric("train/caption_loss") == ("train/caption_loss", "min")
   assert report.parse_metric("eval/retrieval/i2t_r1") == ("eval/retrieval/i2t_r1", "max")
   with pytest.raises(ConfigError, match="must be min or max"):
     report.parse_metric("eval/x:best")
+
+
+def test_report_final_keeps_nan_and_groups_average_finished_runs_only(tmp_path, monkeypatch):
+  w = tmp_path / "sweep"
+  rows = lambda losses: [{"step": 10 * (i + 1), "train/loss": l} for i, l in enumerate(losses)]  # noqa: E731
+  _fixture_run(w, "a=1,seed=0", "a=1", 0, 0, "done", rows([3.0, 2.0, 1.0]), total=30)
+  _fixture_run(w, "a=1,seed=1", "a=1", 1, 1, "done", rows([3.5, 2.5, 1.5]), total=30)
+  # Diverged (nan_policy=skip logs NaN), then finished: its final is nan, its best the finite 3.0.
+  _fixture_run(w, "a=2,seed=0", "a=2", 2, 0, "done", rows([3.0, math.nan, math.nan]), total=30)
+  _fixture_run(w, "a=2,seed=1", "a=2", 3, 1, "failed", rows([2.0]), total=30, error="ValueError: boom")
+  _fixture_run(w, "a=3,seed=0", "a=3", 4, 0, "running", rows([0.1]), total=30)
+  # Trained outside a sweep (no status.json): finished when it logged its last step.
+  for name, losses in (("b=1,seed=0", [4.0, 3.0, 2.0]), ("b=1,seed=1", [0.5])):
+    _fixture_run(w, name, "", 0, 0, "done", rows(losses), total=30)
+    (w / name / "status.json").unlink()
+  with open(w / "a=1,seed=0" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 40, "train/lo')  # cut short by a kill: skipped, and counted
+  legends = {}
+  import matplotlib.pyplot as plt
+  monkeypatch.setattr(plt, "close", lambda fig: legends.setdefault(
+      fig.axes[0].get_ylabel(), [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
+
+  text = report.write_report(str(w), ["train/loss"])
+  groups, runs = text.split("## Groups")[1].split("## Runs")
+  assert "| a=1 | 2 | 2 done | 1.2500 ± 0.3536 (n=2) | 1.2500 ± 0.3536 (n=2) |" in groups
+  assert "| a=2 | 2 | 1 done, 1 failed | nan (n=1) | 3.0000 (n=1) |" in groups
+  assert "| a=3 | 1 | 1 running | - | - |" in groups
+  assert "| b=1 | 2 | 2 unknown | 2.0000 (n=1) | 2.0000 (n=1) |" in groups
+  assert ("Not in the group values (3 of 7 runs, unfinished): `a=2,seed=1` (failed, step 10/30), "
+          "`a=3,seed=0` (running, step 10/30), `b=1,seed=1` (unknown, step 10/30).") in groups
+  assert "| a=2,seed=0 | done | 30/30 | 12s | nan / 3.0000 |" in runs
+  assert "| a=2,seed=1 | failed | 10/30 | 12s | 2.0000 / 2.0000 |" in runs
+  assert "`a=1,seed=0` 1 line(s) of metrics.jsonl / eval/*.json" in runs
+  assert legends["train/loss"] == ["a=1,seed=0", "a=1,seed=1", "a=2,seed=0 (final nan)",
+                                   "a=2,seed=1 (failed, not in group values)",
+                                   "a=3,seed=0 (running, not in group values)", "b=1,seed=0",
+                                   "b=1,seed=1 (unknown, not in group values)"]
+  # --last 2: a mean over a NaN is NaN; best still skips it
+  text = report.write_report(str(w), ["train/loss"], last=2)
+  assert "| a=2,seed=0 | done | 30/30 | 12s | nan / 3.0000 |" in text
+  assert "| a=1 | 2 | 2 done | 1.7500 ± 0.3536 (n=2) |" in text
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"name": "seed=0", "sta', "is cut short or corrupt"),
+    ("\xff\xfe", "is cut short or corrupt"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"name": "seed=0"}', r"(lacks group, index, seed, state|has no 'state')"),
+])
+def test_corrupt_status_json_is_a_one_line_error(tmp_path, capsys, content, match):
+  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1]))
+  (tmp_path / "seed=0").mkdir()
+  path = tmp_path / "seed=0" / "status.json"
+  path.write_bytes(content.encode("latin-1"))
+  for call in (lambda: sweeps.run_sweep(sweep, str(tmp_path), train_cmd=("false",), print_fn=lambda _: None),
+               lambda: report.write_report(str(tmp_path))):
+    with pytest.raises(ConfigError, match=match) as e:
+      call()
+    assert str(e.value).startswith(str(path)) and "delete it to run that run again" in str(e.value)
+    assert "\n" not in str(e.value)
+  assert not (tmp_path / "seed=1").exists()  # the sweep stopped before running anything
+  assert cli.main(["report", str(tmp_path)]) == 2
+  assert f"{path} " in capsys.readouterr().err
+
+
+def test_corrupt_config_json_is_a_one_line_error_in_the_report(tmp_path):
+  _fixture_run(tmp_path, "seed=0", "", 0, 0, "done", [{"step": 1, "train/loss": 1.0}])
+  (tmp_path / "seed=0" / "config.json").write_text('{"total_st')
+  with pytest.raises(ConfigError, match=r"seed=0/config.json is cut short or corrupt .*`vlmjax train` writes it"):
+    report.write_report(str(tmp_path))
+
+
+def test_run_names_over_255_bytes_fail_in_expand():
+  ok = sweeps.expand(dict(base="c.py", seeds=[0], grid={"a.k": ["v" * 246]}))  # k=<246>,seed=0: 255 bytes
+  assert len(ok.runs[0].name.encode()) == 255
+  for grid, labels in (({"a.k": ["v" * 247]}, {}),                   # 256 bytes
+                       ({"a.k": ["é" * 124]}, {}),                   # 131 characters, 256 bytes
+                       ({"a.k": [1, 2]}, {"a.k": "x" * 300})):       # a long label
+    with pytest.raises(ConfigError, match="over the 255-byte limit of a directory name") as e:
+      sweeps.expand(dict(base="c.py", seeds=[0], grid=grid, labels=labels), where="exp.py")
+    assert str(e.value).startswith("exp.py: run 1 (") and "shorter label" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+TINY = os.path.join(ROOT, "configs", "coca_tiny.py") + ":steps=4,batch=16,evals=0"
+ZS = "zero_shot:synthetic:shapes:validation"
+
+
+@pytest.mark.parametrize("evals, match", [
+    ({"zs": "zero_shot"}, r"run seed=1: --config.evals.zs='zero_shot': a new evaluator is TYPE:SOURCE"),
+    ({"zs": "zero_shoot:synthetic:shapes:validation"}, r"run seed=1: --config.evals.zs=.*TYPE one of"),
+    ({"zs": ZS, "zs.num_exampels": 64},
+     r"run seed=1: sweep evals: unknown config key 'evals.zs.num_exampels'; did you mean evals.zs.num_examples"),
+    ({"zs": ZS, "zs.num_examples": "many"}, r"run seed=1: sweep evals: evals.zs.num_examples='many' is not a valid int"),
+    ({"zs": ZS, "zs.batch_size": 0}, r"run seed=1: evals.zs.batch_size must be a positive int, got 0"),
+])
+def test_check_configs_applies_and_validates_the_sweeps_evals(evals, match):
+  sweep = sweeps.expand(dict(base=TINY, seeds=[1], evals=evals))
+  with pytest.raises(ConfigError, match=match) as e:
+    sweeps.check_configs(sweep)
+  assert "\n" not in str(e.value)
+
+
+def test_check_configs_calls_validate_all_on_the_config_vlmjax_eval_will_see(tmp_path, monkeypatch, capsys):
+  from vlmjax import evals
+  seen = []
+  monkeypatch.setattr(evals, "validate_all", lambda cfg: seen.append(
+      (cfg.seed, sorted(cfg.evals.keys()), cfg.evals.zs.num_examples, cfg.evals.zs.data.source)))
+  sweep = sweeps.expand(dict(base=TINY, seeds=[0, 1], evals={"zs": ZS, "zs.num_examples": 32}))
+  sweeps.check_configs(sweep)
+  assert seen == [(0, ["zs"], 32, "synthetic:shapes:validation"), (1, ["zs"], 32, "synthetic:shapes:validation")]
+  monkeypatch.undo()
+  # --dry-run fails before anything runs, one line naming the run and the evaluator.
+  spec = tmp_path / "bad_evals.py"
+  spec.write_text(f"def get_sweep():\n  return dict(base={TINY!r}, seeds=[0], evals={{'zs': {ZS!r}, "
+                  "'zs.num_exampels': 64})\n")
+  assert cli.main(["sweep", str(spec), "--workdir", str(tmp_path / "w"), "--dry-run"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "run seed=0: sweep evals: unknown config key 'evals.zs.num_exampels'" in err and "\n" not in err
+  assert not (tmp_path / "w").exists()

@@ -35,12 +35,14 @@ import threading
 import time
 
 from vlmjax.config import ConfigError, load_python_file
+from vlmjax.report import STATUS_FIX, load_json
 
 SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels", "evals")
 STATUS = "status.json"
 LOG = "log.txt"
 TRAIN_CMD = (sys.executable, "-m", "vlmjax.cli", "train")
 EVAL_CMD = (sys.executable, "-m", "vlmjax.cli", "eval")
+NAME_MAX = 255  # bytes in one directory name (ext4, xfs, btrfs, APFS, NFS ...): the longest run name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,12 @@ def expand(spec: dict, where: str = "sweep") -> Sweep:
       name = ",".join(filter(None, [group, f"seed={seed}"]))
       if name.startswith("."):
         raise ConfigError(f"{where}: run name {name!r} starts with '.', a hidden directory; relabel the key")
+      size = len(name.encode())
+      if size > NAME_MAX:
+        longest = max(name.split(","), key=lambda part: len(part.encode()))
+        raise ConfigError(f"{where}: run {len(runs) + 1} ({name[:40]}...) has a {size}-byte name, over the {NAME_MAX}"
+                          f"-byte limit of a directory name; its part {longest[:40]}... is {len(longest.encode())} "
+                          "bytes: give that key a shorter label (None leaves it out of names) or shorten the value")
       if name in seen:
         raise ConfigError(f"{where}: two runs are both named {name!r}; give labels to the keys left out of names")
       seen[name] = True
@@ -152,11 +160,18 @@ def load_sweep(path: str) -> Sweep:
 
 
 def check_configs(sweep: Sweep) -> None:
-  """Loads every run's config so a bad key or value fails before anything trains."""
-  from vlmjax import config
+  """Loads every run's config, applies the sweep's `evals` as `vlmjax eval` will after training
+  (`evals.runner.load_workdir_config`), and validates the evaluators, so a bad key or value, in
+  training or in evaluation, fails before anything trains."""
+  from vlmjax import config, evals
+  if sweep.evals:
+    from vlmjax.evals import runner
   for run in sweep.runs:
     try:
-      config.load(sweep.base, run.overrides)
+      cfg = config.load(sweep.base, run.overrides)
+      if sweep.evals:
+        runner.apply_overrides(cfg, sweep.evals, where="sweep evals")
+      evals.validate_all(cfg)
     except ConfigError as e:
       raise ConfigError(f"run {run.name}: {e}") from None
 
@@ -172,11 +187,12 @@ def with_extra(sweep: Sweep, extra: tuple[tuple[str, str], ...]) -> Sweep:
 
 
 def read_status(rundir: str) -> dict | None:
+  """The run's status.json (None when it has none); a one-line ConfigError when it is corrupt."""
   path = os.path.join(rundir, STATUS)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  status = load_json(path, STATUS_FIX)
+  if status is not None and "state" not in status:
+    raise ConfigError(f"{path} has no 'state'; {STATUS_FIX}")
+  return status
 
 
 def _write_status(rundir: str, status: dict) -> None:

@@ -65,16 +65,23 @@ def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
     raise config.ConfigError(f"cannot read {path}: {config.one_line(e)}; running the training "
                              "command on this workdir again rewrites it") from None
   add_stored_defaults(cfg)
+  apply_overrides(cfg, overrides)
+  config.validate(cfg)
+  for name in cfg.evals.keys():
+    defaults.validate(name, cfg.evals[name])
+  return cfg
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "override") -> None:
+  """`--config.KEY=V` overrides as `vlmjax eval` takes them: `evals.NAME=TYPE:SOURCE` adds an
+  evaluator NAME that `cfg` lacks; any other key must exist."""
+  from vlmjax import config  # noqa: PLC0415
   for key, raw in overrides:
     parts = key.split(".")
     if len(parts) == 2 and parts[0] == "evals" and parts[1] not in cfg.evals:
       cfg.evals[parts[1]] = new_evaluator(parts[1], raw)
     else:
-      config.apply_override(cfg, key, raw)
-  config.validate(cfg)
-  for name in cfg.evals.keys():
-    defaults.validate(name, cfg.evals[name])
-  return cfg
+      config.apply_override(cfg, key, raw, where)
 
 
 # Fields added after a workdir's config.json may have been written, with the value that reproduces
