@@ -120,6 +120,19 @@ PTB_SENTENCES = [
     "There are 3 dogs: a poodle, a pug and a terrier.", "50% off sale at the store #1 today",
     "What is that? A plate with broccoli, rice and chicken...", "plan b. and the letter x. then",
     "Someone's 'homemade' pizza with pepperoni & cheese", "bottom right: small cyan cross", "",
+    # Once wrong: apostrophe words, abbreviations, repeated ?!, words joined by a dot.
+    "A clock tower reads ten o'clock.", "It's 5 o'clock somewhere", "a rock 'n' roll band", "a no. 5 bus on the street",
+    "The cat's meow!!!", "Is this a dog?!", "a dog.a cat",
+    "A man 5'10\" tall at -3.5 degrees, 5 1/2 cups, 50% off, 12/25/2014 at 5:30pm; .5 and 1,000.50 and 10:30 a.m.",
+    "Mr. Smith's t-shirt says 'No. 1' (a.k.a. the U.S. champ) -- wow!! St. Louis, Mt. Fuji, Jan. 5, etc.",
+    "the '90s y'all ma'am c'mon l'amour O'Neil 'em 'til 'tis 'twas don'ts gimme wanna can't won't I'm we've",
+    "a pizza w/ cheese and/or ham, a 2x4, 3-way stop, 10-year-old boy, U.S.-made, non-U.S. flag, x-ray.",
+    "A woman in a café eats jalapeño crème brûlée in Zürich; naïve résumé, Ørsted, straße, Москва, 中文",
+    "A sign reading \u201cWelcome\u201d \u2014 it\u2019s in [brackets] {braces} <b>bold</b> \u00bd \u00a3 5 \u20ac3 "
+    "\u00a2 \U0001F600...",
+    "Visit www.example.com/menu or e-mail info@example.com, @chef #foodie :) :-( ^_^ photo.jpg C++ AT&T B&W",
+    "Plan B. The dog ran... home????? ----- ... . . . a...b, dog., end.; etc.n't Jr. (555) 555-1234",
+    "the bus no.", "5 people", "Dr. Who. The end", "a.m. p.m. e.g. i.e. U.S.A",  # the lexer looks across lines
 ]
 
 
@@ -127,6 +140,38 @@ PTB_SENTENCES = [
 def test_python_ptb_tokenizer_equals_java():
   refs = {i: [s] for i, s in enumerate(PTB_SENTENCES)}
   assert ptb.tokenize(refs) == captioning.tokenize(refs, "java")
+
+
+def _fuzzed_captions(seed, n):
+  """Caption-like strings: words, contractions, abbreviations, numbers, symbols, odd spacing."""
+  rng = np.random.default_rng(seed)
+  words = ("a the man dog cats sitting on red large it's isn't can't I'm they'll man's dogs' o'clock 'n' "
+           "y'all '90s no. No. 5 Mr. St. U.S. a.m. e.g. etc. Inc. b. 3.5 -2 1,000 5:30 1/2 50% 5'10 2x4 "
+           "t-shirt well-known w/ and/or AT&T C++ www.x.com a@b.com @user #tag :) café naïve ½ £ € 😀 "
+           "\u201cok\u201d \u2019s \u2014 ... !!! ?! -- ( ) [ ] { } < > \" ' ` , . ; : ! ? - / & $ # * + = ~").split()
+  glue = [" "] * 6 + ["", "  "]
+  return ["".join(str(rng.choice(words)) + str(rng.choice(glue)) for _ in range(rng.integers(1, 12))).strip()
+          for _ in range(n)]
+
+
+@needs_java
+def test_python_ptb_tokenizer_equals_java_on_fuzzed_captions():
+  refs = {i: [s] for i, s in enumerate(_fuzzed_captions(0, 1000))}
+  py, java = ptb.tokenize(refs), captioning.tokenize(refs, "java")
+  assert [(refs[k][0], py[k][0], java[k][0]) for k in refs if py[k] != java[k]] == []
+
+
+def test_python_ptb_tokenizer_matches_recorded_java_output():
+  # What pycocoevalcap's Java tokenizer returned for these, so machines without Java check them too.
+  want = {"A clock tower reads ten o'clock.": "a clock tower reads ten o'clock",
+          "a rock 'n' roll band": "a rock 'n' roll band", "a no. 5 bus on the street": "a no. 5 bus on the street",
+          "The cat's meow!!! Is this a dog?!": "the cat 's meow !!! is this a dog ?!", "a dog.a cat": "a dog.a cat",
+          "5'10\" tall, -3.5 degrees, 5 1/2 cups": "5 10 tall -3.5 degrees 5\u00a01/2 cups",
+          "(a.k.a. the U.S. champ) -- Jan. 5": "-lrb- a.k.a. the u.s. champ -rrb- jan. 5",
+          "y'all can't gonna 'tis": "y' all ca n't gon na 't is", "Plan B. The dog": "plan b the dog",
+          "caf\u00e9 \u201cok\u201d \u2014 \u00bd \u00a3 \U0001F600": "caf\u00e9 ok 1/2 #",
+          "w/ and/or, 3-way, U.S.-made": "w / and/or 3-way u.s.-made"}
+  assert ptb.tokenize({i: [s] for i, s in enumerate(want)}) == {i: [v] for i, v in enumerate(want.values())}
 
 
 def _caption_fixture():
