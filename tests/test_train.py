@@ -147,3 +147,45 @@ def test_a_save_cut_short_leaves_a_folder_the_next_run_removes(micro_cfg, tmp_pa
   ckpt.remove_unfinished()
   ckpt.close()
   assert sorted(os.listdir(directory)) == ["4", "notes"]
+
+
+def test_wandb_logs_every_row_and_a_resumed_run_continues_the_same_wandb_run(micro_cfg, tmp_path, monkeypatch):
+  """With `wandb.project` set, rows go to wandb too (a stand-in module records the calls: no network)."""
+  import sys
+  import types
+
+  import pytest
+  from vlmjax import config, metrics
+  calls = []
+
+  class Run:
+    def log(self, row, step):
+      calls.append(("log", step, dict(row)))
+
+    def finish(self):
+      calls.append(("finish",))
+
+  def init(**kw):
+    calls.append(("init", kw))
+    return Run()
+  monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+  cfg = micro_cfg(("wandb.project", "shapes"), ("wandb.mode", "offline"))
+  workdir = str(tmp_path / "exp1")
+  os.makedirs(workdir)
+  for start in (0, 2):  # a first run, then a resumed one
+    writer = metrics.Writer(workdir, total_steps=4, batch_size=16, start_step=start, wandb_cfg=cfg.wandb,
+                            run_config={"seed": 0})
+    writer.write(start + 1, {"loss": 2.0})
+    writer.write_evals(start + 1, {"eval/zs/top1": 0.5})
+    writer.close()
+  inits = [c[1] for c in calls if c[0] == "init"]
+  assert inits[0]["id"] == inits[1]["id"] and inits[0]["resume"] == "allow"
+  assert inits[0]["project"] == "shapes" and inits[0]["name"] == "exp1" and inits[0]["mode"] == "offline"
+  assert inits[0]["config"] == {"seed": 0}
+  assert ("log", 1, {"train/loss": 2.0}) in calls and ("log", 3, {"eval/zs/top1": 0.5}) in calls
+  assert calls.count(("finish",)) == 2
+  monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+  with pytest.raises(config.ConfigError, match="needs the wandb package: pip install wandb"):
+    metrics.Writer(workdir, total_steps=4, batch_size=16, start_step=0, wandb_cfg=cfg.wandb)
+  with pytest.raises(config.ConfigError, match="wandb.mode='offlne' is unknown"):
+    micro_cfg(("wandb.mode", "offlne"))

@@ -157,6 +157,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not isinstance(cfg.ckpt_keep, int) or cfg.ckpt_keep < 1:
     raise ConfigError(f"ckpt_keep={cfg.ckpt_keep!r} must be an int >= 1 (the latest checkpoints kept; "
                       f"ckpt_keep_every keeps more)")
+  if "wandb" in cfg and cfg.wandb.mode not in WANDB_MODES:
+    raise ConfigError(f"wandb.mode={cfg.wandb.mode!r} is unknown; valid: {', '.join(map(repr, WANDB_MODES))} "
+                      f"('': wandb's default or WANDB_MODE)")
 
 
 def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
@@ -190,6 +193,9 @@ def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str,
 def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
   with open(path, "w") as f:
     f.write(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")
+
+
+WANDB_MODES = ("", "online", "offline")
 
 
 def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
@@ -229,4 +235,7 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       crop_min_scale=0.9,         # smallest area fraction of a random_resized_crop
       max_skip_fraction=0.1))     # stop when more samples than this are unreadable
   c.evals = ml_collections.ConfigDict()
+  # Weights & Biases, besides metrics.jsonl and TensorBoard: off while `project` is "". A resumed
+  # run continues the same wandb run (its id is kept in the workdir's wandb.json).
+  c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode=""))  # mode: online | offline
   return c

@@ -1,4 +1,5 @@
-"""Metric writers: a live console line, `metrics.jsonl`, and TensorBoard events under `tb/`.
+"""Metric writers: a live console line, `metrics.jsonl`, TensorBoard events under `tb/`, and
+Weights & Biases when `cfg.wandb.project` is set.
 
 Only process 0 writes. `Writer.write` takes metrics already fetched to the host.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 import jax
+import ml_collections
 
 
 def _duration(seconds: float) -> str:
@@ -18,7 +21,8 @@ def _duration(seconds: float) -> str:
 
 
 class Writer:
-  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int):
+  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int,
+               wandb_cfg: ml_collections.ConfigDict | None = None, run_config: dict | None = None):
     self.enabled = jax.process_index() == 0
     self.total_steps, self.batch_size = total_steps, batch_size
     self.start_step = start_step
@@ -27,9 +31,11 @@ class Writer:
     self.first: dict | None = None
     self.last: dict | None = None
     self.rates: list[float] = []
-    self._jsonl = self._tb = None
+    self._jsonl = self._tb = self._wandb = None
     self.evals: dict | None = None
     if self.enabled:
+      if wandb_cfg is not None and wandb_cfg.project:  # first: a missing package fails with nothing opened
+        self._wandb = start_wandb(wandb_cfg, workdir, run_config or {})
       path = os.path.join(workdir, "metrics.jsonl")
       dropped = drop_rows_after(path, start_step)
       if dropped:
@@ -60,6 +66,8 @@ class Writer:
       for k, v in row.items():
         if k != "step":
           self._tb.add_scalar(k, v, step)
+      if self._wandb is not None:
+        self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
       eta = ((self.total_steps - step) * self.batch_size / rate) if rate else None
       parts = [f"step {step:>6}/{self.total_steps}", f"loss {row['train/loss']:.4f}"]
       parts += [f"{k[6:]} {row[k]:.4f}" for k in ("train/contrastive_loss", "train/caption_loss") if k in row]
@@ -80,6 +88,8 @@ class Writer:
     self._jsonl.flush()
     for k, v in results.items():
       self._tb.add_scalar(k, v, step)
+    if self._wandb is not None:
+      self._wandb.log(dict(results), step=step)
     by_name: dict[str, list[str]] = {}
     for k, v in results.items():  # eval/<name>/<metric>: one console line per evaluator
       _, name, metric = k.split("/", 2)
@@ -110,6 +120,29 @@ class Writer:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+      if self._wandb is not None:
+        self._wandb.finish()
+
+
+def start_wandb(cfg: ml_collections.ConfigDict, workdir: str, run_config: dict):
+  """A wandb run for `workdir`: the one its `wandb.json` names when resuming, else a new one
+  (named `cfg.name` or the workdir's name), with the resolved config attached."""
+  try:
+    import wandb  # noqa: PLC0415 (optional)
+  except ImportError:
+    from vlmjax.config import ConfigError  # noqa: PLC0415
+    raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
+                      "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)") from None
+  path = os.path.join(workdir, "wandb.json")
+  stored = json.load(open(path)) if os.path.isfile(path) else {}
+  run_id = stored.get("id") or uuid.uuid4().hex[:12]
+  run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or os.path.basename(
+      os.path.abspath(workdir)), id=run_id, resume="allow", dir=workdir, config=run_config,
+      mode=cfg.mode or None)
+  if not stored:
+    with open(path, "w") as f:
+      json.dump({"id": run_id, "project": cfg.project}, f)
+  return run
 
 
 def drop_rows_after(path: str, step: int) -> int:

@@ -276,7 +276,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     if start:
       print(f"resuming from step {start} in {workdir}")
 
-    writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start)
+    writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start,
+                            wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()))
     step_fn = compile_train_step(cfg, s)
     last = min(cfg.total_steps, stop_after or cfg.total_steps)
     preempted = False
