@@ -189,3 +189,22 @@ def test_wandb_logs_every_row_and_a_resumed_run_continues_the_same_wandb_run(mic
     metrics.Writer(workdir, total_steps=4, batch_size=16, start_step=0, wandb_cfg=cfg.wandb)
   with pytest.raises(config.ConfigError, match="wandb.mode='offlne' is unknown"):
     micro_cfg(("wandb.mode", "offlne"))
+
+
+def test_frozen_parameters_stay_as_initialised_through_training_and_resume(micro_cfg, tmp_path):
+  """optim.freeze (the README's fine-tuning recipe): the frozen tower keeps its initial values
+  bit for bit (no update, no weight decay), the rest trains, and the run checkpoints and resumes."""
+  from vlmjax import sharding
+  cfg = micro_cfg(("optim.freeze", "vision"), ("total_steps", "4"), ("ckpt_every", "2"), ("optim.warmup_steps", "1"))
+  workdir = str(tmp_path / "run")
+  train.train(cfg, workdir, stop_after=2)
+  assert train.train(cfg, workdir)["finished"]
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  init = jax.device_get(train.init_state(cfg, s).params)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+  ckpt.close()
+  got = jax.device_get(state.params)
+  assert int(state.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, got["vision"], init["vision"])
+  assert not np.array_equal(got["text"]["token_embed"]["embedding"], init["text"]["token_embed"]["embedding"])

@@ -91,8 +91,9 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=jax.eval_shape(tx.init, params))
   replicated = sharding.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated)
+  frozen = lambda x: isinstance(x, optax.MaskedNode)  # optim.freeze: no optimiser state for these
+  opt_sh = optax.tree_map_params(tx, lambda v, s: v if frozen(v) else s, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated, is_leaf=frozen)
   shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
   return Setup(graphdef, tx, schedule, abstract, shardings,
                sharding.batch_sharding(mesh, cfg.mesh.rules), mesh)
