@@ -112,3 +112,69 @@ def test_decoder_crops_at_reduced_size_and_rejects_bad_bytes():
   for bad in (b"not an image", data[: len(data) // 2], b"\xff\xd8\xff" + b"\x00" * 100):
     with pytest.raises(transforms.BadImage):
       transforms.ImageDecoder(32)(bad)
+
+
+def _with_orientation(array, orientation, fmt="JPEG"):
+  import io
+  im = Image.fromarray(array)
+  exif = im.getexif()
+  exif[0x0112] = orientation
+  buf = io.BytesIO()
+  im.save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+  return buf.getvalue()
+
+
+def _as_displayed(data):
+  import io
+  from PIL import ImageOps
+  return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+
+
+def test_exif_orientation_is_applied_before_the_crop(monkeypatch):
+  # 200 x 100 stored, orientation 6: shown as 100 x 200 (portrait); left half red, right half blue, green ramp.
+  a = np.zeros((100, 200, 3), np.uint8)
+  a[:, :100, 0], a[:, 100:, 2], a[..., 1] = 255, 255, np.arange(100, dtype=np.uint8)[:, None] * 2
+  data = _with_orientation(a, 6)
+  for fallback in (False, True):  # OpenCV's decode, and PIL's for formats OpenCV does not read
+    if fallback:
+      monkeypatch.setattr(transforms.cv2, "imdecode", lambda *args: None)
+    for mode in ("resize", "center_crop"):
+      shown = _as_displayed(data)
+      if mode == "center_crop":
+        w, h = shown.size
+        s = min(w, h)
+        shown = shown.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+      ref = np.asarray(shown.resize((32, 32), Image.BILINEAR)).astype(int)
+      got = transforms.ImageDecoder(32, mode)(data).astype(int)
+      assert np.abs(got - ref).mean() < 4, (fallback, mode, np.abs(got - ref).mean())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pil(orientation):
+  a = (np.random.default_rng(orientation).random((6, 10, 3)) * 255).astype(np.uint8)
+  data = _with_orientation(a, orientation, fmt="PNG")  # lossless: exact comparison
+  region, bgr = transforms._decode_bytes(data, lambda w, h: (0, 0, w, h, max(w, h)))
+  got = region[..., ::-1] if bgr else region
+  np.testing.assert_array_equal(got, np.asarray(_as_displayed(data)))
+
+
+def test_jpeg_with_bytes_after_its_end_marker_decodes():
+  import io
+  a = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(a).save(buf, format="JPEG")
+  data = buf.getvalue()
+  want = transforms.ImageDecoder(32)(data)
+  for extra in (b"\0" * 64, b"SEFT" + b"x" * 200):
+    np.testing.assert_array_equal(transforms.ImageDecoder(32)(data + extra), want)
+  # An EXIF thumbnail carries its own end marker: a cut main image is still truncated.
+  thumb = io.BytesIO()
+  Image.fromarray(a[:8, :8]).save(thumb, format="JPEG")
+  exif = Image.Exif()
+  exif[0x0112] = 1
+  with_thumb = io.BytesIO()
+  Image.fromarray(a).save(with_thumb, format="JPEG", exif=exif.tobytes() + thumb.getvalue())
+  cut = with_thumb.getvalue()
+  assert b"\xff\xd9" in cut[:len(cut) // 2]
+  with pytest.raises(transforms.BadImage, match="truncated"):
+    transforms.ImageDecoder(32)(cut[:len(cut) // 2])

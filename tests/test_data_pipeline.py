@@ -169,3 +169,77 @@ def test_an_image_with_several_captions_trains_on_each_of_them(tmp_path):
   again = build(data_cfg(f"arrayrecord:{tmp_path}/*.array_record"), batch=8)
   assert [c for b in take(again, 4) for c in captions(b)] == seen  # drawn from the seed: reproducible
   again.close()
+
+
+def test_runs_with_nearby_seeds_share_no_epoch(tmp_path):
+  from vlmjax.data import records
+  png = transforms_png()
+  records.write_arrayrecord([{"key": f"k{i:02d}", "image": png, "caption": f"c {i}"} for i in range(12)],
+                            str(tmp_path))
+  spec = f"arrayrecord:{tmp_path}/*.array_record"
+
+  def keys(seed, n):
+    it = iter(pipeline.host_stream(spec, data_cfg(spec), seed=seed, image_size=16, index=0, count=1))
+    out = [next(it)["key"] for _ in range(n)]
+    it.close()
+    return out
+  s0, s1 = keys(0, 24), keys(1, 12)
+  assert sorted(s0[:12]) == sorted(s0[12:]) == sorted(s1) == [f"k{i:02d}" for i in range(12)]
+  assert s0[12:] != s1 and s0[:12] != s0[12:] and s0 == keys(0, 24)
+
+
+def transforms_png(size=16, seed=0):
+  from vlmjax.data import transforms
+  return transforms.encode_png((np.random.default_rng(seed).random((size, size, 3)) * 255).astype(np.uint8))
+
+
+def test_hosts_draw_different_crops_of_the_same_image():
+  import grain
+  from vlmjax.data import batcher, tokenizers, transforms
+  rec = {"key": "k", "image": transforms_png(32), "caption": "c", "_shard": "x"}
+
+  def first_batch(host):
+    ds = batcher.DecodeBatch(grain.MapDataset.source([rec] * 4).to_iter_dataset(), batch_size=4,
+                             decoder=transforms.ImageDecoder(16, "random_resized_crop", 0.2),
+                             tokenizer=tokenizers.ByteTokenizer(), context_length=8, seed=0, num_threads=1,
+                             max_skip_fraction=0.5, host_index=host)
+    it = iter(ds)
+    out = next(it)["image"]
+    it.close()
+    return out
+  host0 = first_batch(0)
+  np.testing.assert_array_equal(host0, first_batch(0))
+  assert not np.array_equal(host0, first_batch(1))
+
+
+def test_close_stops_every_thread_and_closes_the_shards(tmp_path):
+  import threading
+  from test_data_helpers import open_fds
+  write_shards(tmp_path / "t", 2, 6)
+  before = set(threading.enumerate())
+  it = build(data_cfg(f"tar:{tmp_path}/t/*.tar", shuffle_buffer=4), batch=4)
+  take(it, 1)
+  it.close()
+  assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+  assert open_fds(str(tmp_path)) == []
+  assert it.stats()["data/samples"] >= 4  # the counters still answer
+  with pytest.raises(ValueError, match="closed"):
+    next(it)
+
+
+def test_an_iterator_left_open_at_exit_is_closed_quietly(tmp_path):
+  import os
+  import subprocess
+  import sys
+  write_shards(tmp_path / "t", 2, 6)
+  tests = os.path.dirname(os.path.abspath(__file__))
+  code = (f"import sys; sys.path.insert(0, {tests!r})\n"
+          "from test_data_helpers import data_cfg, single_device\n"
+          "from vlmjax.data import pipeline\n"
+          f"it = pipeline.build(data_cfg('tar:{tmp_path}/t/*.tar'), global_batch=4, seed=0, image_size=16,"
+          " context_length=24, vocab_size=259, sharding=single_device())\n"
+          "next(it)\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]

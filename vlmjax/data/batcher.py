@@ -4,9 +4,10 @@
 "captions" where an image has several: each visit trains on one of them, drawn from
 the record's seed) from a grain iterator, decodes and tokenises them on a thread pool (OpenCV and
 PIL release the GIL), drops the ones that fail and pulls more until the batch is
-full. Its state is the parent's state plus the number of records consumed (which
-seeds each record's random crop) and the skip counters, so a restored iterator
-continues with exactly the next batch and the same statistics.
+full. Its state is the parent's state plus the number of records consumed (which,
+with the host index, seeds each record's random crop: hosts draw different crops)
+and the skip counters, so a restored iterator continues with exactly the next batch
+and the same statistics.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class DecodeBatch(grain.IterDataset):
   """Batches of {"image": float32 [B, S, S, 3] (normalised), "text": int32 [B, L]}."""
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int, decoder: transforms.ImageDecoder,
-               tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float):
+               tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
+               host_index: int):
     super().__init__(parent)
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
-    self.max_skip_fraction = max_skip_fraction
+    self.max_skip_fraction, self.host_index = max_skip_fraction, host_index
 
   def __iter__(self) -> "DecodeBatchIterator":
     return DecodeBatchIterator(self._parent.__iter__(), self)
@@ -69,11 +71,11 @@ class DecodeBatchIterator(grain.DatasetIterator):
     caption = raw.get("caption")
     several = [c for c in raw.get("captions") or () if c and c.strip()]
     if len(several) > 1:  # an image with several captions (COCO-style): one of them, drawn per visit
-      caption = several[np.random.default_rng([self._ds.seed, index, 1]).integers(len(several))]
+      caption = several[np.random.default_rng([self._ds.seed, self._ds.host_index, index, 1]).integers(len(several))]
     if not caption or not caption.strip():
       return "no_caption"
     try:
-      image = self._ds.decoder(raw["image"], np.random.default_rng([self._ds.seed, index]))
+      image = self._ds.decoder(raw["image"], np.random.default_rng([self._ds.seed, self._ds.host_index, index]))
     except transforms.BadImage:
       return "bad_image"
     transforms.normalize_into(image, images[slot])
@@ -123,7 +125,8 @@ class DecodeBatchIterator(grain.DatasetIterator):
       log.warning("data: skipped %d of %d samples so far (%s); worst shards: %s", skipped, seen, reasons, worst)
 
   def close(self) -> None:
-    self._pool.shutdown(wait=False)
+    self._pool.shutdown(wait=True, cancel_futures=True)
+    super().close()  # the upstream iterators: prefetch threads, the open shard
 
 
 def stats_of(state: dict) -> dict[str, float]:

@@ -4,6 +4,8 @@
                    for this host, read as a stream, then a window shuffle buffer
   random access    (ArrayRecord, TFDS, synthetic) a global permutation per epoch,
                    every `process_count`-th index for this host
+  seeds            every stage's seed is a hash of (seed, stage, epoch) (`derive_seed`), so
+                   runs with nearby seeds share no permutation
   mixture          `source` as {spec: weight} (or that dict written as a string,
                    since config keys cannot hold dots): grain's weighted mix
   decode + batch   `batcher.DecodeBatch` on `num_threads` threads, then global
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import sys
 import weakref
 
 import grain
@@ -31,12 +34,29 @@ from vlmjax.data import batcher, sources, tokenizers, transforms
 from vlmjax.data.sources import DataError
 
 
+def _close_iterators(box: list) -> None:
+  while box:
+    box.pop().close()
+
+
 class Batches:
-  """Host batches from a grain iterator, assembled into global sharded arrays."""
+  """Host batches from a grain iterator, assembled into global sharded arrays.
+
+  `close()` (or dropping the last reference, or the interpreter's exit) stops the prefetch and
+  decode threads and closes the open shards; the iterator is released with it. `get_state` and
+  `stats` still answer after `close()`.
+  """
 
   def __init__(self, iterator, sharding: jax.sharding.Sharding):
-    self._it, self._sharding = iterator, sharding
-    weakref.finalize(self, iterator.close)  # stop prefetch threads before interpreter teardown
+    self._box, self._sharding = [iterator], sharding  # the finalizer holds the box, never `self`
+    self._finalizer = weakref.finalize(self, _close_iterators, self._box)
+    self._final_state: dict | None = None
+
+  @property
+  def _it(self):
+    if not self._box:
+      raise ValueError("the data iterator is closed")
+    return self._box[0]
 
   def __iter__(self):
     return self
@@ -45,6 +65,8 @@ class Batches:
     return next(self._it)  # already global arrays: assembled in the prefetch thread
 
   def get_state(self) -> dict:
+    if not self._box and self._final_state is not None:
+      return self._final_state
     return self._it.get_state()
 
   def set_state(self, state: dict) -> None:
@@ -52,10 +74,15 @@ class Batches:
 
   def stats(self) -> dict[str, float]:
     """Cumulative counters up to the last batch returned: data/samples, data/skipped[/<reason>]."""
-    return batcher.stats_of(self._it.get_state())
+    return batcher.stats_of(self.get_state())
 
   def close(self) -> None:
-    self._it.close()
+    if self._box:
+      try:
+        self._final_state = self._box[0].get_state()
+      except Exception:  # noqa: BLE001 -- closing after a failed step: the failure is the one to show
+        pass
+    self._finalizer()
 
 
 def to_global(batch: dict[str, np.ndarray], *, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
@@ -82,6 +109,42 @@ def parse_mixture(source) -> list[tuple[str, float]]:
   return out
 
 
+def derive_seed(seed: int, *stage: int) -> int:
+  """A 32-bit seed hashed from (seed, *stage): unlike seed + i, nearby seeds give unrelated streams."""
+  return int(np.random.SeedSequence([seed, *stage]).generate_state(1)[0])
+
+
+class EpochShuffle(grain.MapDataset):
+  """The parent repeated forever, in a fresh permutation each epoch, seeded by a hash of (seed, epoch).
+
+  (grain's `shuffle` seeds epoch e with seed + e, so epoch e + 1 of seed s is epoch e of seed s + 1.)
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, seed: int):
+    super().__init__(parent)
+    self._seed, self._n, self._seeds = seed, len(parent), {}
+    if not self._n:
+      raise DataError(f"data source {parent!r} is empty")
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _epoch_seed(self, epoch: int) -> int:
+    if epoch not in self._seeds:
+      self._seeds[epoch] = derive_seed(self._seed, epoch)
+    return self._seeds[epoch]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = divmod(int(index), self._n)
+    j = grain.experimental.index_shuffle(i, max_index=self._n - 1, seed=self._epoch_seed(epoch), rounds=4)
+    return self._parent[int(j)]
+
+  def __str__(self) -> str:
+    return f"EpochShuffle(seed={self._seed})"
+
+
 def host_stream(spec: str, data_cfg: ml_collections.ConfigDict, *, seed: int, image_size: int,
                 index: int, count: int) -> grain.IterDataset:
   """Raw records of one source for host `index` of `count`, shuffled, repeating forever."""
@@ -92,13 +155,11 @@ def host_stream(spec: str, data_cfg: ml_collections.ConfigDict, *, seed: int, im
     from vlmjax.data import tar_stream
     ds = tar_stream.TarStream(sources.expand_pattern(rest), seed=seed, host_index=index, host_count=count)
     if data_cfg.shuffle_buffer > 1:
-      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=data_cfg.shuffle_buffer, seed=seed)
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=data_cfg.shuffle_buffer,
+                                                       seed=derive_seed(seed, 1))
     return ds
   source = sources.open_source(spec, image_size=image_size, data_dir=data_cfg.data_dir or None)
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)           # a fresh permutation of the whole source every epoch
-        .repeat(None)
-        [index::count])               # this host's share of every global batch
+  ds = EpochShuffle(grain.MapDataset.source(source), seed=seed)[index::count]  # this host's share of each batch
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
                                               prefetch_buffer_size=4 * max(1, data_cfg.num_threads)))
 
@@ -113,7 +174,7 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
     raise ConfigError(f"tokenizer {data_cfg.tokenizer!r} has {tokenizer.vocab_size} ids but "
                       f"model.text.vocab_size is {vocab_size}")
   mixture = parse_mixture(data_cfg.source)
-  streams = [host_stream(spec, data_cfg, seed=seed + 7919 * i, image_size=image_size, index=index, count=count)
+  streams = [host_stream(spec, data_cfg, seed=derive_seed(seed, i), image_size=image_size, index=index, count=count)
              for i, (spec, _) in enumerate(mixture)]
   if len(streams) == 1:
     raw = streams[0]
@@ -123,7 +184,8 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
   return batcher.DecodeBatch(
       raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer,
       decoder=transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale),
-      seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction)
+      seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction,
+      host_index=index)
 
 
 def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,

@@ -64,30 +64,49 @@ class ArrayRecordSource:
     if missing:
       raise DataError(f"ArrayRecord file {missing[0]!r} does not exist ({len(missing)} of {len(paths)} missing)")
     self.paths = paths
-    self._source = grain.sources.ArrayRecordDataSource(paths)
     self._starts = []  # first global index of every file, for naming the shard of a bad record
     total = 0
     for p in paths:
       self._starts.append(total)
       total += _num_records(p)
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(paths)
+    except Exception as e:  # noqa: BLE001 -- array_record raises bare RuntimeErrors
+      raise DataError(f"the {len(paths)} ArrayRecord file(s) {paths[0]!r}, ... are unreadable "
+                      f"({type(e).__name__}: {_first_line(e)})") from None
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, i: int) -> dict:
     i = int(i)
-    return parse(self._source[i], self.paths[bisect.bisect_right(self._starts, i) - 1])
+    shard = self.paths[bisect.bisect_right(self._starts, i) - 1]
+    try:
+      data = self._source[i]
+    except Exception:  # noqa: BLE001 -- a corrupt chunk: array_record raises bare RuntimeErrors
+      return {"key": "", "_skips": [("bad_record", shard)]}
+    return parse(data, shard)
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource({len(self.paths)} files, {len(self)} examples)"
 
 
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or ["no message"])[0][:200]
+
+
 def _num_records(path: str) -> int:
+  """The number of records of an ArrayRecord file; a one-line DataError naming a corrupt or foreign file."""
   from array_record.python import array_record_module
-  reader = array_record_module.ArrayRecordReader(path)
-  n = reader.num_records()
-  reader.close()
-  return n
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      return reader.num_records()
+    finally:
+      reader.close()
+  except Exception as e:  # noqa: BLE001 -- array_record raises bare RuntimeErrors
+    raise DataError(f"ArrayRecord file {path!r} is corrupt or not an ArrayRecord file "
+                    f"({type(e).__name__}: {_first_line(e)})") from None
 
 
 def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: int = 10_000) -> list[str]:

@@ -15,16 +15,19 @@ The training pipeline always streams tar shards (see `pipeline.py`).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import tarfile
 import threading
+import weakref
 
 from vlmjax.config import ConfigError
 from vlmjax.data import synthetic
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "caption")
+log = logging.getLogger(__name__)
 KINDS = "synthetic:shapes[:SPLIT], tar:PATTERN, arrayrecord:PATTERN, tfds:NAME[/CONFIG][:SPLIT]"
 
 
@@ -36,23 +39,68 @@ def is_url(path: str) -> bool:
   return "://" in path
 
 
+def sample_key(name: str) -> tuple[str, str]:
+  """A tar member name -> (sample key, lower-case extension), as img2dataset and webdataset group them:
+  `./shard/000123.jpg` -> ("000123", "jpg"). Both tar readers use it."""
+  key, _, ext = os.path.basename(name).partition(".")
+  return key, ext.lower()
+
+
+def caption_of(text: bytes | None) -> tuple[str | None, str | None]:
+  """Caption bytes -> (caption, None), or (None, the skip reason): missing or blank, or not UTF-8."""
+  if text is None:
+    return None, "no_caption"
+  try:
+    caption = text.decode("utf-8").strip()
+  except UnicodeDecodeError:
+    return None, "bad_text"
+  return (caption, None) if caption else (None, "no_caption")
+
+
+def require_filesystem(path: str, pattern: str) -> None:
+  """A one-line DataError up front when the fsspec backend of a gs://, s3://, ... URL is not installed."""
+  protocol = path.split("://", 1)[0]
+  if protocol in ("http", "https"):
+    return  # read with the standard library
+  import fsspec
+  from fsspec.registry import known_implementations
+  try:
+    fsspec.get_filesystem_class(protocol)
+  except ImportError:
+    hint = known_implementations.get(protocol, {}).get("err") or f"install the fsspec backend of {protocol}://"
+    raise DataError(f"data pattern {pattern!r}: cannot read {protocol}:// URLs here: {hint}") from None
+  except ValueError:
+    raise DataError(f"data pattern {pattern!r}: unknown URL protocol {protocol!r}; valid: local paths, "
+                    f"http(s)://, gs://, s3:// and the other fsspec protocols") from None
+
+
+_RANGE = re.compile(r"(\d+)\.\.(\d+)")
+
+
 def _expand_braces(pattern: str) -> list[str]:
-  m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-  if not m:
-    return [pattern]
-  lo, hi = m.group(1), m.group(2)
-  width = len(lo) if len(lo) == len(hi) else 0
-  out = []
-  for i in range(int(lo), int(hi) + 1):
-    out += _expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])
-  return out
+  """Shell-style braces: ranges `{000..127}` (zero-padded like bash, descending allowed) and lists `{a,b}`."""
+  for m in re.finditer(r"\{([^{}]*)\}", pattern):
+    body, r = m.group(1), _RANGE.fullmatch(m.group(1))
+    if r:
+      lo, hi = r.groups()
+      padded = any(len(v) > 1 and v.startswith("0") for v in (lo, hi))
+      width = max(len(lo), len(hi)) if padded else 0
+      step = 1 if int(hi) >= int(lo) else -1
+      items = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+    elif "," in body:
+      items = body.split(",")
+    else:
+      continue  # a literal brace
+    return [q for item in items for q in _expand_braces(pattern[:m.start()] + item + pattern[m.end():])]
+  return [pattern]
 
 
 def expand_pattern(pattern: str) -> list[str]:
-  """Brace ranges and globs -> paths or URLs; a DataError when nothing matches.
+  """Brace ranges and lists, and globs -> paths or URLs; a DataError when nothing matches.
 
   Paths of a brace range that do not exist are kept (a reader counts them as
-  missing shards) unless none exists. http(s) URLs are not checked here.
+  missing shards) unless none exists. http(s) URLs are not checked here; for
+  other URLs the fsspec backend must be installed.
   """
   paths = []
   for p in _expand_braces(pattern):
@@ -62,6 +110,7 @@ def expand_pattern(pattern: str) -> list[str]:
         raise DataError(f"data pattern {pattern!r}: http(s) URLs cannot hold globs; use a brace range")
       paths.append(p)
     elif is_url(p):
+      require_filesystem(p, pattern)
       if has_glob:
         import fsspec
         protocol = p.split("://", 1)[0]
@@ -70,84 +119,142 @@ def expand_pattern(pattern: str) -> list[str]:
         paths.append(p)
     elif has_glob:
       paths += sorted(glob.glob(p))
+    elif os.path.isdir(p):
+      raise DataError(f"data pattern {pattern!r}: {p!r} is a directory; name its files, "
+                      f"e.g. {os.path.join(p, '*.tar')!r}")
     else:
       paths.append(p)
   if not paths or all(not is_url(p) and not os.path.exists(p) for p in paths):
-    raise DataError(f"data pattern {pattern!r} matches no file")
+    tried = f" (none of its {len(paths)} path(s) exists, e.g. {paths[0]!r})" if paths else ""
+    raise DataError(f"data pattern {pattern!r} matches no file{tried}")
   return paths
+
+
+def _close_fds(fds: dict[int, int]) -> None:
+  while fds:
+    os.close(fds.popitem()[1])
 
 
 class TarSource:
   """Random access over local tar shards in the img2dataset layout (KEY.jpg + KEY.txt), indexed once.
 
+  Samples are grouped and checked exactly as `tar_stream.TarStream` does (consecutive
+  members with the same `sample_key`; a missing image, a blank or non-UTF-8 caption
+  is skipped; a truncated shard keeps its samples before the break). What was
+  skipped is counted in `skipped`, shown by `repr` and logged once when opened.
   For evaluation sets; training streams tar shards instead (no index, exact resume by byte offset).
+  Reads share one descriptor per shard (`os.pread` has no file position), closed by
+  `close()` or when the source is garbage collected.
   """
 
   def __init__(self, pattern: str):
-    self.paths = expand_pattern(pattern)
+    self.pattern, self.paths = pattern, expand_pattern(pattern)
     if any(is_url(p) for p in self.paths):
       raise DataError(f"tar pattern {pattern!r}: random access needs local shards; stream URLs instead")
-    self.index: list[tuple[int, str, int, int, int, int]] = []  # path idx, key, img off/size, txt off/size
-    self.skipped = {"no_image": 0, "no_caption": 0, "bad_shard": 0, "missing_shard": 0}
+    self.index: list[tuple[int, str, int, int, str]] = []  # path idx, key, image offset, image size, caption
+    self.skipped: dict[str, int] = {}
     for p, path in enumerate(self.paths):
-      try:
-        self._index_shard(p, path)
-      except FileNotFoundError:
-        self.skipped["missing_shard"] += 1
-      except (tarfile.TarError, OSError, EOFError):
-        self.skipped["bad_shard"] += 1
+      self._index_shard(p, path)
     if not self.index:
-      raise DataError(f"tar pattern {pattern!r}: no image-caption pairs in {len(self.paths)} shard(s)")
-    self._local = threading.local()
+      raise DataError(f"tar pattern {pattern!r}: no image-caption pairs in {len(self.paths)} shard(s)"
+                      f"{'; skipped ' + self._skip_summary() if self.skipped else ''}")
+    if self.skipped:
+      log.warning("data: %s: skipped %s while indexing", self, self._skip_summary())
+    self._open_fds()
+
+  def _open_fds(self) -> None:
+    self._fds: dict[int, int] = {}
+    self._lock = threading.Lock()
+    self._finalizer = weakref.finalize(self, _close_fds, self._fds)
+
+  def _skip(self, reason: str) -> None:
+    self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+  def _skip_summary(self) -> str:
+    return ", ".join(f"{r} {n}" for r, n in sorted(self.skipped.items()))
 
   def _index_shard(self, p: int, path: str) -> None:
-    groups: dict[str, dict] = {}
-    with tarfile.open(path, "r:") as tar:
-      for member in tar:
-        if not member.isfile():
-          continue
-        key, _, ext = member.name.partition(".")
-        ext = ext.lower()
-        slot = "image" if ext in IMAGE_EXTS else "text" if ext in TEXT_EXTS else None
-        if slot:
-          groups.setdefault(key, {})[slot] = (member.offset_data, member.size)
-    for key, g in groups.items():
-      if "image" not in g:
-        self.skipped["no_image"] += 1
-      elif "text" not in g:
-        self.skipped["no_caption"] += 1
-      else:
-        self.index.append((p, os.path.basename(key), *g["image"], *g["text"]))
+    try:
+      size = os.path.getsize(path)
+      tar = tarfile.open(path, "r:")
+    except FileNotFoundError:
+      return self._skip("missing_shard")
+    except tarfile.ReadError as e:
+      return self._skip("empty_shard" if "empty" in str(e) else "bad_shard")
+    except (tarfile.TarError, OSError, EOFError):
+      return self._skip("bad_shard")
+    key, group = None, {}
+    with tar:
+      try:
+        for member in tar:
+          member_key, ext = sample_key(member.name)
+          if key is not None and member_key != key:
+            self._add(p, key, group)
+            key, group = None, {}
+          if not member.isfile():
+            continue
+          key = member_key
+          if member.offset_data + member.size > size:
+            raise EOFError("member data past the end of the shard")
+          if ext in IMAGE_EXTS:
+            group[ext] = (member.offset_data, member.size)
+          elif ext in TEXT_EXTS:
+            group[ext] = tar.extractfile(member).read()
+      except (tarfile.TarError, OSError, EOFError):
+        return self._skip("truncated_shard")  # the sample being read at the break is dropped, as TarStream does
+    if key is not None:
+      self._add(p, key, group)
+
+  def _add(self, p: int, key: str, group: dict) -> None:
+    image = next((group[e] for e in IMAGE_EXTS if e in group), None)
+    if image is None:
+      return self._skip("no_image")
+    caption, reason = caption_of(next((group[e] for e in TEXT_EXTS if e in group), None))
+    if reason:
+      return self._skip(reason)
+    self.index.append((p, key, *image, caption))
 
   def _fd(self, p: int) -> int:
-    fds = getattr(self._local, "fds", None)
-    if fds is None:
-      fds = self._local.fds = {}
-    if p not in fds:
-      fds[p] = os.open(self.paths[p], os.O_RDONLY)
-    return fds[p]
+    fd = self._fds.get(p)
+    if fd is None:
+      with self._lock:
+        fd = self._fds.get(p)
+        if fd is None:
+          fd = self._fds[p] = os.open(self.paths[p], os.O_RDONLY)
+    return fd
 
   def __len__(self) -> int:
     return len(self.index)
 
   def __getitem__(self, i: int) -> dict:
-    p, key, img_off, img_size, txt_off, txt_size = self.index[int(i)]
-    fd = self._fd(p)
-    caption = os.pread(fd, txt_size, txt_off).decode("utf-8", errors="replace").strip()
-    return {"key": key, "image": os.pread(fd, img_size, img_off), "caption": caption,
+    p, key, offset, size, caption = self.index[int(i)]
+    return {"key": key, "image": os.pread(self._fd(p), size, offset), "caption": caption,
             "_shard": self.paths[p]}
+
+  def close(self) -> None:
+    """Closes the shards' descriptors (a later read reopens them)."""
+    with self._lock:
+      _close_fds(self._fds)
+
+  def __enter__(self) -> "TarSource":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    del state["_local"]  # file descriptors are per process and per thread
+    for name in ("_fds", "_lock", "_finalizer"):  # descriptors are per process
+      del state[name]
     return state
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._local = threading.local()
+    self._open_fds()
 
   def __repr__(self) -> str:
-    return f"TarSource({len(self.paths)} shards, {len(self.index)} examples)"
+    skipped = f"; skipped {self._skip_summary()}" if self.skipped else ""
+    return f"TarSource({self.pattern!r}: {len(self.paths)} shards, {len(self.index)} examples{skipped})"
 
 
 def parse_tfds(spec: str) -> tuple[str, str]:

@@ -51,31 +51,68 @@ def crop_box(width: int, height: int, mode: str, rng: np.random.Generator | None
   return (width - s) // 2, (height - s) // 2, s, s
 
 
+# EXIF orientation -> the stored pixels (rows, columns) as displayed, as views (PIL's ImageOps.exif_transpose).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: a.transpose(1, 0, 2)[::-1]}
+
+
+def _orientation(im: Image.Image) -> int:
+  try:
+    orientation = im.getexif().get(0x0112, 1)
+  except Exception:  # noqa: BLE001 -- a corrupt EXIF block: show the pixels as stored
+    return 1
+  return orientation if orientation in _ORIENT else 1
+
+
+def _jpeg_complete(data: bytes) -> bool:
+  """Whether a JPEG has its end-of-image marker after the start of its scan (bytes after it are allowed)."""
+  i = 2
+  while i + 4 <= len(data) and data[i] == 0xFF:
+    marker = data[i + 1]
+    if marker == 0xDA:  # start of scan: in entropy-coded data 0xFF is always followed by 0x00 or a restart marker
+      return data.rfind(b"\xff\xd9", i) >= 0  # from the end: the marker is there, maybe before trailing bytes
+    if marker == 0xFF:  # fill byte
+      i += 1
+    elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+      i += 2
+    else:
+      i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+  return False
+
+
 def _decode_bytes(data: bytes, box_fn) -> tuple[np.ndarray, bool]:
-  """Bytes -> (the cropped region as a uint8 view, whether it is BGR), decoded at the largest reduction
-  that keeps the region at least the target size."""
+  """Bytes -> (the cropped region as a uint8 array, whether it is BGR), decoded at the largest reduction
+  that keeps the region at least the target size. The EXIF orientation is applied (as viewers and
+  img2dataset do) and the box is chosen in the oriented image."""
   try:
     with Image.open(io.BytesIO(data)) as im:  # reads the header only
       width, height, fmt = *im.size, im.format
+      orientation = _orientation(im)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise BadImage(f"not an image ({type(e).__name__})") from None
-  if fmt == "JPEG" and b"\xff\xd9" not in data[-32:]:
+  if fmt == "JPEG" and not _jpeg_complete(data):
     raise BadImage("truncated JPEG (no end-of-image marker)")
+  if orientation >= 5:  # a quarter turn: displayed width and height swap
+    width, height = height, width
   x0, y0, w, h, size = box_fn(width, height)
   k = 1
   if fmt == "JPEG":
     while k < 8 and w // (2 * k) >= size and h // (2 * k) >= size:
       k *= 2
-  pixels, bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[k]), True
+  pixels, bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION), True
   if pixels is None:  # a format OpenCV does not read: PIL, full size
     try:
       with Image.open(io.BytesIO(data)) as im:
         pixels, bgr = np.asarray(im.convert("RGB")), False
     except (OSError, ValueError, SyntaxError) as e:
       raise BadImage(f"undecodable image ({type(e).__name__})") from None
+  if orientation != 1:
+    pixels = _ORIENT[orientation](pixels)
   sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
   top, left = int(y0 * sy), int(x0 * sx)
-  return pixels[top:top + max(1, round(h * sy)), left:left + max(1, round(w * sx))], bgr
+  region = pixels[top:top + max(1, round(h * sy)), left:left + max(1, round(w * sx))]
+  return (np.ascontiguousarray(region) if orientation != 1 else region), bgr
 
 
 def _resize(region: np.ndarray, size: int) -> np.ndarray:
