@@ -24,6 +24,7 @@ def get_config(arg=None):
   m.image_size = 224
   m.embed_dim = 512
   m.init_logit_scale = 1 / 0.07
+  m.max_logit_scale = 100.0     # clamped after every step, as open_clip
   m.init_logit_bias = None   # CLIP has no logit bias
   m.vision = presets.vit("B/16", pool="cls", cls_token=True, ln_pre=True, patch_bias=False)
   m.image_proj, m.text_proj = "linear", "linear"

@@ -25,6 +25,7 @@ def get_config(arg=None):
   m.image_size = 32
   m.embed_dim = 128
   m.init_logit_scale = 1 / 0.07
+  m.max_logit_scale = 100.0     # clamped after every step, as open_clip
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,

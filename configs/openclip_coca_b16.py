@@ -33,6 +33,7 @@ def get_config(arg=None):
   m.image_size = 224
   m.embed_dim = 512
   m.init_logit_scale = 1 / 0.07
+  m.max_logit_scale = 100.0     # clamped after every step, as open_clip
   m.vision = presets.vit("B/16", cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=49_408, context_length=76, width=512, depth=12, heads=8, mlp_dim=2048,

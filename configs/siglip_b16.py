@@ -38,6 +38,7 @@ def get_config(arg=None):
   m.image_size = 224
   m.embed_dim = 768
   m.init_logit_scale = 10.0
+  m.max_logit_scale = 0.0       # not clamped (big_vision)
   m.init_logit_bias = -10.0
   m.vision = presets.vit("B/16", pool="map")
   m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding

@@ -24,6 +24,7 @@ def get_config(arg=None):
   sigmoid = a.loss == "sigmoid"
   m.init_logit_scale = 10.0 if sigmoid else 1 / 0.07   # SigLIP: t' = log 10, b = -10
   m.init_logit_bias = -10.0 if sigmoid else None
+  m.max_logit_scale = 0.0 if sigmoid else 100.0  # CLIP clamps exp(t) to 100 (open_clip); SigLIP does not
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512,
                                 pool="map" if sigmoid else "gap")
   m.image_proj, m.text_proj = "linear", "linear"

@@ -78,6 +78,17 @@ def test_two_tower_shapes_and_init(loss):
     assert out.logit_bias is None
 
 
+def test_gap_pooling_averages_the_patches_not_the_class_token():
+  from vlmjax import presets
+  from vlmjax.models.vision import ViT
+  v = presets.vit_config(patch_size=8, width=32, depth=1, heads=2, mlp_dim=64, pool="gap", cls_token=True)
+  vit = ViT(v, 32, norm_eps=1e-6, act="gelu", dtype=jnp.float32, param_dtype=jnp.float32, remat="none",
+            scan=False, attention="xla", rngs=nnx.Rngs(0))
+  tokens, pooled = vit(jax.random.normal(jax.random.key(0), (2, 32, 32, 3)))
+  assert tokens.shape == (2, 17, 32)
+  np.testing.assert_allclose(pooled, tokens[:, 1:].mean(axis=1), rtol=1e-6)
+
+
 def test_tied_vocabulary_head_uses_the_input_embedding(micro_cfg):
   untied = models.build(micro_cfg().model, nnx.Rngs(0))
   cfg = micro_cfg(("model.decoder.tie_embedding", "true"))

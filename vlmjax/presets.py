@@ -75,6 +75,7 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   m = model_base("coca", remat="dots_no_batch")
   m.embed_dim = s["width"]
   m.init_logit_scale = 1 / 0.07
+  m.max_logit_scale = 100.0
   m.vision = vit(f"{s['vision']}/{patch}")
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
@@ -116,6 +117,7 @@ def _openclip_model(name: str, act: str) -> ml_collections.ConfigDict:
   m = model_base(name, act=act, norm_eps=1e-5)
   m.image_size = 224
   m.init_logit_scale = 1 / 0.07
+  m.max_logit_scale = 100.0     # open_clip clamps exp(logit_scale) to 100 after every step
   return m
 
 

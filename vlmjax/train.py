@@ -34,7 +34,7 @@ class TrainState:
 def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                loss_cfg: ml_collections.ConfigDict, seed: int, mesh: jax.sharding.Mesh,
-               batch_axes: tuple[str, ...]) -> tuple[TrainState, dict]:
+               batch_axes: tuple[str, ...], constrain=lambda params: params) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop.
 
   Randomness inside the model (e.g. CapPa's parallel-prediction masks) comes from
@@ -49,7 +49,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
 
   (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params = constrain(optax.apply_updates(state.params, updates))  # e.g. CLIP's logit_scale <= 100
   grad_norm = optax.tree.norm(grads)
   # A non-finite loss or gradient drops the update (nan_policy decides what the loop does next).
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -124,7 +124,8 @@ def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
   step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
-                           seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules))
+                           seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules),
+                           constrain=models.param_constraint(cfg.model))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,),
                  compiler_options=xla_options(cfg))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -42,4 +46,16 @@ def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
   return REGISTRY[cfg.name](cfg, rngs=rngs)
 
 
-__all__ = ["REGISTRY", "Output", "abstract", "build"]
+def param_constraint(cfg: ml_collections.ConfigDict) -> Callable[[dict], dict]:
+  """What the train step applies to the parameters after every update: open_clip's clamp of the
+  learned temperature, exp(logit_scale) in [1, `cfg.max_logit_scale`] (100 for CLIP and CoCa; 0:
+  none, as SigLIP in big_vision). The parameter itself is clipped, as open_clip does after each
+  step, so the loss can pull it back down at once (clipping in the forward pass would zero its
+  gradient instead). Models without a learned temperature (CapPa) get the identity."""
+  if REGISTRY[cfg.name] is Captioner or not cfg.max_logit_scale:
+    return lambda params: params
+  top = math.log(cfg.max_logit_scale)
+  return lambda params: {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, top)}
+
+
+__all__ = ["REGISTRY", "Output", "abstract", "build", "param_constraint"]

@@ -84,8 +84,8 @@ class ViT(nnx.Module):
       x_BxNxD = self.ln(x_BxNxD)
     if self.pool == "cls":
       return x_BxNxD[:, 1:], x_BxNxD[:, 0]
-    if self.pool == "gap":
-      return x_BxNxD, x_BxNxD.mean(axis=1)
+    if self.pool == "gap":  # over the patches (open_clip's `avg` pool): a class token is left out
+      return x_BxNxD, (x_BxNxD if self.cls is None else x_BxNxD[:, 1:]).mean(axis=1)
     if self.pool == "map":
       return x_BxNxD, self.map(x_BxNxD)[:, 0]
     return x_BxNxD, None
