@@ -213,7 +213,7 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.nan_max_skips = 5         # under `skip`, halt after this many non-finite steps in a row
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=min(10_000, total_steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98,
-      eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=""))
+      eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze="", lr_mult=""))
   c.init_from = ""            # start from converted weights (`vlmjax convert --out DIR`) instead of random
   c.init_reinit = ""          # ... but keep these parameter path prefixes freshly initialised
   # XLA compiler options for the train step, per platform: "name=value,name=value" (see

@@ -1,8 +1,11 @@
-"""The optimiser: AdamW with linear warmup and cosine decay, gradient clipping, decay mask, freezing.
+"""The optimiser: AdamW with linear warmup and cosine decay, gradient clipping, decay mask,
+per-tower learning-rate multipliers, freezing.
 
 Parameters are named by their dotted path (`vision.blocks.layers.0.mlp.fc1.kernel`);
 `optim.freeze` lists path prefixes (comma-separated, e.g. `vision` or
-`text,text_proj`) whose parameters get no updates at all.
+`text,text_proj`) whose parameters get no updates at all; `optim.lr_mult` scales the
+learning rate of path prefixes (`vision=0.1,text=0.5`; the longest matching prefix
+wins), weight decay included, as a per-group lr in PyTorch does.
 """
 
 from __future__ import annotations
@@ -40,6 +43,28 @@ def check_prefixes(params, spec: str, key: str) -> None:
       raise ConfigError(f"{key}: {p!r} names no parameter; top-level parts: {', '.join(tops)}")
 
 
+def lr_multipliers(spec: str) -> dict[str, float]:
+  """`optim.lr_mult` ("prefix=factor,...") as {prefix: factor}; a one-line ConfigError if malformed."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  out = {}
+  for item in prefixes(spec):
+    prefix, eq, raw = item.partition("=")
+    try:
+      factor = float(raw)
+    except ValueError:
+      factor = None
+    if not eq or not prefix.strip() or factor is None or not factor > 0 or prefix.strip() in out:
+      raise ConfigError(f"optim.lr_mult: {item!r} is not prefix=factor with a factor > 0 and each prefix once "
+                        f"(e.g. vision=0.1,text=0.5; optim.freeze stops a part altogether)")
+    out[prefix.strip()] = factor
+  return out
+
+
+def _multiplier(name: str, mults: dict[str, float]) -> float:
+  hits = [p for p in mults if matches(name, [p])]
+  return mults[max(hits, key=len)] if hits else 1.0
+
+
 def decay_mask(params) -> dict:
   """Weight decay on matrices (kernels, embeddings); not on biases, norms, scales or queries."""
   def decays(path, leaf) -> bool:
@@ -54,6 +79,11 @@ def build(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Gradi
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
       optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask),
   )
+  mults = lr_multipliers(cfg.lr_mult)
+  if mults:  # scales the finished update (Adam step and weight decay): the group's lr times the factor
+    tx = optax.chain(tx, optax.multi_transform(
+        {f: optax.scale(f) for f in {*mults.values(), 1.0}},
+        lambda params: jax.tree_util.tree_map_with_path(lambda path, _: _multiplier(path_name(path), mults), params)))
   frozen = prefixes(cfg.freeze)
   if frozen:
     label = lambda params: jax.tree_util.tree_map_with_path(

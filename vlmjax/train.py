@@ -84,6 +84,8 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                              "written by an older vlmjax lacks keys added since (see the config reference)") from None
   graphdef, abstract_params = nnx.split(abstract_model)
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), ",".join(optim.lr_multipliers(cfg.optim.lr_mult)),
+                       "optim.lr_mult")
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
   param_sh = sharding.param_shardings(abstract_params, cfg.mesh.rules, mesh)
   tx, schedule = optim.build(cfg.optim, cfg.total_steps)

@@ -86,7 +86,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "ove
 
 # Fields added after a workdir's config.json may have been written, with the value that reproduces
 # what that older vlmjax did (not always today's default).
-OLD_BEHAVIOUR = {"model.text.pad_id": 0}
+OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": ""}
 OLD_EVALUATOR_BEHAVIOUR = {"image_mode": "resize"}  # evaluators resized whole images before center_crop
 
 
