@@ -127,8 +127,8 @@ def collect(workdir: str) -> list[RunResult]:
       index, state, error, seconds = math.inf, "unknown", None, None
       seed = cfg["seed"] if cfg else None  # a run's config.json holds every key; a run without one: unknown
     rows, unreadable = read_metrics(rundir)
-    runs.append(RunResult(name, group, index, seed, state, error, seconds, cfg.get("total_steps"), rows,
-                          unreadable))
+    total_steps = cfg["total_steps"] if cfg else None
+    runs.append(RunResult(name, group, index, seed, state, error, seconds, total_steps, rows, unreadable))
   if not runs:
     raise ConfigError(f"report: no runs in {workdir!r} (no subdirectory holds status.json or metrics.jsonl)")
   return sorted(runs, key=lambda r: (r.index, r.name))
