@@ -89,3 +89,16 @@ def test_warmup_must_leave_decay_steps_and_ckpt_keep_at_least_one():
     config.load(TINY, [("total_steps", "2"), ("optim.warmup_steps", "2")])
   with pytest.raises(config.ConfigError, match=r"ckpt_keep=0 must be an int >= 1"):
     config.load(TINY, [("ckpt_keep", "0")])
+
+
+def test_mesh_rules_take_an_axis_a_tuple_or_none_from_the_command_line():
+  from vlmjax import sharding, train
+  cfg = config.load(TINY, [("mesh.rules.embed", "None"), ("mesh.rules.mlp", "tensor,fsdp"),
+                           ("mesh.rules.batch", "data"), ("mesh.rules.vocab", "(fsdp, tensor)"), ("mesh.fsdp", "2")])
+  assert cfg.mesh.rules.embed is None and cfg.mesh.rules.mlp == ("tensor", "fsdp") and cfg.mesh.rules.batch == "data"
+  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  fc1 = s.state_shardings.params["vision"]["blocks"]["layers"][0]["mlp"]["fc1"]["kernel"]
+  assert fc1.spec[-1] == ("tensor", "fsdp")
+  for bad in ("tensr", "data,data"):
+    with pytest.raises(config.ConfigError, match="is not a mesh axis"):
+      config.load(TINY, [("mesh.rules.embed", bad)])

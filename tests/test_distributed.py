@@ -196,3 +196,14 @@ def test_distributed_arguments_are_checked(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
   with pytest.raises(config.ConfigError, match="not an integer"):
     sharding.initialize_distributed()
+  monkeypatch.delenv("JAX_NUM_PROCESSES")
+  monkeypatch.setenv("SLURM_PROCID", "0")  # salloc's variables, but not started by srun
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  with pytest.raises(config.ConfigError, match="says 2 processes, but jax.distributed found no cluster to join"):
+    sharding.initialize_distributed()
+
+
+def test_a_workdir_url_is_refused_in_one_line(micro_cfg):
+  with pytest.raises(config.ConfigError, match="use a path on this machine or on storage every host mounts"):
+    train.train(micro_cfg(), "gs://bucket/run1")
+  assert not os.path.exists("gs:")

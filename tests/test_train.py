@@ -224,3 +224,19 @@ def test_the_learned_temperature_is_clamped_after_each_update_as_open_clip_does(
     s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
     state, _ = train.compile_train_step(cfg, s)(train.init_state(cfg, s), _fixed_batch(cfg, s))  # lr 0 at step 0
     np.testing.assert_allclose(float(state.params["logit_scale"]), expected, rtol=1e-6)
+
+
+def test_first_ctrl_c_stops_at_the_next_step_with_a_save_and_a_second_stops_at_once():
+  import pytest
+  before = signal.getsignal(signal.SIGINT)
+  watcher = checkpoint.PreemptionWatcher()
+  try:
+    assert not watcher.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watcher.reached(2) and watcher.interrupted
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the handler runs at the next bytecode boundary
+  finally:
+    watcher.close()
+  assert signal.getsignal(signal.SIGINT) is before

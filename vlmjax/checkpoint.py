@@ -164,20 +164,25 @@ class PreemptionWatcher:
   With several processes, jax's preemption service (started by `jax.distributed`)
   catches SIGTERM on any host and all hosts agree on one step to save at. A single
   process catches SIGTERM itself and stops at the next step, or at once inside
-  `interruptible()` (an evaluation can outlast the grace period before SIGKILL).
+  `interruptible()` (an evaluation can outlast the grace period before SIGKILL). It
+  treats the first Ctrl-C (SIGINT) the same way (`interrupted`); a second one stops at once.
   """
 
   def __init__(self):
     self.multi = jax.process_count() > 1
     self._signalled = False
+    self.interrupted = False  # the stop came from Ctrl-C, not SIGTERM
     self._interrupt = False
     self._catching = not self.multi and threading.current_thread() is threading.main_thread()
     if self._catching:
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
+  def _on_signal(self, signum, frame) -> None:
+    del frame
+    if signum == signal.SIGINT and self._signalled:  # a second Ctrl-C: stop now, unsaved
+      raise KeyboardInterrupt
     self._signalled = True
+    self.interrupted = self.interrupted or signum == signal.SIGINT
     if self._interrupt:
       self._interrupt = False
       raise Preempted()
@@ -204,5 +209,6 @@ class PreemptionWatcher:
 
   def close(self) -> None:
     if self._catching:
-      signal.signal(signal.SIGTERM, self._previous)
+      for s, handler in self._previous.items():
+        signal.signal(s, handler)
       self._catching = False

@@ -47,6 +47,7 @@ class Parser(argparse.ArgumentParser):
 
 
 PREEMPTED = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended
+INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 
 
 def _train(args, overrides) -> int:
@@ -65,7 +66,9 @@ def _train(args, overrides) -> int:
     os._exit(1)
   # Stopped by SIGTERM / a preemption notice, checkpoint saved: not finished, so not 0 (a job
   # runner that retries failed jobs restarts it, and a sweep does not take it for done).
-  return PREEMPTED if summary.get("preempted") else 0
+  if summary["interrupted"]:
+    return INTERRUPTED
+  return PREEMPTED if summary["preempted"] else 0
 
 
 def add_distributed_flags(p: argparse.ArgumentParser) -> None:
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     sys.stderr.write(f"vlmjax: error: {e}\n")
     return 2
+  except KeyboardInterrupt:
+    sys.stderr.write("vlmjax: interrupted\n")
+    return 130
 
 
 if __name__ == "__main__":

@@ -98,11 +98,31 @@ def apply_override(cfg: ml_collections.ConfigDict, dotted: str, raw: str, where:
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
     raise ConfigError(f"{where}: {dotted!r} is a group of keys ({', '.join(current.keys())}); set one of them")
-  value = parse_value(raw, current, dotted, where)
+  if dotted.startswith("mesh.rules."):  # a mesh axis, a tuple of them, or None: any of the three may replace another
+    value = parse_rule(raw, dotted, where)
+    del node[leaf]
+  else:
+    value = parse_value(raw, current, dotted, where)
   try:
     node[leaf] = value
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{where}: bad value {raw!r} for {dotted!r}: {e}") from None
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_rule(raw: str, key: str, where: str) -> str | tuple[str, ...] | None:
+  """A logical-axis rule from the command line: `None`, `fsdp`, or `data,fsdp` / `(data, fsdp)`."""
+  text = raw.strip().strip("()[]").replace("'", "").replace('"', "")
+  if text.lower() in ("", "none"):
+    return None
+  axes = tuple(a.strip() for a in text.split(",") if a.strip())
+  bad = [a for a in axes if a not in MESH_AXES]
+  if bad or len(set(axes)) != len(axes):
+    raise ConfigError(f"{where}: {key}={raw!r} is not a mesh axis, a tuple of distinct mesh axes, or None; "
+                      f"mesh axes: {', '.join(MESH_AXES)}")
+  return axes[0] if len(axes) == 1 else axes
 
 
 def parse_value(raw: str, current: Any, key: str, where: str) -> Any:
@@ -157,6 +177,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not isinstance(cfg.ckpt_keep, int) or cfg.ckpt_keep < 1:
     raise ConfigError(f"ckpt_keep={cfg.ckpt_keep!r} must be an int >= 1 (the latest checkpoints kept; "
                       f"ckpt_keep_every keeps more)")
+  for name in cfg.mesh.rules.keys():  # rules written in a config file
+    rule = cfg.mesh.rules[name]
+    axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
+    if any(a not in MESH_AXES for a in axes):
+      raise ConfigError(f"mesh.rules.{name}={rule!r} names an axis that is not a mesh axis "
+                        f"({', '.join(MESH_AXES)}), a tuple of them, or None")
   if "wandb" in cfg and cfg.wandb.mode not in WANDB_MODES:
     raise ConfigError(f"wandb.mode={cfg.wandb.mode!r} is unknown; valid: {', '.join(map(repr, WANDB_MODES))} "
                       f"('': wandb's default or WANDB_MODE)")

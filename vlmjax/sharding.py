@@ -17,9 +17,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlmjax.config import ConfigError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from vlmjax.config import MESH_AXES, ConfigError, one_line
 
 
 def _env_int(name: str) -> int | None:
@@ -47,8 +45,10 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
   """Calls `jax.distributed.initialize` when this is one of several processes; True if it did.
 
   Explicit arguments (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) win;
-  otherwise SLURM, Open MPI and TPU VM / GKE environments are detected by jax itself.
-  One process with none of these set: nothing to do.
+  otherwise SLURM, Open MPI and GKE TPU environments are detected by jax itself. Cloud TPU VMs
+  name their workers only through the metadata server: set VLMJAX_DISTRIBUTED=1 there
+  (scripts/launch_tpu_vm.sh does), and jax finds them. One process with none of these set:
+  nothing to do.
   """
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -64,8 +64,14 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       return False
     jax.distributed.initialize(coordinator, num_processes, process_id)
     return True
-  if _cluster_processes() > 1:
-    jax.distributed.initialize()
+  processes = _cluster_processes()
+  if processes > 1 or os.environ.get("VLMJAX_DISTRIBUTED") == "1":
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # e.g. SLURM variables from salloc, but not started by srun
+      why = f"the environment says {processes} processes" if processes > 1 else "VLMJAX_DISTRIBUTED=1"
+      raise ConfigError(f"{why}, but jax.distributed found no cluster to join ({one_line(e)}); start each "
+                        "process with srun / mpirun, or pass --coordinator, --num_processes and --process_id") from None
     return True
   return False
 

@@ -246,13 +246,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   `stop_after` ends the run early at that step, with a checkpoint, as a preempted run would.
   SIGTERM (or the cluster's preemption notice, agreed on by all processes) does the same
   at the next step. The summary's `finished` says whether training reached `total_steps`,
-  `preempted` whether a signal or notice stopped it (`vlmjax train` then exits 143).
+  `preempted` whether a signal or notice stopped it (`vlmjax train` then exits 143), and
+  `interrupted` whether that was Ctrl-C (exit 130; a second Ctrl-C stops at once, unsaved).
   """
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   evals.validate_all(cfg, mesh)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
+  if "://" in workdir:
+    raise config.ConfigError(f"--workdir {workdir!r}: use a path on this machine or on storage every host mounts "
+                             "(NFS, Lustre, a bucket through gcsfuse); config.json, metrics.jsonl and TensorBoard "
+                             "are written as local files")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -276,7 +281,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     start = int(state.step)
     if start >= cfg.total_steps:
       print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
-      return {"steps": (start, start), "finished": True, "preempted": False}
+      return {"steps": (start, start), "finished": True, "preempted": False, "interrupted": False}
     if start:
       print(f"resuming from step {start} in {workdir}")
 
@@ -302,7 +307,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
         unchecked = None
         ckpt.save(step, state, data.get_state())
       if preempted:
-        print(f"preempted: saved step {step}; run the same command to resume", flush=True)
+        why = "interrupted (Ctrl-C)" if preemption.interrupted else "preempted"
+        print(f"{why}: saved step {step}; run the same command to resume", flush=True)
         break
       final = step == cfg.total_steps
       if evals.due(cfg.evals, step, final):
@@ -328,7 +334,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
       _log(writer, pending, data, guard)
     summary = writer.summary()
     writer.close()
-    return {**summary, "finished": not preempted and last == cfg.total_steps, "preempted": preempted}
+    return {**summary, "finished": not preempted and last == cfg.total_steps, "preempted": preempted,
+            "interrupted": preemption.interrupted}
   finally:
     preemption.close()
     data.close()
