@@ -1,23 +1,37 @@
 #!/bin/bash
 # Multi-host vlmjax training on a Cloud TPU VM slice (e.g. v5p-64): the same command on every host.
 #
-#   scripts/launch_tpu_vm.sh TPU_NAME ZONE configs/coca_base.py gs://BUCKET/runs/coca_base [--config.a.b=v ...]
+#   scripts/launch_tpu_vm.sh TPU_NAME ZONE BUCKET configs/coca_base.py runs/coca_base [--config.a.b=v ...]
 #
-# It copies this checkout to every worker, installs it, and starts training on all of them.
-# On TPU VMs jax.distributed.initialize() finds the other hosts by itself, so vlmjax needs no
-# coordinator flags. Use a gs:// workdir so that every host writes its checkpoint shards to the
-# same place. Data: point --config.data.train.source at gs:// tar shards. A preempted (spot)
-# slice gets SIGTERM; every host saves at the same step; re-running this script resumes.
+# It copies this checkout's tracked files (with their uncommitted edits; `git add` a new config
+# first) to every worker, installs it, mounts gs://BUCKET at ~/bucket with gcsfuse on every worker
+# (gcsfuse must be installed there: cloud.google.com/storage/docs/gcsfuse-install) and trains in
+# ~/bucket/RUN_DIR. The workdir must be a local path that every host shares (vlmjax writes
+# config.json, metrics.jsonl and TensorBoard files as plain files, and every host its checkpoint
+# shards), hence the mount; --rename-dir-limit lets orbax rename its temporary checkpoint
+# directories there. VLMJAX_DISTRIBUTED=1 makes vlmjax call jax.distributed.initialize(), which
+# finds the other hosts by itself (a TPU VM's environment does not say how many there are).
+# Data: point --config.data.train.source at gs:// tar shards. A preempted (spot) slice gets
+# SIGTERM; every host saves at the same step; re-running this script resumes.
 set -euo pipefail
-TPU=${1:?usage: launch_tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]}
-ZONE=${2:?zone}
-CONFIG=${3:?config}
-WORKDIR=${4:?workdir}
-shift 4
-OVERRIDES=$(printf " %q" "$@")
+USAGE="usage: launch_tpu_vm.sh TPU_NAME ZONE BUCKET CONFIG RUN_DIR [overrides...]"
+TPU=${1:?$USAGE}
+ZONE=${2:?$USAGE}
+BUCKET=${3:?$USAGE}
+CONFIG=${4:?$USAGE}
+RUN_DIR=${5:?$USAGE}
+shift 5
+ARGS=$(printf " %q" --config "$CONFIG" "$@")
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
 
-gcloud compute tpus tpu-vm scp --recurse --zone "$ZONE" --worker=all . "$TPU":~/vlmjax
+cd "$(dirname "$0")/.." && REV=$(git stash create) && git archive --format=tar.gz -o "$TMP/vlmjax.tar.gz" "${REV:-HEAD}"
+gcloud compute tpus tpu-vm scp --zone "$ZONE" --worker=all "$TMP/vlmjax.tar.gz" "$TPU":~/vlmjax.tar.gz
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
-  cd ~/vlmjax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' gcsfs &&
-  nohup .venv/bin/vlmjax train --config $CONFIG --workdir $WORKDIR $OVERRIDES > train.log 2>&1 &"
-echo "started on all workers of $TPU; logs: gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=0 --command 'tail -f ~/vlmjax/train.log'"
+  set -e; mkdir -p ~/vlmjax ~/bucket && tar -xzf ~/vlmjax.tar.gz -C ~/vlmjax && cd ~/vlmjax
+  mountpoint -q ~/bucket || gcsfuse --implicit-dirs --rename-dir-limit=1000000 $(printf %q "$BUCKET") ~/bucket
+  python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' gcsfs
+  export VLMJAX_DISTRIBUTED=1
+  nohup .venv/bin/vlmjax train $ARGS --workdir ~/bucket/$(printf %q "$RUN_DIR") >> train.log 2>&1 < /dev/null &"
+echo "started on all workers of $TPU; workdir gs://$BUCKET/$RUN_DIR;" \
+     "logs: gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=0 --command 'tail -f ~/vlmjax/train.log'"
