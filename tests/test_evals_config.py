@@ -36,6 +36,7 @@ def test_due_every_and_final():
   evals = ml_collections.ConfigDict(dict(a=defaults.zero_shot("s", every=10), b=defaults.retrieval("s", every=0)))
   assert defaults.due(evals, 20) == ["a"] and defaults.due(evals, 15) == []
   assert defaults.due(evals, 15, final=True) == ["a", "b"]
+  assert defaults.due(evals, 15, every=5) == ["a", "b"] and defaults.due(evals, 20, every=15) == ["a"]
 
 
 def test_new_evaluator_from_an_override():

@@ -171,6 +171,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for key in POSITIVE_INT_KEYS:
     if not isinstance(cfg[key], int) or cfg[key] <= 0:
       raise ConfigError(f"config key {key!r} must be a positive int, got {cfg[key]!r}")
+  if not isinstance(cfg.eval_every, int) or cfg.eval_every < 0:
+    raise ConfigError(f"eval_every={cfg.eval_every!r} must be an int >= 0 (0: evaluate at the last step only)")
   if cfg.optim.warmup_steps >= cfg.total_steps:
     raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} must be less than total_steps="
                       f"{cfg.total_steps} (the cosine decay needs at least one step)")
@@ -231,7 +233,8 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.batch_size = batch_size
   c.total_steps = total_steps
   c.log_every = 50
-  c.eval_every = 0            # evaluators arrive with the evaluation issue
+  c.eval_every = 0            # run every evaluator at multiples of this step (0: only at the last step);
+                              # `evals.<name>.every` adds an evaluator's own interval
   c.ckpt_every = 1000
   c.ckpt_keep = 3             # keep the latest N checkpoints ...
   c.ckpt_keep_every = 0       # ... and every K-th step (0: none)

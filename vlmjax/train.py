@@ -311,7 +311,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
         print(f"{why}: saved step {step}; run the same command to resume", flush=True)
         break
       final = step == cfg.total_steps
-      if evals.due(cfg.evals, step, final):
+      if evals.due(cfg.evals, step, final, cfg.eval_every):
         if pending is not None:  # this step's line first, then its evaluation
           _log(writer, pending, data, guard)
           pending = None

@@ -116,7 +116,8 @@ def check_decoding(where: str, *, max_len, beam_size, top_k, top_p, temperature,
       raise ConfigError(f"{shown}={value!r} is out of range; it must be {valid}")
 
 
-def due(evals: ml_collections.ConfigDict, step: int, final: bool = False) -> list[str]:
-  """Names of the evaluators that run at `step` (all of them when `final`)."""
+def due(evals: ml_collections.ConfigDict, step: int, final: bool = False, every: int = 0) -> list[str]:
+  """Names of the evaluators that run at `step`: all of them at the last step (`final`) and at
+  multiples of the run's `eval_every` (`every`; 0: none), and each at multiples of its own `every`."""
   return [name for name in evals.keys()
-          if final or (evals[name].every > 0 and step % evals[name].every == 0)]
+          if final or (every > 0 and step % every == 0) or (evals[name].every > 0 and step % evals[name].every == 0)]

@@ -19,7 +19,7 @@ def run_all(cfg: ml_collections.ConfigDict, graphdef, params, mesh: jax.sharding
             final: bool = False) -> dict[str, float]:
   """{"eval/<name>/<metric>": value} for the evaluators due at `step`; params as sharded for training."""
   out = {}
-  for name in defaults.due(cfg.evals, step, final):
+  for name in defaults.due(cfg.evals, step, final, cfg.eval_every):
     ev = cfg.evals[name]
     defaults.validate(name, ev)
     start = time.perf_counter()
