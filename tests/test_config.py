@@ -102,3 +102,15 @@ def test_mesh_rules_take_an_axis_a_tuple_or_none_from_the_command_line():
   for bad in ("tensr", "data,data"):
     with pytest.raises(config.ConfigError, match="is not a mesh axis"):
       config.load(TINY, [("mesh.rules.embed", bad)])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss.contrastive", "foo", "loss.contrastive='foo' is unknown; valid: softmax"),
+    ("loss.label_smoothing", "1.5", "loss.label_smoothing=1.5 must lie in [0, 1)"),
+    ("loss.caption_weight", "-1", "loss.caption_weight=-1.0 must be a number >= 0"),
+])
+def test_a_bad_loss_is_one_line_before_the_workdir_is_made(key, value, message, tmp_path):
+  from vlmjax import train
+  with pytest.raises(config.ConfigError) as e:
+    train.train(config.load(TINY + ":evals=0", [(key, value)]), str(tmp_path / "run"))
+  assert message in str(e.value) and not (tmp_path / "run").exists()

@@ -177,3 +177,14 @@ def test_a_corrupt_config_json_is_one_line_for_eval_and_rewritten_by_train(tmp_p
     runner.load_workdir_config(str(tmp_path), ())
   train.check_resume(config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO), str(tmp_path))
   assert "resuming without comparing settings" in capsys.readouterr().out
+
+
+def test_caption_needs_a_captioning_model_and_tfds_sets_must_be_prepared(tmp_path, capsys):
+  from vlmjax import cli
+  from vlmjax.data import records, sources
+  config.dump(config.load(f"{ROOT}/configs/siglip_tiny.py"), str(tmp_path / "config.json"))
+  assert cli.main(["caption", "--workdir", str(tmp_path), "img.png"]) == 2
+  err = capsys.readouterr().err
+  assert "needs a captioning model (model.name coca or captioner)" in err and len(err.strip().splitlines()) == 1
+  with pytest.raises(sources.DataError, match=r"'cifar10' is not prepared .*tfds build cifar10 --file_format=array_record"):
+    records.TfdsSource("cifar10", "test", data_dir=str(tmp_path / "tfds"))

@@ -152,6 +152,18 @@ def caption_xent_chunked(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets
   return total / jnp.maximum(jnp.sum(mask_BxL.astype(jnp.float32)), 1.0)
 
 
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """A one-line ConfigError for a `loss` config that cannot work (before anything is built)."""
+  from vlmjax.config import ConfigError  # noqa: PLC0415
+  if cfg.contrastive not in CONTRASTIVE:
+    raise ConfigError(f"loss.contrastive={cfg.contrastive!r} is unknown; valid: {', '.join(CONTRASTIVE)}")
+  for key in ("contrastive_weight", "caption_weight", "z_loss", "caption_chunk"):
+    if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+      raise ConfigError(f"loss.{key}={cfg[key]!r} must be a number >= 0")
+  if not 0 <= cfg.label_smoothing < 1:
+    raise ConfigError(f"loss.label_smoothing={cfg.label_smoothing!r} must lie in [0, 1)")
+
+
 def composite(out, batch: dict, cfg: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
               batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, dict]:
   """Adds the configured loss terms with their weights; returns (loss, metrics).

@@ -254,6 +254,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   evals.validate_all(cfg, mesh)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
+  losses.check(cfg.loss)
   if "://" in workdir:
     raise config.ConfigError(f"--workdir {workdir!r}: use a path on this machine or on storage every host mounts "
                              "(NFS, Lustre, a bucket through gcsfuse); config.json, metrics.jsonl and TensorBoard "

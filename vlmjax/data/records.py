@@ -157,6 +157,10 @@ class TfdsSource:
                       f"({type(e).__name__}); prepare it or set data.train.data_dir") from None
     if name.split("/")[0] == tfds_shapes.VlmjaxShapes.name and not builder.is_prepared():
       builder.download_and_prepare(file_format="array_record")  # procedural: nothing to download
+    if not builder.is_prepared():
+      raise DataError(f"{spec}: {name!r} is not prepared in data_dir {builder.data_dir!r}; prepare it once with "
+                      f"`tfds build {name} --file_format=array_record` (or set data.train.data_dir / "
+                      f"evals.<name>.data.data_dir to where it is)")
     if split not in builder.info.splits:
       raise DataError(f"{spec}: no split {split!r}; valid: {', '.join(builder.info.splits)}")
     decoders = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()

@@ -23,6 +23,10 @@ def _caption(args, overrides) -> int:
   from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
   from vlmjax.evals import captioning, data, decode, defaults, runner  # noqa: PLC0415
   cfg = runner.load_workdir_config(args.workdir, overrides)
+  from vlmjax import models  # noqa: PLC0415
+  if not hasattr(models.REGISTRY[cfg.model.name], "caption_context"):
+    raise ConfigError(f"vlmjax caption needs a captioning model (model.name coca or captioner); "
+                      f"{args.workdir} holds a {cfg.model.name!r} model")
   defaults.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,
                           top_p=args.top_p, temperature=args.temperature, vocab_size=cfg.model.text.vocab_size,
                           prefix="--")
