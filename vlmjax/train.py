@@ -117,11 +117,26 @@ def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
   loaded = None
   if cfg.init_from:
+    check_init_tokenizer(cfg)
     from vlmjax import convert  # noqa: PLC0415
     loaded = convert.load_params(cfg.init_from, checkpoint.abstract_with_shardings(
         s.abstract_state.params, s.state_shardings.params))
     print(f"initialised from {cfg.init_from}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
   return jax.jit(init, out_shardings=s.state_shardings)(loaded)
+
+
+def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
+  """Weights converted with their tokenizer (`INIT_FROM/tokenizer.json`) mean nothing with other token
+  ids: a one-line ConfigError unless `data.train.tokenizer` is that file, or the token embedding is
+  re-initialised (`init_reinit`)."""
+  path = os.path.join(cfg.init_from, "tokenizer.json")
+  if not os.path.isfile(path) or optim.matches("text.token_embed.embedding", optim.prefixes(cfg.init_reinit)):
+    return
+  kind, _, given = cfg.data.train.tokenizer.partition(":")
+  if kind != "hf" or os.path.abspath(given) != os.path.abspath(path):
+    raise config.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
+                             f"--config.data.train.tokenizer=hf:{path} (data.train.tokenizer is "
+                             f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
