@@ -122,7 +122,7 @@ def parse_rule(raw: str, key: str, where: str) -> str | tuple[str, ...] | None:
   if bad or len(set(axes)) != len(axes):
     raise ConfigError(f"{where}: {key}={raw!r} is not a mesh axis, a tuple of distinct mesh axes, or None; "
                       f"mesh axes: {', '.join(MESH_AXES)}")
-  return axes[0] if len(axes) == 1 else axes
+  return axes if "," in text else axes[0]  # `data` an axis, `(data,)` a tuple of one
 
 
 def parse_value(raw: str, current: Any, key: str, where: str) -> Any:
