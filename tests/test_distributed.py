@@ -68,6 +68,23 @@ def test_launch_local_two_processes_equals_one_process(tmp_path):
     checkpoint.own_data_state(data, 3)
 
 
+def test_two_processes_evaluate_a_checkpoint_as_one_does(micro_cfg, tmp_path):
+  """`vlmjax launch local -n 2 -- eval`: each host reads its rows; the metrics equal one process's."""
+  from vlmjax.evals import runner
+  workdir = str(tmp_path / "run")
+  train.train(micro_cfg(("total_steps", "3"), ("ckpt_every", "3")), workdir)
+  evaluator = ["--config.evals.zs=zero_shot:synthetic:shapes:test", "--config.evals.zs.num_examples=40",
+               "--config.evals.zs.batch_size=16", "--config.evals.zs.templates=shapes"]
+  proc = subprocess.run(_cli("launch", "local", "-n", "2", "--logs", str(tmp_path / "logs"), "--", "eval",
+                             "--workdir", workdir, *evaluator), cwd=ROOT, env=_env(2), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "step 3: wrote" in proc.stdout and "wrote" not in open(tmp_path / "logs" / "1.log").read()  # one run of 2
+  with open(os.path.join(workdir, "eval", "3.json")) as f:
+    multi = json.load(f)
+  _, single, _ = runner.evaluate_workdir(workdir, [tuple(a.removeprefix("--config.").split("=", 1)) for a in evaluator])
+  assert multi["eval/zs/top1"] == pytest.approx(single["eval/zs/top1"]) and "eval/zs/top5" in multi
+
+
 def _wait_for(predicate, proc, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline:

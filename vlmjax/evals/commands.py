@@ -6,8 +6,13 @@ from vlmjax.config import ConfigError
 
 
 def _eval(args, overrides) -> int:
-  from vlmjax.evals import runner  # noqa: PLC0415 (jax is slow to import; keep --help fast)
+  from vlmjax import sharding  # noqa: PLC0415 (jax is slow to import; keep --help fast)
+  from vlmjax.evals import runner  # noqa: PLC0415
+  sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   step, metrics, path = runner.evaluate_workdir(args.workdir, overrides, args.step)
+  import jax  # noqa: PLC0415
+  if jax.process_index():  # process 0 prints (and wrote the file)
+    return 0
   width = max(map(len, metrics))
   for key, value in metrics.items():
     print(f"{key:<{width}}  {value:.4f}")
@@ -63,6 +68,8 @@ def add_parsers(sub) -> None:
                      "(TYPE: zero_shot | retrieval | captioning) with its defaults.")
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  from vlmjax.cli import add_distributed_flags  # noqa: PLC0415 (cli imports this module when building its parser)
+  add_distributed_flags(p)  # several hosts evaluate together, as they train
   p.set_defaults(run=_eval, takes_overrides=True)
 
   p = sub.add_parser("caption", help="print captions for image files, from a workdir's checkpoint")
