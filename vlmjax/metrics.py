@@ -134,7 +134,10 @@ def start_wandb(cfg: ml_collections.ConfigDict, workdir: str, run_config: dict):
     raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
                       "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)") from None
   path = os.path.join(workdir, "wandb.json")
-  stored = json.load(open(path)) if os.path.isfile(path) else {}
+  stored = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      stored = json.load(f)
   run_id = stored.get("id") or uuid.uuid4().hex[:12]
   run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or os.path.basename(
       os.path.abspath(workdir)), id=run_id, resume="allow", dir=workdir, config=run_config,

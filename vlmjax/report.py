@@ -57,7 +57,8 @@ def read_metrics(rundir: str) -> tuple[list[dict], int]:
   """`metrics.jsonl` rows and `eval/<step>.json` (from `vlmjax eval`) merged by step, sorted, and the
   number of lines / files skipped as unreadable (a line cut short by a killed run).
 
-  A resumed run re-logs the steps after its last checkpoint: the later value wins.
+  A step's rows merge (its train row, eval row and eval file); a step logged twice (a run resumed by
+  a vlmjax older than the one that drops re-run rows) keeps the later value.
   """
   by_step: dict[int, dict] = {}
   path = os.path.join(rundir, "metrics.jsonl")

@@ -339,7 +339,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
             guard.check(*unchecked)
             unchecked = None
             ckpt.save(step, state, data.get_state())
-          print(f"preempted during the evaluation at step {step}: saved step {step}; run the same command to "
+          why = "interrupted (Ctrl-C)" if preemption.interrupted else "preempted"
+          print(f"{why} during the evaluation at step {step}: saved step {step}; run the same command to "
                 f"resume, and `vlmjax eval --workdir {workdir} --step {step}` for that evaluation", flush=True)
           preempted = True
           break
