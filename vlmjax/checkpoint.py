@@ -27,11 +27,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vlmjax.config import ConfigError, one_line
-
-
-class CheckpointError(ConfigError):
-  """A save failed (disk full, permissions, a file where the checkpoint folder goes): one line."""
+from vlmjax.errors import CheckpointError, ConfigError, one_line
 
 
 class Checkpointer:

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError, UserError
 
 _COMMAND_MODULES = (
     "vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps", "vlmjax.convert.commands", "vlmjax.launch")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "takes_overrides", False):
       raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args, split_overrides(extra))
-  except ConfigError as e:
+  except UserError as e:
     sys.stderr.write(f"vlmjax: error: {e}\n")
     return 2
   except KeyboardInterrupt:

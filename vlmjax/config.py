@@ -18,15 +18,13 @@ from typing import Any, Iterator, Sequence
 
 import ml_collections
 
+from vlmjax.errors import ConfigError
+
 REQUIRED_KEYS = (
     "seed", "batch_size", "total_steps", "log_every", "eval_every", "ckpt_every",
     "model", "loss", "optim", "mesh", "data.train", "evals",
 )
 POSITIVE_INT_KEYS = ("batch_size", "total_steps", "log_every", "ckpt_every")
-
-
-class ConfigError(ValueError):
-  """A user error in a config file, config argument or override (one line)."""
 
 
 def load_python_file(path: str, kind: str, function: str):
@@ -68,12 +66,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       raise ConfigError(f"config argument {item!r} is not of the form key=value (valid keys: {', '.join(defaults)})")
     apply_override(out, key.strip(), raw.strip(), where="config argument")
   return out
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-  """`Type: first line of the message`, for errors from libraries whose messages span pages."""
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0][:limit] if text else ''}"
 
 
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:

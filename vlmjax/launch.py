@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 _GRACE_S = 60  # after a forwarded SIGTERM, how long the processes get to save and exit before SIGKILL
 _FAILURE_GRACE_S = 10  # the same after one process failed (a collective with it would never end)

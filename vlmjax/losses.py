@@ -154,7 +154,7 @@ def caption_xent_chunked(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets
 
 def check(cfg: ml_collections.ConfigDict) -> None:
   """A one-line ConfigError for a `loss` config that cannot work (before anything is built)."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   if cfg.contrastive not in CONTRASTIVE:
     raise ConfigError(f"loss.contrastive={cfg.contrastive!r} is unknown; valid: {', '.join(CONTRASTIVE)}")
   for key in ("contrastive_weight", "caption_weight", "z_loss", "caption_chunk"):

@@ -130,7 +130,7 @@ def start_wandb(cfg: ml_collections.ConfigDict, workdir: str, run_config: dict):
   try:
     import wandb  # noqa: PLC0415 (optional)
   except ImportError:
-    from vlmjax.config import ConfigError  # noqa: PLC0415
+    from vlmjax.errors import ConfigError  # noqa: PLC0415
     raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
                       "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)") from None
   path = os.path.join(workdir, "wandb.json")

@@ -35,7 +35,7 @@ def matches(name: str, prefix_list: list[str]) -> bool:
 
 def check_prefixes(params, spec: str, key: str) -> None:
   """A prefix in `spec` that names no parameter is a config error (a typo would silently do nothing)."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for p in prefixes(spec):
     if not any(matches(n, [p]) for n in names):
@@ -45,7 +45,7 @@ def check_prefixes(params, spec: str, key: str) -> None:
 
 def lr_multipliers(spec: str) -> dict[str, float]:
   """`optim.lr_mult` ("prefix=factor,...") as {prefix: factor}; a one-line ConfigError if malformed."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   out = {}
   for item in prefixes(spec):
     prefix, eq, raw = item.partition("=")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlmjax.config import ConfigError, base, parse_arg
+from vlmjax.config import base, parse_arg
+from vlmjax.errors import ConfigError
 
 VIT = {  # width, depth, MLP, heads
     "Ti": (192, 12, 768, 3),

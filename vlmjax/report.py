@@ -16,7 +16,7 @@ import math
 import os
 import re
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 DEFAULT_TRAIN_METRICS = ("train/loss", "train/contrastive_loss", "train/caption_loss")
 LOWER_IS_BETTER = ("loss", "perplexity", "error")

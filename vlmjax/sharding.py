@@ -17,7 +17,8 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlmjax.config import MESH_AXES, ConfigError, one_line
+from vlmjax.config import MESH_AXES
+from vlmjax.errors import ConfigError, one_line
 
 
 def _env_int(name: str) -> int | None:

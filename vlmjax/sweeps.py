@@ -34,7 +34,8 @@ import sys
 import threading
 import time
 
-from vlmjax.config import ConfigError, load_python_file
+from vlmjax.config import load_python_file
+from vlmjax.errors import ConfigError, UserError
 from vlmjax.report import STATUS_FIX, load_json
 
 SWEEP_KEYS = ("base", "seeds", "grid", "zip", "fixed", "labels", "evals")
@@ -172,8 +173,8 @@ def check_configs(sweep: Sweep) -> None:
       if sweep.evals:
         runner.apply_overrides(cfg, sweep.evals, where="sweep evals")
       evals.validate_all(cfg)
-    except ConfigError as e:
-      raise ConfigError(f"run {run.name}: {e}") from None
+    except UserError as e:
+      raise type(e)(f"run {run.name}: {e}") from None
 
 
 def with_extra(sweep: Sweep, extra: tuple[tuple[str, str], ...]) -> Sweep:

@@ -20,7 +20,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, config, evals, losses, metrics, models, optim, sharding
+from vlmjax import checkpoint, config, errors, evals, losses, metrics, models, optim, sharding
 from vlmjax.data import pipeline
 
 
@@ -77,10 +77,10 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   try:
     abstract_model = models.abstract(cfg.model)
   except ValueError as e:
-    raise config.ConfigError(f"model config: {e}") from None
+    raise errors.ConfigError(f"model config: {e}") from None
   except (AttributeError, KeyError) as e:  # ml_collections reports a missing field as AttributeError
     missing = re.search(r"'(\w+)'", str(e))
-    raise config.ConfigError(f"model config has no key {missing.group(1) if missing else str(e)!r}; a config.json "
+    raise errors.ConfigError(f"model config has no key {missing.group(1) if missing else str(e)!r}; a config.json "
                              "written by an older vlmjax lacks keys added since (see the config reference)") from None
   graphdef, abstract_params = nnx.split(abstract_model)
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
@@ -134,7 +134,7 @@ def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
     return
   kind, _, given = cfg.data.train.tokenizer.partition(":")
   if kind != "hf" or os.path.abspath(given) != os.path.abspath(path):
-    raise config.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
+    raise errors.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
                              f"--config.data.train.tokenizer=hf:{path} (data.train.tokenizer is "
                              f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
 
@@ -157,7 +157,7 @@ def xla_options(cfg: ml_collections.ConfigDict) -> dict:
     try:
       jax.jit(lambda x: x + 1, compiler_options=opts).lower(jnp.zeros(())).compile()
     except Exception as e:  # noqa: BLE001 -- XLA raises a runtime error naming the bad option
-      raise config.ConfigError(f"xla_options.{platform}: XLA rejected {opts}: {config.one_line(e)}") from None
+      raise errors.ConfigError(f"xla_options.{platform}: XLA rejected {opts}: {errors.one_line(e)}") from None
   return opts
 
 
@@ -175,7 +175,7 @@ class NanGuard:
 
   def __init__(self, policy: str, max_skips: int):
     if policy not in NAN_POLICIES:
-      raise config.ConfigError(f"nan_policy must be one of {'|'.join(NAN_POLICIES)}, got {policy!r}")
+      raise errors.ConfigError(f"nan_policy must be one of {'|'.join(NAN_POLICIES)}, got {policy!r}")
     self.policy, self.max_skips = policy, max_skips
     self.skipped = self.consecutive = 0
 
@@ -204,11 +204,11 @@ def _restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.
       return init_state(cfg, s)
     state, data_state = restored
     data.set_state(data_state)
-  except config.ConfigError:
+  except errors.UserError:
     raise
   except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
-    raise config.ConfigError(
-        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {config.one_line(e)}; "
+    raise errors.ConfigError(
+        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {errors.one_line(e)}; "
         "remove that step's folder to resume from an earlier one, or use a new --workdir") from None
   return state
 
@@ -231,7 +231,7 @@ def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path) as f:
       stored = _flat(json.load(f))
   except (OSError, ValueError) as e:  # cut short by a full disk, say: the run's own config replaces it
-    print(f"cannot read {path} ({config.one_line(e)}); resuming without comparing settings, and rewriting it")
+    print(f"cannot read {path} ({errors.one_line(e)}); resuming without comparing settings, and rewriting it")
     return
   now = _flat(json.loads(cfg.to_json_best_effort()))
   changed = {k: (stored[k], now[k]) for k in sorted(stored.keys() & now.keys()) if stored[k] != now[k]}
@@ -239,7 +239,7 @@ def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   if fixed:
     shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(fixed.items())[:4])
     more = f" (and {len(fixed) - 4} more)" if len(fixed) > 4 else ""
-    raise config.ConfigError(f"{workdir} holds checkpoints of another setup: {shown}{more}; resume with the "
+    raise errors.ConfigError(f"{workdir} holds checkpoints of another setup: {shown}{more}; resume with the "
                              f"same settings, or train in a new --workdir")
   if changed and jax.process_index() == 0:
     print("resuming with changed settings: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
@@ -266,25 +266,25 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   """
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
-    raise config.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+    raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   evals.validate_all(cfg, mesh)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   losses.check(cfg.loss)
   if "://" in workdir:
-    raise config.ConfigError(f"--workdir {workdir!r}: use a path on this machine or on storage every host mounts "
+    raise errors.ConfigError(f"--workdir {workdir!r}: use a path on this machine or on storage every host mounts "
                              "(NFS, Lustre, a bucket through gcsfuse); config.json, metrics.jsonl and TensorBoard "
                              "are written as local files")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise config.ConfigError(f"cannot use --workdir {workdir!r}: {e.strerror or e}") from None
+    raise errors.ConfigError(f"cannot use --workdir {workdir!r}: {e.strerror or e}") from None
   if checkpoint.has_checkpoints(os.path.join(workdir, "checkpoints")):
     check_resume(cfg, workdir)
   if jax.process_index() == 0:
     try:
       config.dump(cfg, os.path.join(workdir, "config.json"))
     except OSError as e:
-      raise config.ConfigError(f"cannot write {os.path.join(workdir, 'config.json')}: {e.strerror or e}") from None
+      raise errors.ConfigError(f"cannot write {os.path.join(workdir, 'config.json')}: {e.strerror or e}") from None
   s = setup(cfg, mesh)
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 PARAMS_DIR, META = "params", "convert.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 TOKENIZER_HELP = ("tokenizer that goes with the checkpoint: hf:TOKENIZER_JSON, open_clip:BPE_GZ (open_clip's "
                   "bpe_simple_vocab_16e6.txt.gz), or none; default: an HF directory's tokenizer.json, else none")

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 IGNORED = ("position_ids", "attn_mask")  # buffers some checkpoints carry; not parameters

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 from vlmjax.convert import mapping
 
 SCANNED = re.compile(r"\.blocks\.layers\.(?!\d)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 MAX_MERGES = 49152 - 256 - 2
 SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from vlmjax.data import transforms
-from vlmjax.data.sources import DataError
+from vlmjax.errors import DataError
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0        # at most one skip warning a minute

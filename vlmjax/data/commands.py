@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 
 def _synth(args, overrides) -> int:

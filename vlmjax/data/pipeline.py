@@ -29,9 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 from vlmjax.data import batcher, sources, tokenizers, transforms
-from vlmjax.data.sources import DataError
+from vlmjax.errors import DataError
 
 
 def _close_iterators(box: list) -> None:

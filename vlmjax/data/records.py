@@ -16,7 +16,7 @@ import os
 import grain
 import numpy as np
 
-from vlmjax.data.sources import DataError
+from vlmjax.errors import DataError
 
 CAPTION_FEATURES = ("caption", "text")
 

@@ -22,17 +22,13 @@ import tarfile
 import threading
 import weakref
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError, DataError
 from vlmjax.data import synthetic
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "caption")
 log = logging.getLogger(__name__)
 KINDS = "synthetic:shapes[:SPLIT], tar:PATTERN, arrayrecord:PATTERN, tfds:NAME[/CONFIG][:SPLIT]"
-
-
-class DataError(ConfigError):
-  """A user error in a data spec or unusable data (one line)."""
 
 
 def is_url(path: str) -> bool:

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 PAD, BOS, EOS = 0, 1, 2
 SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH"

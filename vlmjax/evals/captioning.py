@@ -102,7 +102,7 @@ def decode_options(ev) -> dict:
 
 def special_ids(tokenizer) -> dict:
   """{"bos_id", "eos_id"} of a data tokenizer (eos -1: none, decode to max_len)."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   from vlmjax.data import tokenizers  # noqa: PLC0415
   if isinstance(tokenizer, tokenizers.ByteTokenizer):
     return {"bos_id": tokenizers.BOS, "eos_id": tokenizers.EOS}
@@ -127,7 +127,7 @@ def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
 
 def prepare(name: str, ev, cfg, mesh):
   """Everything but the model: the eval set; a one-line ConfigError for a setting that cannot work."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   from vlmjax.evals import data  # noqa: PLC0415
   if ev.max_len > cfg.model.text.context_length:
     raise ConfigError(f"evals.{name}.max_len={ev.max_len} exceeds model.text.context_length="

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 
 def _eval(args, overrides) -> int:

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vlmjax import models, sharding
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 from vlmjax.data import sources, tokenizers, transforms
 
 

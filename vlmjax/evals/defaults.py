@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 
 TYPES = ("zero_shot", "retrieval", "captioning")
 IMAGE_MODES = ("center_crop", "resize")

@@ -32,7 +32,7 @@ def run_all(cfg: ml_collections.ConfigDict, graphdef, params, mesh: jax.sharding
 def restore(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
   """(setup, params, step) from the checkpoint at `step` (latest if None) of `workdir`."""
   from vlmjax import checkpoint, sharding, train  # noqa: PLC0415
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isdir(os.path.join(workdir, "params")):
     from vlmjax import convert  # noqa: PLC0415  (a `vlmjax convert --out` directory: step 0)
@@ -54,15 +54,15 @@ def restore(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
 
 def load_workdir_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   """The resolved config a run wrote (`config.json`), with `--config.*` overrides applied."""
-  from vlmjax import config  # noqa: PLC0415
+  from vlmjax import config, errors  # noqa: PLC0415
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise config.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
+    raise errors.ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
   try:
     with open(path) as f:
       cfg = ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
-    raise config.ConfigError(f"cannot read {path}: {config.one_line(e)}; running the training "
+    raise errors.ConfigError(f"cannot read {path}: {errors.one_line(e)}; running the training "
                              "command on this workdir again rewrites it") from None
   add_stored_defaults(cfg)
   apply_overrides(cfg, overrides)
@@ -123,7 +123,7 @@ def add_new_fields(ev: ml_collections.ConfigDict, old_behaviour: dict | None = N
 
 def new_evaluator(name: str, raw: str) -> ml_collections.ConfigDict:
   """`--config.evals.NAME=TYPE:SOURCE` adds an evaluator with the defaults of its type."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   type_, _, source = raw.partition(":")
   if type_ not in defaults.TYPES or not source:
     raise ConfigError(f"--config.evals.{name}={raw!r}: a new evaluator is TYPE:SOURCE with TYPE one of "
@@ -133,7 +133,7 @@ def new_evaluator(name: str, raw: str) -> ml_collections.ConfigDict:
 
 def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
   """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json`. Returns (step, metrics, path)."""
-  from vlmjax.config import ConfigError  # noqa: PLC0415
+  from vlmjax.errors import ConfigError  # noqa: PLC0415
   cfg = load_workdir_config(workdir, overrides)
   if not cfg.evals:
     raise ConfigError(f"{workdir}/config.json defines no evaluators (cfg.evals is empty)")

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vlmjax.config import ConfigError
+from vlmjax.errors import ConfigError
 from vlmjax.data import synthetic
 
 TEMPLATES = {
