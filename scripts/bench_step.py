@@ -46,7 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vlmjax import cli, config, info, sharding, train  # noqa: E402
+from vlmjax import cli, config, info, sharding, train, train_state, xla_options  # noqa: E402
 
 # Dense bf16 matrix-multiply peaks, FLOP/s, by `device_kind`. H200: the rate measured on the lent
 # card (the datasheet says 989 TFLOP/s); the rest are datasheet figures.
@@ -86,7 +86,7 @@ def peak_memory_bytes() -> int | None:
 
 def compile_abstract(cfg):
   """(the train step compiled for abstract state and batch, seconds): nothing allocated."""
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           s.abstract_state, s.state_shardings)
   S, L = cfg.model.image_size, cfg.model.text.context_length
@@ -170,8 +170,8 @@ def largest_batch(spec: str, overrides: list, limit: int, multiple: int, log=pri
 def bench(cfg, steps: int, warmup: int, peak: float | None, *, model_flops: float | None = None,
           compiled=None, compile_s: float | None = None) -> dict:
   """Times the step of `cfg` (compiled here, or the given `compiled` for the same config)."""
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  state = train.init_state(cfg, s)
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state = train_state.init_state(cfg, s)
   batch = random_batch(cfg, cfg.batch_size, s.batch_sharding)
   if compiled is None:
     t = time.perf_counter()
@@ -203,7 +203,7 @@ def bench(cfg, steps: int, warmup: int, peak: float | None, *, model_flops: floa
       "loss": float(m["loss"]),
       "compiled_memory_gib": compiled_bytes(compiled) / 2**30 if compiled.memory_analysis() else None,
       "fused_attention_calls": fused_attention_calls(compiled),
-      "xla_options": train.xla_options(cfg),
+      "xla_options": xla_options.for_backend(cfg),
   }
   del state, compiled
   mem = peak_memory_bytes()

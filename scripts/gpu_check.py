@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vlmjax import config, sharding, train  # noqa: E402
+from vlmjax import config, sharding, train, train_state  # noqa: E402
 from vlmjax.models import layers  # noqa: E402
 
 from bench_step import fused_calls  # noqa: E402 -- cuDNN fused-attention custom calls in HLO text
@@ -77,7 +77,7 @@ def check_shape(name: str, batch: int, rng: np.random.Generator) -> dict:
 
 def train_step_fused_calls(spec: str, batch: int) -> int:
   cfg = config.load(spec, [("batch_size", str(batch))])
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           s.abstract_state, s.state_shardings)
   S, L = cfg.model.image_size, cfg.model.text.context_length

@@ -63,25 +63,25 @@ def test_cli_missing_config_file_exits_2(tmp_path):
 
 
 def test_xla_options_parse_and_reject_unknown():
-  from vlmjax import train
+  from vlmjax import xla_options
   cfg = config.load(TINY, [("xla_options.cpu", "xla_cpu_enable_fast_math=false, --xla_gpu_enable_command_buffer=")])
-  assert config.compiler_options(cfg, "cpu") == {"xla_cpu_enable_fast_math": False, "xla_gpu_enable_command_buffer": ""}
-  assert config.compiler_options(cfg, "gpu") == {}
-  assert train.xla_options(cfg) == config.compiler_options(cfg, "cpu")  # XLA accepts them
+  assert xla_options.parse(cfg, "cpu") == {"xla_cpu_enable_fast_math": False, "xla_gpu_enable_command_buffer": ""}
+  assert xla_options.parse(cfg, "gpu") == {}
+  assert xla_options.for_backend(cfg) == xla_options.parse(cfg, "cpu")  # XLA accepts them
   # A list value keeps its commas; numbers and strings are typed as XLA expects them.
   cfg = config.load(TINY, [("xla_options.cpu", "xla_gpu_enable_command_buffer=FUSION,CUBLAS,"
                                                "xla_cpu_enable_fast_math=true, xla_gpu_memory_limit_slop_factor=95")])
-  assert config.compiler_options(cfg, "cpu") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS",
+  assert xla_options.parse(cfg, "cpu") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS",
                                                  "xla_cpu_enable_fast_math": True,
                                                  "xla_gpu_memory_limit_slop_factor": 95}
-  assert train.xla_options(cfg) == config.compiler_options(cfg, "cpu")
+  assert xla_options.for_backend(cfg) == xla_options.parse(cfg, "cpu")
   with pytest.raises(config.ConfigError, match="xla_cpu_enable_fast_math is given twice"):
-    config.compiler_options(config.load(TINY, [("xla_options.cpu", "xla_cpu_enable_fast_math=true,"
+    xla_options.parse(config.load(TINY, [("xla_options.cpu", "xla_cpu_enable_fast_math=true,"
                                                                    "xla_cpu_enable_fast_math=false")]), "cpu")
   with pytest.raises(config.ConfigError, match="not of the form"):
-    config.compiler_options(config.load(TINY, [("xla_options.cpu", "fast")]), "cpu")
+    xla_options.parse(config.load(TINY, [("xla_options.cpu", "fast")]), "cpu")
   with pytest.raises(config.ConfigError, match=r"xla_options\.cpu: XLA rejected .*xla_nope"):
-    train.xla_options(config.load(TINY, [("xla_options.cpu", "xla_nope=1")]))
+    xla_options.for_backend(config.load(TINY, [("xla_options.cpu", "xla_nope=1")]))
 
 
 def test_warmup_must_leave_decay_steps_and_ckpt_keep_at_least_one():
@@ -92,11 +92,11 @@ def test_warmup_must_leave_decay_steps_and_ckpt_keep_at_least_one():
 
 
 def test_mesh_rules_take_an_axis_a_tuple_or_none_from_the_command_line():
-  from vlmjax import sharding, train
+  from vlmjax import sharding, train_state
   cfg = config.load(TINY, [("mesh.rules.embed", "None"), ("mesh.rules.mlp", "tensor,fsdp"),
                            ("mesh.rules.batch", "data"), ("mesh.rules.vocab", "(fsdp, tensor)"), ("mesh.fsdp", "2")])
   assert cfg.mesh.rules.embed is None and cfg.mesh.rules.mlp == ("tensor", "fsdp") and cfg.mesh.rules.batch == "data"
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
   fc1 = s.state_shardings.params["vision"]["blocks"]["layers"][0]["mlp"]["fc1"]["kernel"]
   assert fc1.spec[-1] == ("tensor", "fsdp")
   for bad in ("tensr", "data,data"):

@@ -221,19 +221,19 @@ def test_cli_convert_load_and_reverse(tmp_path, capsys):
   assert step == 0
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, expected)
   # Training from weights converted with a tokenizer needs it (or a fresh token embedding).
-  from vlmjax import train
+  from vlmjax import train_state
   run_cfg.init_from, run_cfg.data.train.tokenizer = out, "bytes"
-  train.check_init_tokenizer(run_cfg)  # this checkpoint came without one
+  train_state.check_init_tokenizer(run_cfg)  # this checkpoint came without one
   with open(os.path.join(out, "tokenizer.json"), "w") as f:
     f.write("{}")  # as `--tokenizer` writes it
   run_cfg.init_from, run_cfg.data.train.tokenizer = out, "bytes"
   with pytest.raises(ConfigError, match=r"was converted with its tokenizer; train with "
                                         r"--config.data.train.tokenizer=hf:.*tokenizer.json"):
-    train.check_init_tokenizer(run_cfg)
+    train_state.check_init_tokenizer(run_cfg)
   run_cfg.data.train.tokenizer = f"hf:{out}/tokenizer.json"
-  train.check_init_tokenizer(run_cfg)
+  train_state.check_init_tokenizer(run_cfg)
   run_cfg.data.train.tokenizer, run_cfg.init_reinit = "bytes", "text.token_embed"
-  train.check_init_tokenizer(run_cfg)
+  train_state.check_init_tokenizer(run_cfg)
   exported = str(tmp_path / "back.safetensors")
   assert cli.main(["convert", "--from", "hf", "--reverse", "--checkpoint", out, "--config", spec,
                    "--out", exported]) == 0

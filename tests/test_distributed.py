@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmjax import checkpoint, config, optim, sharding, train
+from vlmjax import checkpoint, config, distributed, optim, sharding, train, train_state
 
 from conftest import MICRO, ROOT
 
@@ -100,7 +100,7 @@ def _wait_for(predicate, proc, timeout=300):
 
 
 def _restore_params(cfg, workdir):
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
   state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
   ckpt.close()
@@ -205,19 +205,19 @@ def test_distributed_arguments_are_checked(monkeypatch):
   for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_PROCID",
               "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(var, raising=False)
-  assert sharding.initialize_distributed() is False  # one process, nothing set: nothing to do
+  assert distributed.initialize() is False  # one process, nothing set: nothing to do
   with pytest.raises(config.ConfigError, match="go together"):
-    sharding.initialize_distributed("127.0.0.1:1234", None, 0)
+    distributed.initialize("127.0.0.1:1234", None, 0)
   with pytest.raises(config.ConfigError, match="not in"):
-    sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
+    distributed.initialize("127.0.0.1:1234", 2, 2)
   monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
   with pytest.raises(config.ConfigError, match="not an integer"):
-    sharding.initialize_distributed()
+    distributed.initialize()
   monkeypatch.delenv("JAX_NUM_PROCESSES")
   monkeypatch.setenv("SLURM_PROCID", "0")  # salloc's variables, but not started by srun
   monkeypatch.setenv("SLURM_NTASKS", "2")
   with pytest.raises(config.ConfigError, match="says 2 processes, but jax.distributed found no cluster to join"):
-    sharding.initialize_distributed()
+    distributed.initialize()
 
 
 def test_a_workdir_url_is_refused_in_one_line(micro_cfg):

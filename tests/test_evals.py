@@ -17,7 +17,7 @@ from flax import nnx
 from PIL import Image
 
 from conftest import MICRO, ROOT
-from vlmjax import checkpoint, cli, config, sharding, train
+from vlmjax import checkpoint, cli, config, sharding, train_state
 from vlmjax.data import synthetic
 from vlmjax.evals import captioning, data, decode, defaults, run_all
 
@@ -32,13 +32,13 @@ def micro():
   cfg.evals.ret = defaults.retrieval(SHAPES, batch_size=32, num_examples=40, every=3)
   cfg.evals.cap = defaults.captioning(SHAPES, batch_size=16, num_examples=16, max_len=CAPTION_LEN, every=3,
                                       meteor=False)
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  # Random host parameters (evaluators do not care how they were made): compiling train.init_state or
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  # Random host parameters (evaluators do not care how they were made): compiling train_state.init_state or
   # building the model eagerly costs ~10 s on XLA:CPU; the optimiser state only fills the checkpoint.
   rng = np.random.default_rng(0)
   def init(path, a):  # layer-norm scales near 1, everything else small
     return (rng.normal(size=a.shape) * 0.1 + (path[-1].key == "scale")).astype(a.dtype)
-  host = train.TrainState(
+  host = train_state.TrainState(
       step=np.int32(3), params=jax.tree_util.tree_map_with_path(init, s.abstract_state.params),
       opt_state=jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), s.abstract_state.opt_state))
   params = jax.device_put(host.params, s.state_shardings.params)
@@ -66,7 +66,7 @@ def test_run_all_reports_every_metric_of_the_due_evaluators(micro):
 def test_evaluators_on_8_devices_equal_1_device(micro):
   cfg, s8, host, _, metrics8 = micro
   assert s8.mesh.size == 8
-  s1 = train.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+  s1 = train_state.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
   params1 = jax.device_put(host.params, s1.state_shardings.params)
   metrics1 = run_all(cfg, s1.graphdef, params1, s1.mesh, step=3, final=True)
   assert _values(metrics1) == pytest.approx(_values(metrics8), abs=1e-9)

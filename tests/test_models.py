@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlmjax import config, models, sharding, train
+from vlmjax import config, models, sharding, train_state
 
 from conftest import ROOT
 
@@ -16,7 +16,7 @@ from conftest import ROOT
 def test_every_config_builds_abstractly(path):
   cfg = config.load(path)
   mesh = sharding.make_mesh(cfg.mesh)
-  s = train.setup(cfg, mesh)  # jax.eval_shape under the hood: nothing is allocated
+  s = train_state.setup(cfg, mesh)  # jax.eval_shape under the hood: nothing is allocated
   leaves = jax.tree.leaves(s.abstract_state.params)
   assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
   assert jax.tree.structure(s.state_shardings.params) == jax.tree.structure(s.abstract_state.params)

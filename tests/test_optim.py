@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmjax import config, optim, sharding, train
+from vlmjax import config, optim, sharding, train, train_state
 
 
 def _optim_cfg(**overrides):
@@ -40,8 +40,8 @@ def test_bad_lr_multipliers_are_one_line_errors(spec, message):
 
 def test_lr_multipliers_with_freezing_build_shard_and_step(micro_cfg):
   cfg = micro_cfg(("optim.freeze", "vision"), ("optim.lr_mult", "text=0.1,decoder=2"), ("optim.warmup_steps", "0"))
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  state = train.init_state(cfg, s)
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state = train_state.init_state(cfg, s)
   host = jax.device_get(state.params)
   from test_train import _fixed_batch
   new, _ = train.compile_train_step(cfg, s)(state, _fixed_batch(cfg, s))
@@ -49,4 +49,4 @@ def test_lr_multipliers_with_freezing_build_shard_and_step(micro_cfg):
   jax.tree.map(np.testing.assert_array_equal, new["vision"], host["vision"])
   assert not np.array_equal(new["text"]["token_embed"]["embedding"], host["text"]["token_embed"]["embedding"])
   with pytest.raises(config.ConfigError, match="optim.lr_mult: 'txt' names no parameter"):
-    train.setup(micro_cfg(("optim.lr_mult", "txt=0.1")), s.mesh)
+    train_state.setup(micro_cfg(("optim.lr_mult", "txt=0.1")), s.mesh)

@@ -6,7 +6,7 @@ import time
 import jax
 import numpy as np
 
-from vlmjax import checkpoint, sharding, train
+from vlmjax import checkpoint, sharding, train, train_state
 from vlmjax.data import pipeline
 
 
@@ -21,8 +21,8 @@ def test_data_parallel_and_fsdp_tensor_steps_equal_one_device_and_training_reduc
   """One update on 1 device = on 8 (pure data parallel) = on a 2x2x2 data/FSDP/tensor mesh;
   then ten steps on one batch (8 devices) reduce the loss."""
   cfg = micro_cfg(("optim.lr", "3e-3"), ("optim.warmup_steps", "0"))  # no warmup: the first update moves
-  s1 = train.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
-  state1 = train.init_state(cfg, s1)
+  s1 = train_state.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+  state1 = train_state.init_state(cfg, s1)
   host_state = jax.device_get(state1)  # a copy: state1 is donated
   batch = jax.device_get(_fixed_batch(cfg, s1))
   out1, m1 = train.compile_train_step(cfg, s1)(state1, jax.device_put(batch, s1.batch_sharding))
@@ -33,7 +33,7 @@ def test_data_parallel_and_fsdp_tensor_steps_equal_one_device_and_training_reduc
   # of ~1e-6, hence atol 1e-5 below against steps of ~3e-3
   assert sum(m > 1e-5 for m in moved) >= 0.8 * len(moved), moved
 
-  s8 = train.setup(cfg, sharding.make_mesh(cfg.mesh))
+  s8 = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
   assert s8.mesh.shape["data"] == 8
   step8 = train.compile_train_step(cfg, s8)
   out8, m8 = step8(jax.device_put(host_state, s8.state_shardings), jax.device_put(batch, s8.batch_sharding))
@@ -44,7 +44,7 @@ def test_data_parallel_and_fsdp_tensor_steps_equal_one_device_and_training_reduc
 
   sharded = micro_cfg(("optim.lr", "3e-3"), ("optim.warmup_steps", "0"), ("mesh.data", "2"), ("mesh.fsdp", "2"),
                       ("mesh.tensor", "2"))
-  s = train.setup(sharded, sharding.make_mesh(sharded.mesh))
+  s = train_state.setup(sharded, sharding.make_mesh(sharded.mesh))
   kernel_sh = s.state_shardings.params["vision"]["blocks"]["layers"][0]["mlp"]["fc1"]["kernel"]
   assert kernel_sh.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   out, m = train.compile_train_step(sharded, s)(jax.device_put(host_state, s.state_shardings),
@@ -63,8 +63,8 @@ def test_data_parallel_and_fsdp_tensor_steps_equal_one_device_and_training_reduc
 
 def test_checkpoint_round_trip_is_exact(micro_cfg, tmp_path):
   cfg = micro_cfg()
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  state, step = train.init_state(cfg, s), train.compile_train_step(cfg, s)
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  state, step = train_state.init_state(cfg, s), train.compile_train_step(cfg, s)
   state, _ = step(state, _fixed_batch(cfg, s))  # non-trivial optimiser state
   ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), cfg)
   ckpt.save(1, state, {"next_index": 7})
@@ -78,7 +78,7 @@ def test_checkpoint_round_trip_is_exact(micro_cfg, tmp_path):
       s.state_shardings.params["text"]["token_embed"]["embedding"]
   # Saved on 8 devices, restored onto 4 with FSDP: resharded, same values.
   cfg4 = micro_cfg(("mesh.fsdp", "2"))
-  s4 = train.setup(cfg4, sharding.make_mesh(cfg4.mesh, devices=jax.devices()[:4]))
+  s4 = train_state.setup(cfg4, sharding.make_mesh(cfg4.mesh, devices=jax.devices()[:4]))
   ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), cfg4)
   on4, _ = ckpt.restore(checkpoint.abstract_with_shardings(s4.abstract_state, s4.state_shardings))
   ckpt.close()
@@ -206,8 +206,8 @@ def test_frozen_parameters_stay_as_initialised_through_training_and_resume(micro
   workdir = str(tmp_path / "run")
   train.train(cfg, workdir, stop_after=2)
   assert train.train(cfg, workdir)["finished"]
-  s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-  init = jax.device_get(train.init_state(cfg, s).params)
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  init = jax.device_get(train_state.init_state(cfg, s).params)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
   state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
   ckpt.close()
@@ -221,8 +221,8 @@ def test_the_learned_temperature_is_clamped_after_each_update_as_open_clip_does(
   """exp(logit_scale) <= model.max_logit_scale (100 for CLIP/CoCa) after every step; 0: no clamp."""
   for max_scale, expected in ((100.0, np.log(100.0)), (0.0, np.log(150.0))):
     cfg = micro_cfg(("model.init_logit_scale", "150.0"), ("model.max_logit_scale", str(max_scale)))
-    s = train.setup(cfg, sharding.make_mesh(cfg.mesh))
-    state, _ = train.compile_train_step(cfg, s)(train.init_state(cfg, s), _fixed_batch(cfg, s))  # lr 0 at step 0
+    s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+    state, _ = train.compile_train_step(cfg, s)(train_state.init_state(cfg, s), _fixed_batch(cfg, s))  # lr 0 at step 0
     np.testing.assert_allclose(float(state.params["logit_scale"]), expected, rtol=1e-6)
 
 

@@ -11,13 +11,10 @@ temporary folders of saves a kill cut short (`remove_unfinished`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import threading
 from typing import Any
 
 import jax
@@ -28,6 +25,11 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from vlmjax.errors import CheckpointError, ConfigError, one_line
+
+
+class SaveFailed(CheckpointError):
+  """A save failed (disk full, permissions, a file where the checkpoint folder goes): `vlmjax train`
+  exits 1 at once, keeping the last whole checkpoint."""
 
 
 class Checkpointer:
@@ -43,7 +45,7 @@ class Checkpointer:
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
     except OSError as e:
-      raise ConfigError(f"cannot keep checkpoints in {self.directory}: {e.strerror or e}") from None
+      raise CheckpointError(f"cannot keep checkpoints in {self.directory}: {e.strerror or e}") from None
 
   def remove_unfinished(self) -> None:
     """Deletes the temporary folders of saves a kill cut short (`<step>.orbax-checkpoint-tmp-*`,
@@ -69,7 +71,7 @@ class Checkpointer:
 
   def _fail(self, e: Exception, what: str):
     self.failed = True
-    raise CheckpointError(f"checkpoint {what} to {self.directory} failed: {one_line(e)}; "
+    raise SaveFailed(f"checkpoint {what} to {self.directory} failed: {one_line(e)}; "
                           "the last whole checkpoint is kept") from None
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
@@ -148,63 +150,3 @@ def has_checkpoints(directory: str) -> bool:
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-class Preempted(Exception):
-  """SIGTERM arrived inside `PreemptionWatcher.interruptible()`."""
-
-
-class PreemptionWatcher:
-  """Tells the train loop when to save and stop because the job is being preempted.
-
-  With several processes, jax's preemption service (started by `jax.distributed`)
-  catches SIGTERM on any host and all hosts agree on one step to save at. A single
-  process catches SIGTERM itself and stops at the next step, or at once inside
-  `interruptible()` (an evaluation can outlast the grace period before SIGKILL). It
-  treats the first Ctrl-C (SIGINT) the same way (`interrupted`); a second one stops at once.
-  """
-
-  def __init__(self):
-    self.multi = jax.process_count() > 1
-    self._signalled = False
-    self.interrupted = False  # the stop came from Ctrl-C, not SIGTERM
-    self._interrupt = False
-    self._catching = not self.multi and threading.current_thread() is threading.main_thread()
-    if self._catching:
-      self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def _on_signal(self, signum, frame) -> None:
-    del frame
-    if signum == signal.SIGINT and self._signalled:  # a second Ctrl-C: stop now, unsaved
-      raise KeyboardInterrupt
-    self._signalled = True
-    self.interrupted = self.interrupted or signum == signal.SIGINT
-    if self._interrupt:
-      self._interrupt = False
-      raise Preempted()
-
-  @contextlib.contextmanager
-  def interruptible(self):
-    """Within it, SIGTERM raises `Preempted` at once (one process only: several hosts can agree
-    on a step to stop at only at the train loop's sync points, so they finish the block)."""
-    if not self._catching:  # multi-host, or not the main thread
-      yield
-      return
-    if self._signalled:
-      raise Preempted()
-    self._interrupt = True
-    try:
-      yield
-    finally:
-      self._interrupt = False
-
-  def reached(self, step: int) -> bool:
-    if self.multi:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
-
-  def close(self) -> None:
-    if self._catching:
-      for s, handler in self._previous.items():
-        signal.signal(s, handler)
-      self._catching = False

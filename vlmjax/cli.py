@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from vlmjax import distributed
 from vlmjax.errors import ConfigError, UserError
 
 _COMMAND_MODULES = (
@@ -51,15 +52,15 @@ INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 
 
 def _train(args, overrides) -> int:
-  from vlmjax import checkpoint, config, sharding, train  # jax imports are slow; keep `--help` fast
+  from vlmjax import checkpoint, config, train  # jax imports are slow; keep `--help` fast
   cfg = config.load(args.config, overrides)
-  sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   try:
     summary = train.train(cfg, args.workdir)
   except train.TrainingHalted as e:
     sys.stderr.write(f"vlmjax: training halted: {e}\n")
     return 3
-  except checkpoint.CheckpointError as e:  # orbax's failed writer threads would hold the exit for minutes
+  except checkpoint.SaveFailed as e:  # orbax's failed writer threads would hold the exit for minutes
     sys.stderr.write(f"vlmjax: error: {e}\n")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -69,14 +70,6 @@ def _train(args, overrides) -> int:
   if summary["interrupted"]:
     return INTERRUPTED
   return PREEMPTED if summary["preempted"] else 0
-
-
-def add_distributed_flags(p: argparse.ArgumentParser) -> None:
-  """Flags for `jax.distributed.initialize`; not needed under SLURM, Open MPI or on TPU VMs."""
-  g = p.add_argument_group("multi-process (also JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
-  g.add_argument("--coordinator", help="host:port of process 0's coordination service")
-  g.add_argument("--num_processes", type=int)
-  g.add_argument("--process_id", type=int)
 
 
 def _info(args, overrides) -> int:
@@ -99,7 +92,7 @@ def build_parser() -> Parser:
   p = sub.add_parser("train", help="train (or resume) a config in a workdir")
   p.add_argument("--config", required=True, help="config file, optionally FILE:k=v,...")
   p.add_argument("--workdir", required=True)
-  add_distributed_flags(p)
+  distributed.add_flags(p)
   p.set_defaults(run=_train, takes_overrides=True)
 
   p = sub.add_parser("info", help="parameter counts and training FLOPs of a config, without allocating it")

@@ -13,7 +13,6 @@ import difflib
 import importlib.util
 import json
 import os
-import re
 from typing import Any, Iterator, Sequence
 
 import ml_collections
@@ -182,34 +181,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                       f"('': wandb's default or WANDB_MODE)")
 
 
-def compiler_options(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
-  """`cfg.xla_options.<platform>` ("name=value,...") as a dict for `jax.jit(compiler_options=...)`.
-  A value may hold commas (`xla_gpu_enable_command_buffer=FUSION,CUBLAS`): items split only where
-  the next `xla_...=` starts. true/false become booleans, integers and decimals numbers, the rest
-  stays a string."""
-  where = f"xla_options.{platform}"
-  text = cfg.xla_options[platform] if platform in cfg.xla_options else ""
-  out: dict[str, Any] = {}
-  for item in filter(None, (i.strip() for i in re.split(r",(?=\s*(?:--)?xla_\w+\s*=)", text))):
-    name, eq, raw = item.partition("=")
-    name = name.strip().removeprefix("--")
-    if not eq or not re.fullmatch(r"xla_\w+", name):
-      raise ConfigError(f"{where}: {item!r} is not of the form xla_option=value "
-                        f"(e.g. xla_gpu_enable_latency_hiding_scheduler=true)")
-    if name in out:
-      raise ConfigError(f"{where}: {name} is given twice")
-    raw = raw.strip()
-    if raw.lower() in ("true", "false"):
-      out[name] = raw.lower() == "true"
-    elif re.fullmatch(r"[+-]?\d+", raw):
-      out[name] = int(raw)
-    elif re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+)", raw):
-      out[name] = float(raw)
-    else:
-      out[name] = raw
-  return out
-
-
 def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
   with open(path, "w") as f:
     f.write(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True) + "\n")
@@ -238,7 +209,7 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.init_from = ""            # start from converted weights (`vlmjax convert --out DIR`) instead of random
   c.init_reinit = ""          # ... but keep these parameter path prefixes freshly initialised
   # XLA compiler options for the train step, per platform: "name=value,name=value" (see
-  # `compiler_options`). Empty until a measurement justifies one; scripts/bench_step.py --ab times them.
+  # `vlmjax/xla_options.py`). Empty until a measurement justifies one; scripts/bench_step.py --ab times them.
   c.xla_options = ml_collections.ConfigDict(dict(cpu="", gpu="", tpu=""))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict(dict(

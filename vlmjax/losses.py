@@ -11,12 +11,16 @@ logits: memory per device grows with b^2, not B^2.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, PartitionSpec as P
 
-CONTRASTIVE = ("softmax", "sigmoid", "sigmoid_ring", "none")
+from vlmjax.errors import ConfigError
+from vlmjax.registry import Registry
 
 
 def softmax_contrastive(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array,
@@ -152,12 +156,91 @@ def caption_xent_chunked(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets
   return total / jnp.maximum(jnp.sum(mask_BxL.astype(jnp.float32)), 1.0)
 
 
+# --- the configured objective: contrastive losses and loss terms as tables -----------------------
+#
+# A contrastive loss (picked by `loss.contrastive`) maps (model output, context) to (value, extra
+# metrics). A loss term is active when its weight key in the `loss` config is > 0 (a term registered
+# by user code is off in configs without its key); `composite` adds the active terms, in
+# registration order, each times its weight. To add either: a function and one registry line.
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a loss may need besides the model output and the batch."""
+  mesh: Mesh | None = None
+  batch_axes: tuple[str, ...] = ("data", "fsdp")
+
+
+def _needs_bias(out, name: str) -> None:
+  if out.logit_bias is None:
+    raise ValueError(f"loss.contrastive={name!r} needs a model that outputs logit_bias")
+
+
+def _softmax(out, ctx: Context) -> tuple[jax.Array, dict]:
+  return softmax_contrastive(out.image_emb, out.text_emb, out.logit_scale), {"logit_scale": out.logit_scale}
+
+
+def _sigmoid(out, ctx: Context) -> tuple[jax.Array, dict]:
+  _needs_bias(out, "sigmoid")
+  value = sigmoid_contrastive(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias)
+  return value, {"logit_scale": out.logit_scale, "logit_bias": out.logit_bias}
+
+
+def _sigmoid_ring(out, ctx: Context) -> tuple[jax.Array, dict]:
+  _needs_bias(out, "sigmoid_ring")
+  if ctx.mesh is None:
+    raise ValueError("loss.contrastive='sigmoid_ring' needs the device mesh")
+  value = sigmoid_contrastive_ring(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias,
+                                   mesh=ctx.mesh, axes=ctx.batch_axes)
+  return value, {"logit_scale": out.logit_scale, "logit_bias": out.logit_bias}
+
+
+CONTRASTIVE = Registry("loss.contrastive", {
+    "softmax": _softmax, "sigmoid": _sigmoid, "sigmoid_ring": _sigmoid_ring, "none": None})
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """A loss term: `fn(out, batch, cfg, ctx) -> (value, metrics) | None` (None: nothing to add), weighted
+  by `cfg[weight]`; `checks` are the `loss` keys `check` requires to be numbers >= 0."""
+  weight: str
+  fn: Callable[[Any, dict, ml_collections.ConfigDict, Context], tuple[jax.Array, dict] | None]
+  checks: tuple[str, ...] = ()
+
+
+def contrastive_term(out, batch: dict, cfg: ml_collections.ConfigDict, ctx: Context):
+  fn = CONTRASTIVE.lookup(cfg.contrastive)
+  if fn is None:
+    return None
+  value, extra = fn(out, ctx)
+  return value, {"contrastive_loss": value, **extra}
+
+
+def caption_term(out, batch: dict, cfg: ml_collections.ConfigDict, ctx: Context):
+  """Next-token cross-entropy of the caption logits against the batch's text shifted by one."""
+  text_BxL = batch["text"]
+  targets_BxL, mask_BxL = text_BxL[:, 1:], text_BxL[:, 1:] != 0
+  if cfg.caption_chunk:
+    if out.caption_features is None:
+      raise ValueError("loss.caption_chunk needs a model that outputs caption_features and caption_kernel")
+    value = caption_xent_chunked(out.caption_features[:, :-1], out.caption_kernel, targets_BxL, mask_BxL,
+                                 chunk=cfg.caption_chunk, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+  else:
+    value = caption_xent(out.caption_logits[:, :-1], targets_BxL, mask_BxL,
+                         label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+  return value, {"caption_loss": value}
+
+
+TERMS = Registry("loss term", {
+    "contrastive": Term("contrastive_weight", contrastive_term),
+    "caption": Term("caption_weight", caption_term, checks=("z_loss", "caption_chunk")),
+})
+
+
 def check(cfg: ml_collections.ConfigDict) -> None:
   """A one-line ConfigError for a `loss` config that cannot work (before anything is built)."""
-  from vlmjax.errors import ConfigError  # noqa: PLC0415
-  if cfg.contrastive not in CONTRASTIVE:
-    raise ConfigError(f"loss.contrastive={cfg.contrastive!r} is unknown; valid: {', '.join(CONTRASTIVE)}")
-  for key in ("contrastive_weight", "caption_weight", "z_loss", "caption_chunk"):
+  CONTRASTIVE.lookup(cfg.contrastive)
+  for key in [k for t in TERMS.values() if t.weight in cfg for k in (t.weight, *t.checks)]:
     if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
       raise ConfigError(f"loss.{key}={cfg[key]!r} must be a number >= 0")
   if not 0 <= cfg.label_smoothing < 1:
@@ -166,44 +249,20 @@ def check(cfg: ml_collections.ConfigDict) -> None:
 
 def composite(out, batch: dict, cfg: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
               batch_axes: tuple[str, ...] = ("data", "fsdp")) -> tuple[jax.Array, dict]:
-  """Adds the configured loss terms with their weights; returns (loss, metrics).
+  """Adds the active loss terms with their weights; returns (loss, metrics).
 
   `sigmoid_ring` needs the `mesh` and the mesh axes the batch is split over.
   """
-  if cfg.contrastive not in CONTRASTIVE:
-    raise ValueError(f"loss.contrastive must be one of {'|'.join(CONTRASTIVE)}, got {cfg.contrastive!r}")
+  ctx = Context(mesh=mesh, batch_axes=batch_axes)
   metrics, total = {}, jnp.zeros((), jnp.float32)
-  if cfg.contrastive == "softmax" and cfg.contrastive_weight:
-    con = softmax_contrastive(out.image_emb, out.text_emb, out.logit_scale)
-    metrics["contrastive_loss"] = con
-    metrics["logit_scale"] = out.logit_scale
-    total = total + cfg.contrastive_weight * con
-  if cfg.contrastive in ("sigmoid", "sigmoid_ring") and cfg.contrastive_weight:
-    if out.logit_bias is None:
-      raise ValueError(f"loss.contrastive={cfg.contrastive!r} needs a model that outputs logit_bias")
-    if cfg.contrastive == "sigmoid":
-      con = sigmoid_contrastive(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias)
-    elif mesh is None:
-      raise ValueError("loss.contrastive='sigmoid_ring' needs the device mesh")
-    else:
-      con = sigmoid_contrastive_ring(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias,
-                                     mesh=mesh, axes=batch_axes)
-    metrics["contrastive_loss"] = con
-    metrics["logit_scale"] = out.logit_scale
-    metrics["logit_bias"] = out.logit_bias
-    total = total + cfg.contrastive_weight * con
-  if cfg.caption_weight:
-    text_BxL = batch["text"]
-    targets_BxL, mask_BxL = text_BxL[:, 1:], text_BxL[:, 1:] != 0
-    if cfg.caption_chunk:
-      if out.caption_features is None:
-        raise ValueError("loss.caption_chunk needs a model that outputs caption_features and caption_kernel")
-      cap = caption_xent_chunked(out.caption_features[:, :-1], out.caption_kernel, targets_BxL, mask_BxL,
-                                 chunk=cfg.caption_chunk, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
-    else:
-      cap = caption_xent(out.caption_logits[:, :-1], targets_BxL, mask_BxL,
-                         label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
-    metrics["caption_loss"] = cap
-    total = total + cfg.caption_weight * cap
+  for term in TERMS.values():
+    if term.weight not in cfg or not cfg[term.weight]:
+      continue
+    added = term.fn(out, batch, cfg, ctx)
+    if added is None:
+      continue
+    value, term_metrics = added
+    metrics.update(term_metrics)
+    total = total + cfg[term.weight] * value
   metrics["loss"] = total
   return total, metrics

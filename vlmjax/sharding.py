@@ -9,7 +9,6 @@ replicated on it rather than padded.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import jax
@@ -18,63 +17,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlmjax.config import MESH_AXES
-from vlmjax.errors import ConfigError, one_line
-
-
-def _env_int(name: str) -> int | None:
-  value = os.environ.get(name)
-  if value is None or value == "":
-    return None
-  try:
-    return int(value)
-  except ValueError:
-    raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def _cluster_processes() -> int:
-  """How many processes the scheduler started (SLURM, Open MPI, TPU VM); 1 when none says."""
-  if "SLURM_PROCID" in os.environ:
-    return _env_int("SLURM_NTASKS") or 1
-  if "OMPI_COMM_WORLD_SIZE" in os.environ:
-    return _env_int("OMPI_COMM_WORLD_SIZE") or 1
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) or 1
-
-
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
-  """Calls `jax.distributed.initialize` when this is one of several processes; True if it did.
-
-  Explicit arguments (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) win;
-  otherwise SLURM, Open MPI and GKE TPU environments are detected by jax itself. Cloud TPU VMs
-  name their workers only through the metadata server: set VLMJAX_DISTRIBUTED=1 there
-  (scripts/launch_tpu_vm.sh does), and jax finds them. One process with none of these set:
-  nothing to do.
-  """
-  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-  num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
-  process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
-  explicit = (coordinator, num_processes, process_id)
-  if any(x is not None for x in explicit):
-    if any(x is None for x in explicit):
-      raise ConfigError("--coordinator, --num_processes and --process_id go together (or JAX_COORDINATOR_ADDRESS, "
-                        f"JAX_NUM_PROCESSES, JAX_PROCESS_ID); got {explicit}")
-    if not 0 <= process_id < num_processes:
-      raise ConfigError(f"--process_id {process_id} is not in [0, {num_processes})")
-    if num_processes == 1:
-      return False
-    jax.distributed.initialize(coordinator, num_processes, process_id)
-    return True
-  processes = _cluster_processes()
-  if processes > 1 or os.environ.get("VLMJAX_DISTRIBUTED") == "1":
-    try:
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:  # e.g. SLURM variables from salloc, but not started by srun
-      why = f"the environment says {processes} processes" if processes > 1 else "VLMJAX_DISTRIBUTED=1"
-      raise ConfigError(f"{why}, but jax.distributed found no cluster to join ({one_line(e)}); start each "
-                        "process with srun / mpirun, or pass --coordinator, --num_processes and --process_id") from None
-    return True
-  return False
+from vlmjax.errors import ConfigError
 
 
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:

@@ -1,0 +1,146 @@
+"""The train state and everything static about a run, from a config: built, initialised or restored.
+
+`TrainState` is what a checkpoint holds. `setup` builds the model abstractly (no allocation) and
+derives the optimiser and every array's sharding; `init_state` initialises into those shardings
+(from `init_from` weights where asked); `restore_or_init` resumes a workdir's latest checkpoint
+(resharded onto this run's mesh) or initialises; `restore_params` reads one checkpoint's
+parameters for evaluation. The train loop (`train.py`) and the evaluators build on these.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from vlmjax import checkpoint, convert, errors, models, optim, sharding
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array   # int32 scalar: number of updates applied
+  params: Any       # pure dict of float32 arrays (nnx.to_pure_dict of the model's state)
+  opt_state: Any    # optax state over `params`
+
+
+class Setup(NamedTuple):
+  """Everything static about a run: model structure, optimiser, abstract state and shardings."""
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  abstract_state: TrainState      # ShapeDtypeStructs
+  state_shardings: TrainState     # NamedShardings
+  batch_sharding: jax.sharding.NamedSharding
+  mesh: jax.sharding.Mesh
+
+
+def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Builds the model abstractly (no allocation) and derives the state's shardings."""
+  try:
+    abstract_model = models.abstract(cfg.model)
+  except ValueError as e:
+    raise errors.ConfigError(f"model config: {e}") from None
+  except (AttributeError, KeyError) as e:  # ml_collections reports a missing field as AttributeError
+    missing = re.search(r"'(\w+)'", str(e))
+    raise errors.ConfigError(f"model config has no key {missing.group(1) if missing else str(e)!r}; a config.json "
+                             "written by an older vlmjax lacks keys added since (see the config reference)") from None
+  graphdef, abstract_params = nnx.split(abstract_model)
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.optim.freeze, "optim.freeze")
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), ",".join(optim.lr_multipliers(cfg.optim.lr_mult)),
+                       "optim.lr_mult")
+  optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
+  param_sh = sharding.param_shardings(abstract_params, cfg.mesh.rules, mesh)
+  tx, schedule = optim.build(cfg.optim, cfg.total_steps)
+  params = nnx.to_pure_dict(abstract_params)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=jax.eval_shape(tx.init, params))
+  replicated = sharding.replicated(mesh)
+  frozen = lambda x: isinstance(x, optax.MaskedNode)  # optim.freeze: no optimiser state for these
+  opt_sh = optax.tree_map_params(tx, lambda v, s: v if frozen(v) else s, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated, is_leaf=frozen)
+  shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+  return Setup(graphdef, tx, schedule, abstract, shardings,
+               sharding.batch_sharding(mesh, cfg.mesh.rules), mesh)
+
+
+def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
+  """Initialises parameters and optimiser state directly into their shardings.
+
+  With `cfg.init_from`, parameters come from those converted weights, except the
+  path prefixes in `cfg.init_reinit`, which keep their fresh initialisation.
+  """
+  def init(loaded) -> TrainState:
+    model = models.build(cfg.model, nnx.Rngs(cfg.seed))
+    params = nnx.to_pure_dict(nnx.state(model))
+    if loaded is not None:
+      fresh = optim.prefixes(cfg.init_reinit)
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, new, old: new if optim.matches(optim.path_name(path), fresh) else old, params, loaded)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
+  loaded = None
+  if cfg.init_from:
+    check_init_tokenizer(cfg)
+    loaded = convert.load_params(cfg.init_from, checkpoint.abstract_with_shardings(
+        s.abstract_state.params, s.state_shardings.params))
+    print(f"initialised from {cfg.init_from}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
+  return jax.jit(init, out_shardings=s.state_shardings)(loaded)
+
+
+def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
+  """Weights converted with their tokenizer (`INIT_FROM/tokenizer.json`) mean nothing with other token
+  ids: a one-line ConfigError unless `data.train.tokenizer` is that file, or the token embedding is
+  re-initialised (`init_reinit`)."""
+  path = os.path.join(cfg.init_from, "tokenizer.json")
+  if not os.path.isfile(path) or optim.matches("text.token_embed.embedding", optim.prefixes(cfg.init_reinit)):
+    return
+  kind, _, given = cfg.data.train.tokenizer.partition(":")
+  if kind != "hf" or os.path.abspath(given) != os.path.abspath(path):
+    raise errors.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
+                             f"--config.data.train.tokenizer=hf:{path} (data.train.tokenizer is "
+                             f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
+
+
+def restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.Checkpointer,
+                     data) -> TrainState:
+  """The latest checkpoint, resharded onto this run's mesh, or a fresh initialisation; the data
+  iterator `data` (`pipeline.Batches`) is moved to the checkpoint's position."""
+  step = ckpt.latest_step()
+  try:
+    restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+    if restored is None:
+      return init_state(cfg, s)
+    state, data_state = restored
+    data.set_state(data_state)
+  except errors.UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
+    raise errors.CheckpointError(
+        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {errors.one_line(e)}; "
+        "remove that step's folder to resume from an earlier one, or use a new --workdir") from None
+  return state
+
+
+def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
+  """(setup, params, step) from the checkpoint at `step` (latest if None) of `workdir`."""
+  s = setup(cfg, sharding.make_mesh(cfg.mesh))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isdir(os.path.join(workdir, "params")):
+    if step not in (None, 0):
+      raise errors.CheckpointError(f"{workdir} holds converted weights only (step 0), not step {step}")
+    return s, convert.load_params(workdir, checkpoint.abstract_with_shardings(
+        s.abstract_state.params, s.state_shardings.params)), 0
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  steps = ckpt.manager.all_steps()
+  if not steps or (step is not None and step not in steps):
+    ckpt.close()
+    raise errors.CheckpointError(f"no checkpoint at step {step if step is not None else '(any)'} in {workdir}; "
+                      f"available: {sorted(steps) or 'none'}")
+  step = max(steps) if step is None else step
+  params = ckpt.restore_params(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
+  ckpt.close()
+  return s, params, step
