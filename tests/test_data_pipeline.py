@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from test_data_helpers import captions, data_cfg, jpeg, sample, single_device, write_shards, write_tar
-from vlmjax.data import pipeline
-from vlmjax.data.sources import DataError
+from vlmjax.data import pipeline, sources
+from vlmjax.errors import DataError
 
 
 def build(cfg, batch=8, seed=0, **kw):
@@ -179,7 +179,9 @@ def test_runs_with_nearby_seeds_share_no_epoch(tmp_path):
   spec = f"arrayrecord:{tmp_path}/*.array_record"
 
   def keys(seed, n):
-    it = iter(pipeline.host_stream(spec, data_cfg(spec), seed=seed, image_size=16, index=0, count=1))
+    c = data_cfg(spec)
+    it = iter(sources.open_source(spec, mode="stream", image_size=16, seed=seed, shuffle_buffer=c.shuffle_buffer,
+                                  num_threads=c.num_threads))
     out = [next(it)["key"] for _ in range(n)]
     it.close()
     return out

@@ -10,8 +10,8 @@ import pytest
 
 from test_data_helpers import sample, write_shards, write_tar
 from vlmjax import cli
-from vlmjax.config import ConfigError
-from vlmjax.data import records, sources, synthetic, tar_stream, transforms
+from vlmjax.errors import DataError
+from vlmjax.data import records, shards, sources, synthetic, tar_source, tar_stream, transforms
 
 
 @pytest.fixture
@@ -30,6 +30,11 @@ def http_dir(tmp_path):
   thread.join()
 
 
+def decode_image(image, size):
+  """Encoded bytes or a uint8 array -> uint8 [size, size, 3], resized (aspect not kept)."""
+  return transforms.ImageDecoder(size)(image)
+
+
 def read_all(paths, **kw):
   return list(tar_stream.TarStream(paths, seed=0, shuffle_shards=False, repeat=False, **kw))
 
@@ -41,7 +46,7 @@ def test_tar_shards_round_trip_random_access(tmp_path):
   ex = src[7]
   want = synthetic.example(7, seed=0, image_size=24)
   assert ex["caption"] == want["caption"] and ex["key"] == "000010002"
-  decoded = transforms.decode_image(ex["image"], 24)
+  decoded = decode_image(ex["image"], 24)
   assert np.abs(decoded.astype(int) - want["image"]).mean() < 6  # JPEG at quality 95
   assert len(sources.open_source(f"tar:{tmp_path}/*.tar", image_size=24)) == 15
 
@@ -49,8 +54,8 @@ def test_tar_shards_round_trip_random_access(tmp_path):
 def test_tar_stream_local_and_http_read_the_same_records(tmp_path, http_dir):
   www, url = http_dir
   write_shards(www, 3, 4)
-  local = read_all(sources.expand_pattern(f"{www}/{{00000..00002}}.tar"))
-  remote_src = sources.open_source(f"tar:{url}/{{00000..00002}}.tar", image_size=16)
+  local = read_all(shards.expand_pattern(f"{www}/{{00000..00002}}.tar"))
+  remote_src = sources.open_source(f"tar:{url}/{{00000..00002}}.tar", mode="scan", image_size=16)
   assert isinstance(remote_src, tar_stream.TarStream)  # URLs are streamed, never indexed or downloaded
   remote = list(remote_src)
   assert [r["caption"] for r in local] == [f"s {s} {j}" for s in range(3) for j in range(4)]
@@ -78,7 +83,7 @@ def test_arrayrecord_convert_inspect_and_read(tmp_path, capsys):
   src = sources.open_source(f"arrayrecord:{out}/*.array_record", image_size=16)
   assert len(src) == 6 and sorted(src[i]["caption"] for i in range(6)) == sorted(
       f"s {s} {j}" for s in range(2) for j in range(3))
-  assert transforms.decode_image(src[0]["image"], 16).shape == (16, 16, 3)
+  assert decode_image(src[0]["image"], 16).shape == (16, 16, 3)
   assert cli.main(["data", "inspect", f"arrayrecord:{out}/*.array_record", "--num", "2"]) == 0
   printed = capsys.readouterr().out
   assert "16x16" in printed and "6 examples" in printed and "'s 0 0'" in printed
@@ -94,12 +99,12 @@ def test_tfds_shapes_builder_prepared_and_read_without_tensorflow(tmp_path, caps
   src = sources.open_source("tfds:vlmjax_shapes/tiny:validation", image_size=32, data_dir=str(tmp_path))
   assert len(src) == 16 and "tensorflow" not in sys.modules
   ex = src[0]
-  assert isinstance(ex["image"], bytes) and transforms.decode_image(ex["image"], 32).shape == (32, 32, 3)
+  assert isinstance(ex["image"], bytes) and decode_image(ex["image"], 32).shape == (32, 32, 3)
   assert any(c in ex["caption"] for c in synthetic.COLORS) and 0 <= ex["label"] < len(synthetic.CLASS_NAMES)
   # The prepared files are plain ArrayRecord of the same examples.
   ar = sources.open_source(f"arrayrecord:{tmp_path}/vlmjax_shapes/tiny/1.0.0/*validation.array_record*", image_size=32)
   assert len(ar) == 16
-  with pytest.raises(ConfigError, match="no split 'nope'"):
+  with pytest.raises(DataError, match="no split 'nope'"):
     sources.open_source("tfds:vlmjax_shapes/tiny:nope", image_size=32, data_dir=str(tmp_path))
   assert cli.main(["data", "inspect", "tfds:vlmjax_shapes/tiny:test", "--data-dir", str(tmp_path), "--num", "1"]) == 0
   assert "32x32" in capsys.readouterr().out
@@ -122,14 +127,14 @@ def test_synthetic_shapes_source():
     ("tar:http://127.0.0.1:1/*.tar", "cannot hold globs"),
 ])
 def test_bad_specs_are_one_line_config_errors(spec, match):
-  with pytest.raises(ConfigError, match=match) as e:
+  with pytest.raises(DataError, match=match) as e:
     sources.open_source(spec, image_size=32)
   assert "\n" not in str(e.value)
 
 
 def test_brace_range_keeps_missing_shards_for_counting(tmp_path):
   write_tar(tmp_path / "00000.tar", sample("a", "x"))
-  assert sources.expand_pattern(f"{tmp_path}/{{00000..00002}}.tar") == [
+  assert shards.expand_pattern(f"{tmp_path}/{{00000..00002}}.tar") == [
       f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar", f"{tmp_path}/00002.tar"]
 
 
@@ -145,7 +150,7 @@ def test_arrayrecord_with_several_captions_per_image(tmp_path):
   assert cli.main(["data", "convert", f"arrayrecord:{tmp_path}/*.array_record", "--out", str(tmp_path / "c")]) == 0
   copy = sources.open_source(f"arrayrecord:{tmp_path}/c/*.array_record", image_size=8)
   assert copy[0]["captions"] == ["one", "uno", "eins"] and copy[1]["caption"] == "two"
-  with pytest.raises(ConfigError, match="'c': no caption to write"):
+  with pytest.raises(DataError, match="'c': no caption to write"):
     records.write_arrayrecord([{"key": "c", "image": png, "caption": "", "captions": []}], str(tmp_path / "d"))
   assert os.listdir(tmp_path / "d") == []  # no file, not even a temporary one, is left
 
@@ -167,11 +172,11 @@ def test_a_host_epoch_with_only_a_missing_shard_is_skipped_not_fatal(tmp_path):
 def test_a_host_whose_every_shard_fails_raises_one_line(tmp_path):
   paths = [str(tmp_path / f"{i}.tar") for i in range(4)]
   (tmp_path / "0.tar").write_bytes(b"junk" * 300)
-  with pytest.raises(sources.DataError, match=r"no readable sample in the 4 tar shard\(s\) host 1/2 reads"):
+  with pytest.raises(DataError, match=r"no readable sample in the 4 tar shard\(s\) host 1/2 reads"):
     next(iter(tar_stream.TarStream(paths, seed=0, host_index=1, host_count=2)))
   # Unshuffled, a host only ever gets its own share: that share failing is enough.
   good = write_shards(tmp_path / "good", 1, 2)
-  with pytest.raises(sources.DataError, match=r"no readable sample in the 1 tar shard\(s\) host 1/2 reads"):
+  with pytest.raises(DataError, match=r"no readable sample in the 1 tar shard\(s\) host 1/2 reads"):
     next(iter(tar_stream.TarStream(good + paths[:1], seed=0, host_index=1, host_count=2, shuffle_shards=False)))
 
 
@@ -275,8 +280,8 @@ def test_tar_source_reads_what_tar_stream_reads(tmp_path, caplog):
   (tmp_path / "cut.tar").write_bytes(data[:len(data) // 2 + 100])
   pattern = f"{tmp_path}/{{dot,cut}}.tar"
   with caplog.at_level(logging.WARNING, logger="vlmjax.data.sources"):
-    src = sources.TarSource(pattern)
-  stream = [r for r in read_all(sources.expand_pattern(pattern)) if "image" in r]
+    src = tar_source.TarSource(pattern)
+  stream = [r for r in read_all(shards.expand_pattern(pattern)) if "image" in r]
   assert [(src[i]["key"], src[i]["caption"], src[i]["image"]) for i in range(len(src))] == [
       (r["key"], r["caption"], r["image"]) for r in stream]
   assert [src[i]["key"] for i in range(3)] == ["a", "e", "f"] and len(src) > 3  # the cut shard keeps its head
@@ -293,14 +298,14 @@ def test_tar_source_shares_one_descriptor_per_shard_and_closes_it(tmp_path):
   from test_data_helpers import open_fds
   write_shards(tmp_path, 3, 4)
   for _ in range(3):  # as evaluations do: a new source each time, read from a thread pool
-    src = sources.TarSource(f"{tmp_path}/*.tar")
+    src = tar_source.TarSource(f"{tmp_path}/*.tar")
     with futures.ThreadPoolExecutor(4) as pool:
       assert len(list(pool.map(lambda i: src[i]["image"], range(len(src))))) == 12
     assert len(open_fds(str(tmp_path))) == 3
     del src
     gc.collect()
     assert open_fds(str(tmp_path)) == []
-  src = sources.TarSource(f"{tmp_path}/*.tar")
+  src = tar_source.TarSource(f"{tmp_path}/*.tar")
   copy = pickle.loads(pickle.dumps(src))
   assert copy[5] == src[5] and len(open_fds(str(tmp_path))) == 2
   src.close()
@@ -315,7 +320,7 @@ def test_corrupt_arrayrecord_file_is_a_one_line_error_naming_it(tmp_path):
   for name, content in (("junk.array_record", b"x" * 70_000), ("tiny.array_record", b"")):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(sources.DataError, match=f"ArrayRecord file '{path}' is corrupt or not an ArrayRecord") as e:
+    with pytest.raises(DataError, match=f"ArrayRecord file '{path}' is corrupt or not an ArrayRecord") as e:
       sources.open_source(f"arrayrecord:{path}", image_size=16)
     assert "\n" not in str(e.value)
 
@@ -326,20 +331,20 @@ def test_cloud_urls_without_their_fsspec_backend_say_what_to_install(url, packag
   import importlib.util
   if importlib.util.find_spec(package):
     pytest.skip(f"{package} is installed")
-  with pytest.raises(sources.DataError, match=f"cannot read .*:// URLs here: .*{package}") as e:
+  with pytest.raises(DataError, match=f"cannot read .*:// URLs here: .*{package}") as e:
     sources.open_source(f"tar:{url}", image_size=16)
   assert "\n" not in str(e.value)
-  with pytest.raises(sources.DataError, match=package):
+  with pytest.raises(DataError, match=package):
     tar_stream.TarStream([url.replace("{00000..00001}", "0").replace("*", "0")], seed=0)
 
 
 def test_brace_lists_and_padded_or_descending_ranges(tmp_path):
   write_shards(tmp_path, 4, 1)
   d = str(tmp_path)
-  assert sources.expand_pattern(f"{d}/{{00001,00003}}.tar") == [f"{d}/00001.tar", f"{d}/00003.tar"]
-  assert sources.expand_pattern(f"{d}/{{00002..00000}}.tar") == [f"{d}/0000{i}.tar" for i in (2, 1, 0)]
-  assert sources.expand_pattern(f"{d}/00{{000..3}}.tar") == [f"{d}/0000{i}.tar" for i in range(4)]
-  with pytest.raises(sources.DataError, match=r"matches no file \(none of its 4 path\(s\) exists, e.g. '.*/0.tar'\)"):
-    sources.expand_pattern(f"{d}/{{0..3}}.tar")
-  with pytest.raises(sources.DataError, match="is a directory; name its files"):
-    sources.expand_pattern(d)
+  assert shards.expand_pattern(f"{d}/{{00001,00003}}.tar") == [f"{d}/00001.tar", f"{d}/00003.tar"]
+  assert shards.expand_pattern(f"{d}/{{00002..00000}}.tar") == [f"{d}/0000{i}.tar" for i in (2, 1, 0)]
+  assert shards.expand_pattern(f"{d}/00{{000..3}}.tar") == [f"{d}/0000{i}.tar" for i in range(4)]
+  with pytest.raises(DataError, match=r"matches no file \(none of its 4 path\(s\) exists, e.g. '.*/0.tar'\)"):
+    shards.expand_pattern(f"{d}/{{0..3}}.tar")
+  with pytest.raises(DataError, match="is a directory; name its files"):
+    shards.expand_pattern(d)

@@ -70,7 +70,7 @@ def test_launch_local_two_processes_equals_one_process(tmp_path):
 
 def test_two_processes_evaluate_a_checkpoint_as_one_does(micro_cfg, tmp_path):
   """`vlmjax launch local -n 2 -- eval`: each host reads its rows; the metrics equal one process's."""
-  from vlmjax.evals import runner
+  from vlmjax.evals import commands
   workdir = str(tmp_path / "run")
   train.train(micro_cfg(("total_steps", "3"), ("ckpt_every", "3")), workdir)
   evaluator = ["--config.evals.zs=zero_shot:synthetic:shapes:test", "--config.evals.zs.num_examples=40",
@@ -81,7 +81,7 @@ def test_two_processes_evaluate_a_checkpoint_as_one_does(micro_cfg, tmp_path):
   assert "step 3: wrote" in proc.stdout and "wrote" not in open(tmp_path / "logs" / "1.log").read()  # one run of 2
   with open(os.path.join(workdir, "eval", "3.json")) as f:
     multi = json.load(f)
-  _, single, _ = runner.evaluate_workdir(workdir, [tuple(a.removeprefix("--config.").split("=", 1)) for a in evaluator])
+  _, single, _ = commands.evaluate_workdir(workdir, [tuple(a.removeprefix("--config.").split("=", 1)) for a in evaluator])
   assert multi["eval/zs/top1"] == pytest.approx(single["eval/zs/top1"]) and "eval/zs/top5" in multi
 
 

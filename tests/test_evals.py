@@ -19,9 +19,14 @@ from PIL import Image
 from conftest import MICRO, ROOT
 from vlmjax import checkpoint, cli, config, sharding, train_state
 from vlmjax.data import synthetic
-from vlmjax.evals import captioning, data, decode, defaults, run_all
+from vlmjax.evals import captioning, common, data, decode, defaults
+from vlmjax.evals.suite import prepare_all
 
 SHAPES = "synthetic:shapes:validation"
+
+
+def run_all(cfg, graphdef, params, mesh, *, step, final=False):
+  return prepare_all(cfg, mesh).run(graphdef, params, step=step, final=final)
 CAPTION_LEN = 10
 
 
@@ -57,7 +62,7 @@ def test_run_all_reports_every_metric_of_the_due_evaluators(micro):
       *(f"eval/ret/{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
   assert all(0 <= v <= 1 for k, v in _values(metrics).items() if "/zs/" in k or "/ret/" in k)
   assert metrics["eval/zs/top1"] <= metrics["eval/zs/top5"]
-  assert defaults.due(cfg.evals, 2) == ["zs"] and set(defaults.due(cfg.evals, 3)) == {"ret", "cap"}
+  assert common.due(cfg.evals, 2) == ["zs"] and set(common.due(cfg.evals, 3)) == {"ret", "cap"}
   assert run_all(cfg, s.graphdef, params, s.mesh, step=5) == {}
   assert set(run_all(cfg, s.graphdef, params, s.mesh, step=4)) == {"eval/zs/top1", "eval/zs/top5",
                                                                           "eval/zs/seconds"}
@@ -74,7 +79,7 @@ def test_evaluators_on_8_devices_equal_1_device(micro):
 
 def test_greedy_decoding_equals_a_naive_argmax_loop(micro):
   cfg, s, _, params, _ = micro
-  ds = data.EvalSet("cap", cfg.evals.cap, cfg, s.mesh)
+  ds = data.EvalSet("cap", cfg.evals.cap, data.context(cfg, s.mesh))
   images, n = next(ds.image_batches())
   options = {**captioning.decode_options(cfg.evals.cap), **captioning.special_ids(ds.tokenizer)}  # compiled
   assert options["method"] == "greedy" and options["max_len"] == CAPTION_LEN
@@ -148,7 +153,7 @@ def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path, monkeypatch)
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_kv_cached_decoding_equals_uncached_token_for_token(micro, method):
   cfg, s, _, params, _ = micro
-  ds = data.EvalSet("cap", cfg.evals.cap, cfg, s.mesh)
+  ds = data.EvalSet("cap", cfg.evals.cap, data.context(cfg, s.mesh))
   images, n = next(ds.image_batches())
 
   @functools.partial(jax.jit, static_argnums=2)

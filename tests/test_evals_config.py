@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import MICRO, ROOT
-from vlmjax import config, models, sharding
-from vlmjax.data import synthetic
-from vlmjax.evals import data, defaults, runner, zero_shot
+from vlmjax import config, errors, models, sharding
+from vlmjax.data import sources, synthetic
+from vlmjax.evals import commands, common, data, defaults, registry, zero_shot
 
 
 def test_validate_rejects_malformed_evaluators_in_one_line():
   ev = defaults.captioning("synthetic:shapes:validation")
-  defaults.validate("cap", ev)
+  registry.validate("cap", ev)
   cases = [
       (ml_collections.ConfigDict(dict(type="detection")), "evals.bad.type='detection' is unknown"),
       (defaults.retrieval("synthetic:shapes", batch_size=0), "evals.bad.batch_size must be a positive int"),
@@ -28,22 +28,22 @@ def test_validate_rejects_malformed_evaluators_in_one_line():
   cases.append((extra, "unknown ['topk']"))
   for ev, message in cases:
     with pytest.raises(config.ConfigError, match=None) as e:
-      defaults.validate("bad", ev)
+      registry.validate("bad", ev)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_due_every_and_final():
   evals = ml_collections.ConfigDict(dict(a=defaults.zero_shot("s", every=10), b=defaults.retrieval("s", every=0)))
-  assert defaults.due(evals, 20) == ["a"] and defaults.due(evals, 15) == []
-  assert defaults.due(evals, 15, final=True) == ["a", "b"]
-  assert defaults.due(evals, 15, every=5) == ["a", "b"] and defaults.due(evals, 20, every=15) == ["a"]
+  assert common.due(evals, 20) == ["a"] and common.due(evals, 15) == []
+  assert common.due(evals, 15, final=True) == ["a", "b"]
+  assert common.due(evals, 15, every=5) == ["a", "b"] and common.due(evals, 20, every=15) == ["a"]
 
 
 def test_new_evaluator_from_an_override():
-  ev = runner.new_evaluator("x", "retrieval:synthetic:shapes:test")
+  ev = registry.new_evaluator("x", "retrieval:synthetic:shapes:test")
   assert ev.type == "retrieval" and ev.data.source == "synthetic:shapes:test" and tuple(ev.ks) == (1, 5, 10)
   with pytest.raises(config.ConfigError, match="TYPE:SOURCE"):
-    runner.new_evaluator("x", "segmentation:synthetic:shapes")
+    registry.new_evaluator("x", "segmentation:synthetic:shapes")
 
 
 def test_old_workdir_configs_keep_their_behaviour_and_images_are_center_cropped(tmp_path):
@@ -54,7 +54,7 @@ def test_old_workdir_configs_keep_their_behaviour_and_images_are_center_cropped(
   # written before these fields existed: evaluators then resized whole images, text padded with 0
   del old["evals"]["zs"]["image_mode"], old["model"]["text"]["pad_id"], old["xla_options"]
   (tmp_path / "config.json").write_text(json.dumps(old))
-  loaded = runner.load_workdir_config(str(tmp_path), [])
+  loaded = commands.load_config(str(tmp_path), [])
   assert loaded.evals.zs.image_mode == "resize" and loaded.model.text.pad_id == 0
   assert loaded.xla_options.cpu == "" and defaults.zero_shot("x").image_mode == "center_crop"
   models.abstract(loaded.model)  # the old model config builds
@@ -62,11 +62,11 @@ def test_old_workdir_configs_keep_their_behaviour_and_images_are_center_cropped(
   # A wide image: the evaluator keeps its centred square (the middle third here), resize keeps all.
   wide = np.zeros((16, 48, 3), np.uint8)
   wide[:, 16:32] = 255
-  ds = data.EvalSet("zs", loaded.evals.zs, loaded, sharding.make_mesh(loaded.mesh))
+  ds = data.EvalSet("zs", loaded.evals.zs, data.context(loaded, sharding.make_mesh(loaded.mesh)))
   S = loaded.model.image_size
   assert ds.decoder(wide).shape == (S, S, 3) and ds.decoder(wide).min() == 255
   loaded.evals.zs.image_mode = "resize"
-  resized = data.EvalSet("zs", loaded.evals.zs, loaded, sharding.make_mesh(loaded.mesh)).decoder(wide)
+  resized = data.EvalSet("zs", loaded.evals.zs, data.context(loaded, sharding.make_mesh(loaded.mesh))).decoder(wide)
   assert resized[:, 0].max() == 0 and resized[:, S // 2].min() == 255
 
 
@@ -81,10 +81,10 @@ def test_templates_and_class_names(tmp_path, monkeypatch):
   names = tmp_path / "names.txt"
   names.write_text("goldfish\ngreat white shark\n\n")
   assert zero_shot.class_names("tfds:imagenet2012:validation", "", str(names), "w") == ("goldfish", "great white shark")
-  monkeypatch.setattr(zero_shot, "_tfds_class_names", lambda name, data_dir, where: ["n01440764", "n01443537"])
+  monkeypatch.setattr(sources, "_tfds_label_names", lambda name, data_dir: ["n01440764", "n01443537"])
   with pytest.raises(config.ConfigError, match="WordNet id"):
     zero_shot.class_names("tfds:imagenet2012:validation", "", "", "evals.in1k.class_names")
-  monkeypatch.setattr(zero_shot, "_tfds_class_names", lambda name, data_dir, where: ["aquarium_fish", "apple"])
+  monkeypatch.setattr(sources, "_tfds_label_names", lambda name, data_dir: ["aquarium_fish", "apple"])
   assert zero_shot.class_names("tfds:cifar100:test", "", "", "w") == ("aquarium fish", "apple")
 
 
@@ -92,7 +92,7 @@ def test_tfds_eval_set_has_the_shapes_labels_and_class_names(tmp_path):
   cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   ev = defaults.zero_shot("tfds:vlmjax_shapes/tiny:validation", batch_size=8, num_examples=16)
   ev.data.data_dir = str(tmp_path)
-  ds = data.EvalSet("tfds", ev, cfg, sharding.make_mesh(cfg.mesh))
+  ds = data.EvalSet("tfds", ev, data.context(cfg, sharding.make_mesh(cfg.mesh)))
   seed = synthetic.SEED_OF_SPLIT["validation"]  # TFDS shuffles on writing: find each example by its key
   want = [synthetic.example(int(m["key"][2:]), seed=seed)["label"] for m in ds.meta()]
   assert len(set(want)) > 1
@@ -105,14 +105,14 @@ def test_tfds_eval_set_has_the_shapes_labels_and_class_names(tmp_path):
 def test_eval_set_pads_the_last_batch_and_checks_sizes():
   cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   mesh = sharding.make_mesh(cfg.mesh)
-  ds = data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=16, num_examples=20), cfg, mesh)
+  ds = data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=16, num_examples=20), data.context(cfg, mesh))
   batches = list(ds.text_batches([c for caps in ds.captions() for c in caps]))
   assert [n for _, n in batches] == [16, 4] and batches[1][0].shape == (16, cfg.model.text.context_length)
   assert len(batches[1][0].sharding.device_set) == 8
   with pytest.raises(config.ConfigError, match="not divisible by the 8 batch shards"):
-    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=12), cfg, mesh)
+    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=12), data.context(cfg, mesh))
   with pytest.raises(config.ConfigError, match="exceeds the 100000 examples"):
-    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", num_examples=10**6), cfg, mesh)
+    data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", num_examples=10**6), data.context(cfg, mesh))
 
 
 def _empty_file(tmp_path):
@@ -142,8 +142,8 @@ def test_validate_all_finds_what_would_fail_after_training(spec, make, message, 
   cfg = (config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO) if spec == "coca"
          else config.load(f"{ROOT}/configs/siglip_tiny.py"))
   cfg.evals.e = make(tmp_path)
-  with pytest.raises(config.ConfigError) as e:
-    evals.validate_all(cfg)
+  with pytest.raises(errors.UserError) as e:  # a config or data error, one line
+    evals.prepare_all(cfg)
   assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
@@ -171,11 +171,11 @@ def test_caption_command_rejects_bad_decoding_flags_in_one_line(tmp_path, capsys
 
 
 def test_a_corrupt_config_json_is_one_line_for_eval_and_rewritten_by_train(tmp_path, capsys):
-  from vlmjax import train
+  from vlmjax import workdir
   (tmp_path / "config.json").write_text('{"seed": 0, "model": {')  # cut short
   with pytest.raises(config.ConfigError, match=r"cannot read .*config.json: JSONDecodeError: .*again rewrites it"):
-    runner.load_workdir_config(str(tmp_path), ())
-  train.check_resume(config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO), str(tmp_path))
+    commands.load_config(str(tmp_path), ())
+  workdir.check_resume(config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO), str(tmp_path))
   assert "resuming without comparing settings" in capsys.readouterr().out
 
 

@@ -6,7 +6,7 @@ import time
 import jax
 import numpy as np
 
-from vlmjax import checkpoint, sharding, train, train_state
+from vlmjax import checkpoint, preemption, sharding, train, train_state
 from vlmjax.data import pipeline
 
 
@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_is_exact(micro_cfg, tmp_path):
 
 def test_resume_refuses_another_setup_in_one_line_and_keeps_config_json(micro_cfg, tmp_path, capsys):
   import pytest
-  from vlmjax import config
+  from vlmjax import config, errors
   workdir = str(tmp_path / "run")
   base = (("total_steps", "4"), ("ckpt_every", "2"), ("data.train.source", "synthetic:shapes"))
   train.train(micro_cfg(*base), workdir, stop_after=2)
@@ -106,7 +106,7 @@ def test_resume_refuses_another_setup_in_one_line_and_keeps_config_json(micro_cf
   assert summary["finished"] and "resuming with changed settings: " in capsys.readouterr().out
   # A step folder that is not a whole checkpoint (a copy cut short): one line, naming it.
   os.makedirs(os.path.join(workdir, "checkpoints", "9"))
-  with pytest.raises(config.ConfigError, match=r"cannot resume from .*checkpoints/9: .*remove that step's folder"):
+  with pytest.raises(errors.CheckpointError, match=r"cannot resume from .*checkpoints/9: .*remove that step's folder"):
     train.train(micro_cfg(*base, ("total_steps", "12")), workdir)
 
 
@@ -121,7 +121,7 @@ def test_workdir_that_is_a_file_is_a_one_line_error(micro_cfg, tmp_path):
 def test_sigterm_during_an_evaluation_stops_it_and_saves_that_step(micro_cfg, tmp_path, monkeypatch, capsys):
   """An evaluation can outlast the grace period before SIGKILL: SIGTERM stops it at once, the step
   it evaluated is saved (though not a checkpoint step), the run ends preempted, and resumes."""
-  from vlmjax.evals import runner
+  from vlmjax.evals import zero_shot
   finished = []
 
   def slow_evaluator(*args):
@@ -130,7 +130,7 @@ def test_sigterm_during_an_evaluation_stops_it_and_saves_that_step(micro_cfg, tm
       time.sleep(0.1)
     finished.append(args[0])
     return {"top1": 0.0}
-  monkeypatch.setitem(runner.EVALUATORS, "zero_shot", slow_evaluator)
+  monkeypatch.setattr(zero_shot.ZeroShot, "evaluate", slow_evaluator)
   workdir = str(tmp_path / "run")
   common = (("total_steps", "6"), ("ckpt_every", "5"), ("log_every", "1"))
   summary = train.train(micro_cfg(*common, ("evals.zero_shot.every", "3"), spec="configs/coca_tiny.py:evals=1"),
@@ -229,7 +229,7 @@ def test_the_learned_temperature_is_clamped_after_each_update_as_open_clip_does(
 def test_first_ctrl_c_stops_at_the_next_step_with_a_save_and_a_second_stops_at_once():
   import pytest
   before = signal.getsignal(signal.SIGINT)
-  watcher = checkpoint.PreemptionWatcher()
+  watcher = preemption.PreemptionWatcher()
   try:
     assert not watcher.reached(1)
     os.kill(os.getpid(), signal.SIGINT)

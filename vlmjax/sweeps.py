@@ -162,17 +162,16 @@ def load_sweep(path: str) -> Sweep:
 
 def check_configs(sweep: Sweep) -> None:
   """Loads every run's config, applies the sweep's `evals` as `vlmjax eval` will after training
-  (`evals.runner.load_workdir_config`), and validates the evaluators, so a bad key or value, in
+  (`evals.commands.load_config`), and validates the evaluators, so a bad key or value, in
   training or in evaluation, fails before anything trains."""
   from vlmjax import config, evals
-  if sweep.evals:
-    from vlmjax.evals import runner
+  from vlmjax.evals import registry
   for run in sweep.runs:
     try:
       cfg = config.load(sweep.base, run.overrides)
       if sweep.evals:
-        runner.apply_overrides(cfg, sweep.evals, where="sweep evals")
-      evals.validate_all(cfg)
+        registry.apply_overrides(cfg, sweep.evals, where="sweep evals")
+      evals.prepare_all(cfg)
     except UserError as e:
       raise type(e)(f"run {run.name}: {e}") from None
 

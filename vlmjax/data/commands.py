@@ -24,13 +24,9 @@ def _synth(args, overrides) -> int:
 
 def raw_records(spec: str, *, data_dir: str | None = None):
   """(records in source order, the source) for a spec; streams read each tar shard once, in order."""
-  from vlmjax.data import sources, tar_stream
-  kind, _, rest = spec.partition(":")
-  if kind == "tar" and rest:
-    src = tar_stream.TarStream(sources.expand_pattern(rest), seed=0, shuffle_shards=False, repeat=False)
-    return iter(src), src
-  src = sources.open_source(spec, image_size=64, data_dir=data_dir)
-  return (src[i] for i in range(len(src))), src
+  from vlmjax.data import sources
+  src = sources.open_source(spec, mode="scan", image_size=64, data_dir=data_dir)
+  return sources.records_of(src), src
 
 
 def _inspect(args, overrides) -> int:

@@ -1,5 +1,7 @@
 """The grain input pipeline: sources -> this host's share, shuffled -> mix -> decode + batch -> device.
 
+Each source of the mixture is opened with `sources.open_source(spec, mode="stream")`:
+
   tar shards       per epoch a fresh shard order, every `process_count`-th shard
                    for this host, read as a stream, then a window shuffle buffer
   random access    (ArrayRecord, TFDS, synthetic) a global permutation per epoch,
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import sys
 import weakref
 
 import grain
@@ -29,9 +30,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from vlmjax.errors import ConfigError
 from vlmjax.data import batcher, sources, tokenizers, transforms
-from vlmjax.errors import DataError
+from vlmjax.data.shuffle import derive_seed
+from vlmjax.errors import ConfigError, DataError
 
 
 def _close_iterators(box: list) -> None:
@@ -109,61 +110,6 @@ def parse_mixture(source) -> list[tuple[str, float]]:
   return out
 
 
-def derive_seed(seed: int, *stage: int) -> int:
-  """A 32-bit seed hashed from (seed, *stage): unlike seed + i, nearby seeds give unrelated streams."""
-  return int(np.random.SeedSequence([seed, *stage]).generate_state(1)[0])
-
-
-class EpochShuffle(grain.MapDataset):
-  """The parent repeated forever, in a fresh permutation each epoch, seeded by a hash of (seed, epoch).
-
-  (grain's `shuffle` seeds epoch e with seed + e, so epoch e + 1 of seed s is epoch e of seed s + 1.)
-  """
-
-  def __init__(self, parent: grain.MapDataset, *, seed: int):
-    super().__init__(parent)
-    self._seed, self._n, self._seeds = seed, len(parent), {}
-    if not self._n:
-      raise DataError(f"data source {parent!r} is empty")
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def _epoch_seed(self, epoch: int) -> int:
-    if epoch not in self._seeds:
-      self._seeds[epoch] = derive_seed(self._seed, epoch)
-    return self._seeds[epoch]
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    epoch, i = divmod(int(index), self._n)
-    j = grain.experimental.index_shuffle(i, max_index=self._n - 1, seed=self._epoch_seed(epoch), rounds=4)
-    return self._parent[int(j)]
-
-  def __str__(self) -> str:
-    return f"EpochShuffle(seed={self._seed})"
-
-
-def host_stream(spec: str, data_cfg: ml_collections.ConfigDict, *, seed: int, image_size: int,
-                index: int, count: int) -> grain.IterDataset:
-  """Raw records of one source for host `index` of `count`, shuffled, repeating forever."""
-  kind, _, rest = spec.partition(":")
-  if kind == "tar":
-    if not rest:
-      raise DataError(f"data spec {spec!r} names no path; expected tar:PATTERN")
-    from vlmjax.data import tar_stream
-    ds = tar_stream.TarStream(sources.expand_pattern(rest), seed=seed, host_index=index, host_count=count)
-    if data_cfg.shuffle_buffer > 1:
-      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=data_cfg.shuffle_buffer,
-                                                       seed=derive_seed(seed, 1))
-    return ds
-  source = sources.open_source(spec, image_size=image_size, data_dir=data_cfg.data_dir or None)
-  ds = EpochShuffle(grain.MapDataset.source(source), seed=seed)[index::count]  # this host's share of each batch
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
-                                              prefetch_buffer_size=4 * max(1, data_cfg.num_threads)))
-
-
 def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int, image_size: int,
                  context_length: int, vocab_size: int, index: int, count: int) -> grain.IterDataset:
   """This host's batches as numpy arrays ({"image": f32 [b, S, S, 3], "text": i32 [b, L]})."""
@@ -174,7 +120,9 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
     raise ConfigError(f"tokenizer {data_cfg.tokenizer!r} has {tokenizer.vocab_size} ids but "
                       f"model.text.vocab_size is {vocab_size}")
   mixture = parse_mixture(data_cfg.source)
-  streams = [host_stream(spec, data_cfg, seed=derive_seed(seed, i), image_size=image_size, index=index, count=count)
+  streams = [sources.open_source(spec, mode="stream", image_size=image_size, data_dir=data_cfg.data_dir or None,
+                                 seed=derive_seed(seed, i), host_index=index, host_count=count,
+                                 shuffle_buffer=data_cfg.shuffle_buffer, num_threads=data_cfg.num_threads)
              for i, (spec, _) in enumerate(mixture)]
   if len(streams) == 1:
     raw = streams[0]

@@ -29,7 +29,8 @@ import urllib.request
 import grain
 import numpy as np
 
-from vlmjax.data.sources import IMAGE_EXTS, TEXT_EXTS, DataError, caption_of, is_url, require_filesystem, sample_key
+from vlmjax.data.shards import IMAGE_EXTS, TEXT_EXTS, caption_of, is_url, require_filesystem, sample_key
+from vlmjax.errors import DataError
 
 _CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60.0  # connecting, and waiting for each read of an http(s) shard

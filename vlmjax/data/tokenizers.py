@@ -30,6 +30,7 @@ class ByteTokenizer:
   """UTF-8 bytes as tokens: no vocabulary file, any text, 259 ids."""
 
   vocab_size = 256 + 3
+  bos, eos = BOS, EOS
 
   def encode(self, text: str, length: int) -> np.ndarray:
     """[bos, bytes..., eos] truncated (eos kept) and zero-padded to `length`."""

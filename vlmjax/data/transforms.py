@@ -148,11 +148,6 @@ class ImageDecoder:
     return _resize(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]), self.size)
 
 
-def decode_image(image, size: int) -> np.ndarray:
-  """Encoded bytes or a uint8 array -> uint8 [size, size, 3] RGB, resized (aspect not kept)."""
-  return ImageDecoder(size)(image)
-
-
 def normalize(image_uint8: np.ndarray) -> np.ndarray:
   """uint8 [..., 3] -> float32 with CLIP's mean and std."""
   return (image_uint8.astype(np.float32) - MEAN) * (1.0 / STD)
@@ -164,17 +159,6 @@ _LUT = ((np.arange(256, dtype=np.float32)[:, None] - MEAN) / STD).astype(np.floa
 def normalize_into(image_uint8: np.ndarray, out: np.ndarray) -> None:
   """`normalize` of one uint8 [H, W, 3] image written into float32 `out` (a table look-up, twice as fast)."""
   cv2.LUT(image_uint8, _LUT, dst=out)
-
-
-class ImageText:
-  """Maps a source example {"image", "caption", ...} to {"image": f32 [S, S, 3], "text": i32 [L]}."""
-
-  def __init__(self, image_size: int, context_length: int, tokenizer):
-    self.decoder, self.context_length, self.tokenizer = ImageDecoder(image_size), context_length, tokenizer
-
-  def __call__(self, ex: dict) -> dict:
-    return {"image": normalize(self.decoder(ex["image"])),
-            "text": self.tokenizer.encode(ex["caption"], self.context_length)}
 
 
 def original_size(image) -> tuple[int, int]:

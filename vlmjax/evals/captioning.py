@@ -17,6 +17,11 @@ import subprocess
 import unicodedata
 from typing import Hashable
 
+import ml_collections
+
+from vlmjax.errors import ConfigError
+from vlmjax.evals import common
+
 TOKENIZERS = ("auto", "java", "python")
 
 
@@ -102,10 +107,6 @@ def decode_options(ev) -> dict:
 
 def special_ids(tokenizer) -> dict:
   """{"bos_id", "eos_id"} of a data tokenizer (eos -1: none, decode to max_len)."""
-  from vlmjax.errors import ConfigError  # noqa: PLC0415
-  from vlmjax.data import tokenizers  # noqa: PLC0415
-  if isinstance(tokenizer, tokenizers.ByteTokenizer):
-    return {"bos_id": tokenizers.BOS, "eos_id": tokenizers.EOS}
   if tokenizer.bos is None:
     raise ConfigError("captioning needs a tokenizer with a BOS token to start decoding from; this one has none")
   return {"bos_id": tokenizer.bos, "eos_id": -1 if tokenizer.eos is None else tokenizer.eos}
@@ -114,7 +115,6 @@ def special_ids(tokenizer) -> dict:
 def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
   """Decoded captions of every example of an `EvalSet`, as text."""
   import jax  # noqa: PLC0415
-
   from vlmjax.evals import data, decode  # noqa: PLC0415
   data.require(ds, "caption_logits")
   options = {**options, **special_ids(ds.tokenizer)}
@@ -125,27 +125,62 @@ def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
   return out
 
 
-def prepare(name: str, ev, cfg, mesh):
-  """Everything but the model: the eval set; a one-line ConfigError for a setting that cannot work."""
-  from vlmjax.errors import ConfigError  # noqa: PLC0415
-  from vlmjax.evals import data  # noqa: PLC0415
-  if ev.max_len > cfg.model.text.context_length:
-    raise ConfigError(f"evals.{name}.max_len={ev.max_len} exceeds model.text.context_length="
-                      f"{cfg.model.text.context_length}")
-  ds = data.EvalSet(name, ev, cfg, mesh)
-  data.require(ds, "caption_logits")
-  ds.require_field("caption", data.NEEDS_CAPTIONS)
-  try:
-    special_ids(ds.tokenizer)
-  except ConfigError as e:
-    raise ConfigError(f"evals.{name}: {e}") from None
-  return ds
+METHODS = ("greedy", "beam", "sample")
 
 
-def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
-  """The `captioning` evaluator: decodes `num_examples` images and scores against their captions."""
-  ds = prepare(name, ev, cfg, mesh)
-  captions = caption_images(ds, graphdef, params, decode_options(ev), ev.seed)
-  refs = ds.captions()
-  return score(dict(enumerate(captions)), dict(enumerate(refs)), meteor=ev.meteor)
+def config(source: str, *, batch_size: int = 64, every: int = 0, num_examples: int = 0,
+           image_mode: str = "center_crop", max_len: int = 32,
+           method: str = "greedy", beam_size: int = 4, top_k: int = 0, top_p: float = 1.0,
+           temperature: float = 1.0, length_penalty: float = 1.0, seed: int = 0,
+           meteor: bool = True) -> ml_collections.ConfigDict:
+  """method: greedy | beam | sample. meteor: add METEOR when Java is present."""
+  c = common.fields("captioning", source, batch_size=batch_size, every=every, num_examples=num_examples,
+                    image_mode=image_mode)
+  c.update(dict(max_len=max_len, method=method, beam_size=beam_size, top_k=top_k, top_p=top_p,
+                temperature=temperature, length_penalty=length_penalty, seed=seed, meteor=meteor))
+  return c
 
+
+def check(where: str, ev) -> None:
+  if ev.method not in METHODS:
+    raise ConfigError(f"{where}.method={ev.method!r} is unknown; valid: {', '.join(METHODS)}")
+  check_decoding(where, max_len=ev.max_len, beam_size=ev.beam_size, top_k=ev.top_k, top_p=ev.top_p,
+                 temperature=ev.temperature)
+
+
+def check_decoding(where: str, *, max_len, beam_size, top_k, top_p, temperature, vocab_size: int | None = None,
+                   prefix: str = ".") -> None:
+  """One-line ConfigError for decoding settings out of range (evaluators and `vlmjax caption`)."""
+  limits = [("max_len", max_len, max_len > 0, "> 0"), ("beam_size", beam_size, beam_size > 0, "> 0"),
+            ("top_k", top_k, top_k >= 0 and (vocab_size is None or top_k <= vocab_size),
+             ">= 0" + (f" and <= the vocabulary ({vocab_size})" if vocab_size else "")),
+            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"), ("temperature", temperature, temperature > 0, "> 0")]
+  for name, value, ok, valid in limits:
+    if not ok:
+      shown = f"--{name.replace('_', '-')}" if prefix == "--" else f"{where}.{name}"
+      raise ConfigError(f"{shown}={value!r} is out of range; it must be {valid}")
+
+
+class Captioning:
+  """The prepared `captioning` evaluator: decodes `num_examples` images and scores against their captions."""
+
+  def __init__(self, name: str, ev, ctx):
+    from vlmjax.evals import data  # noqa: PLC0415
+    if ev.max_len > ctx.context_length:
+      raise ConfigError(f"evals.{name}.max_len={ev.max_len} exceeds model.text.context_length={ctx.context_length}")
+    self.ds = data.EvalSet(name, ev, ctx)
+    data.require(self.ds, "caption_logits")
+    self.ds.require_field("caption", data.NEEDS_CAPTIONS)
+    try:
+      special_ids(self.ds.tokenizer)
+    except ConfigError as e:
+      raise ConfigError(f"evals.{name}: {e}") from None
+    self.options, self.seed, self.meteor = decode_options(ev), ev.seed, ev.meteor
+
+  def evaluate(self, graphdef, params) -> dict[str, float]:
+    captions = caption_images(self.ds, graphdef, params, self.options, self.seed)
+    refs = self.ds.captions()
+    return score(dict(enumerate(captions)), dict(enumerate(refs)), meteor=self.meteor)
+
+
+prepare = Captioning

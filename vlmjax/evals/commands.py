@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import json
+import os
+
+import ml_collections
+
+from vlmjax import distributed
 from vlmjax.errors import ConfigError
 
 
+def load_config(workdir: str, overrides) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote (brought up to date, evaluators included), with `--config.*`
+  overrides applied (`evals.NAME=TYPE:SOURCE` adds an evaluator), validated."""
+  from vlmjax import config, workdir as workdirs  # noqa: PLC0415
+  from vlmjax.evals import registry  # noqa: PLC0415
+  cfg = workdirs.read_config(workdir)
+  registry.add_new_fields(cfg)
+  registry.apply_overrides(cfg, overrides)
+  config.validate(cfg)
+  for name in cfg.evals.keys():
+    registry.validate(name, cfg.evals[name])
+  return cfg
+
+
+def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
+  """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json`. Returns (step, metrics, path)."""
+  import jax  # noqa: PLC0415
+  from vlmjax import train_state  # noqa: PLC0415
+  from vlmjax.evals import suite  # noqa: PLC0415
+  cfg = load_config(workdir, overrides)
+  if not cfg.evals:
+    raise ConfigError(f"{workdir}/config.json defines no evaluators (cfg.evals is empty)")
+  s, params, step = train_state.restore_params(workdir, cfg, step)
+  metrics = suite.prepare_all(cfg, s.mesh).run(s.graphdef, params, step=step, final=True)
+  path = os.path.join(workdir, "eval", f"{step}.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"step": step, **metrics}, f, indent=2, sort_keys=True)
+      f.write("\n")
+  return step, metrics, path
+
+
 def _eval(args, overrides) -> int:
-  from vlmjax import sharding  # noqa: PLC0415 (jax is slow to import; keep --help fast)
-  from vlmjax.evals import runner  # noqa: PLC0415
-  sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  step, metrics, path = runner.evaluate_workdir(args.workdir, overrides, args.step)
+  from vlmjax import distributed  # noqa: PLC0415
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  step, metrics, path = evaluate_workdir(args.workdir, overrides, args.step)
   import jax  # noqa: PLC0415
   if jax.process_index():  # process 0 prints (and wrote the file)
     return 0
@@ -26,13 +64,14 @@ def _caption(args, overrides) -> int:
 
   from vlmjax import sharding  # noqa: PLC0415
   from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
-  from vlmjax.evals import captioning, data, decode, defaults, runner  # noqa: PLC0415
-  cfg = runner.load_workdir_config(args.workdir, overrides)
+  from vlmjax import train_state  # noqa: PLC0415
+  from vlmjax.evals import captioning, data, decode  # noqa: PLC0415
+  cfg = load_config(args.workdir, overrides)
   from vlmjax import models  # noqa: PLC0415
   if not hasattr(models.REGISTRY[cfg.model.name], "caption_context"):
     raise ConfigError(f"vlmjax caption needs a captioning model (model.name coca or captioner); "
                       f"{args.workdir} holds a {cfg.model.name!r} model")
-  defaults.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,
+  captioning.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,
                           top_p=args.top_p, temperature=args.temperature, vocab_size=cfg.model.text.vocab_size,
                           prefix="--")
   if args.max_len > cfg.model.text.context_length:
@@ -46,7 +85,7 @@ def _caption(args, overrides) -> int:
       raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
     except transforms.BadImage as e:
       raise ConfigError(f"cannot decode image {path!r}: {e}") from None
-  s, params, step = runner.restore(args.workdir, cfg, args.step)
+  s, params, step = train_state.restore_params(args.workdir, cfg, args.step)
   batch_sh = sharding.batch_sharding(s.mesh, cfg.mesh.rules)
   shards = data.num_shards(batch_sh)
   n = len(images)
@@ -68,8 +107,7 @@ def add_parsers(sub) -> None:
                      "(TYPE: zero_shot | retrieval | captioning) with its defaults.")
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  from vlmjax.cli import add_distributed_flags  # noqa: PLC0415 (cli imports this module when building its parser)
-  add_distributed_flags(p)  # several hosts evaluate together, as they train
+  distributed.add_flags(p)  # several hosts evaluate together, as they train
   p.set_defaults(run=_eval, takes_overrides=True)
 
   p = sub.add_parser("caption", help="print captions for image files, from a workdir's checkpoint")

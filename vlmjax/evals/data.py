@@ -1,6 +1,8 @@
 """Evaluation data: the first `num_examples` records of a source, in fixed-size global batches.
 
-Records come from `data.sources.open_source` ({"key", "image", "caption"}, plus
+`Context` is what evaluators know of the run, built once per suite (`context`): image size,
+context length, tokenizer, batch sharding, model class. Records come from
+`data.sources.open_source(mode="random")` ({"key", "image", "caption"}, plus
 "label" for classification sets and optionally "captions", a list, for sets with
 several references per image). Every batch has the evaluator's `batch_size`
 (the last one padded), so each model function compiles once; each process
@@ -11,8 +13,10 @@ Shape legend: B batch, S image size, L context length, E embedding dim.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from concurrent import futures
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vlmjax import models, sharding
-from vlmjax.errors import ConfigError
+from vlmjax.errors import ConfigError, DataError
 from vlmjax.data import sources, tokenizers, transforms
 
 
@@ -29,27 +33,47 @@ NEEDS_CAPTIONS = "retrieval and captioning need an image-text set"
 NEEDS_LABELS = "zero-shot classification needs a labelled set"
 
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What an evaluator may know of the run it evaluates (never the root config)."""
+  mesh: jax.sharding.Mesh
+  sharding: jax.sharding.NamedSharding   # of a batch: the leading axis over the batch mesh axes
+  image_size: int
+  context_length: int
+  vocab_size: int
+  tokenizer: Any
+  model_name: str
+  model_class: type
+
+
+def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
+  return Context(mesh=mesh, sharding=sharding.batch_sharding(mesh, cfg.mesh.rules), image_size=cfg.model.image_size,
+                 context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
+                 tokenizer=tokenizers.build(cfg.data.train.tokenizer), model_name=cfg.model.name,
+                 model_class=models.REGISTRY[cfg.model.name])
+
+
 class EvalSet:
   """The examples one evaluator reads, and the mesh it reads them onto."""
 
-  def __init__(self, name: str, ev: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh):
-    self.name, self.mesh = name, mesh
-    self.model_name, self.model_class = cfg.model.name, models.REGISTRY[cfg.model.name]
-    self.image_size = cfg.model.image_size
-    self.context_length = cfg.model.text.context_length
-    self.tokenizer = tokenizers.build(cfg.data.train.tokenizer)
-    self.sharding = sharding.batch_sharding(mesh, cfg.mesh.rules)
+  def __init__(self, name: str, ev: ml_collections.ConfigDict, ctx: Context):
+    self.name, self.mesh = name, ctx.mesh
+    self.model_name, self.model_class = ctx.model_name, ctx.model_class
+    self.image_size = ctx.image_size
+    self.context_length = ctx.context_length
+    self.tokenizer = ctx.tokenizer
+    self.sharding = ctx.sharding
     self.batch_size = ev.batch_size
     self.decoder = transforms.ImageDecoder(self.image_size, ev.image_mode)
     shards = num_shards(self.sharding)
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
                         f"batch shards of the mesh")
-    self.source = sources.open_source(ev.data.source, image_size=self.image_size, data_dir=ev.data.data_dir or None)
-    if not hasattr(self.source, "__getitem__"):
-      raise ConfigError(f"evals.{name}.data.source={ev.data.source!r} is a stream; evaluators need a "
-                        f"random-access source (local tar shards, arrayrecord, tfds, synthetic)")
+    try:
+      self.source = sources.open_source(ev.data.source, mode="random", image_size=self.image_size,
+                                        data_dir=ev.data.data_dir or None)
+    except DataError as e:
+      raise DataError(f"evals.{name}.data.source: {e}") from None
     if ev.num_examples > len(self.source):
       raise ConfigError(f"evals.{name}.num_examples={ev.num_examples} exceeds the {len(self.source)} "
                         f"examples of {ev.data.source!r}; use 0 for all of them")
@@ -101,7 +125,7 @@ class EvalSet:
   def _image(self, index: int) -> np.ndarray:
     rec = self.source[index]
     if "image" not in rec:
-      raise sources.DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
+      raise DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
     return transforms.normalize(self.decoder(rec["image"]))
 
   def text_batches(self, texts: list[str]):

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
-from vlmjax.evals import ranking
+from vlmjax.errors import ConfigError
+from vlmjax.evals import common, ranking
 
 
 def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 10), *,
@@ -59,22 +61,38 @@ def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 
   return out
 
 
-def prepare(name: str, ev, cfg, mesh):
-  """Everything but the model: the eval set; a one-line ConfigError for a setting that cannot work."""
-  from vlmjax.evals import data  # noqa: PLC0415 (keeps this module light for recall_at_k users)
-  ds = data.EvalSet(name, ev, cfg, mesh)
-  for method in ("encode_image", "encode_text"):
-    data.require(ds, method)
-  ds.require_field("caption", data.NEEDS_CAPTIONS)
-  return ds
+def config(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
+           image_mode: str = "center_crop", ks: tuple[int, ...] = (1, 5, 10)) -> ml_collections.ConfigDict:
+  c = common.fields("retrieval", source, batch_size=batch_size, every=every, num_examples=num_examples,
+                    image_mode=image_mode)
+  c.ks = tuple(ks)
+  return c
 
 
-def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
-  """The `retrieval` evaluator: embeds `num_examples` images and all their captions."""
-  from vlmjax.evals import data  # noqa: PLC0415
-  ds = prepare(name, ev, cfg, mesh)
-  image_IxE = data.embed_images(ds, graphdef, params)
-  captions = [c for caps in ds.captions() for c in caps]
-  text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]
-  text_TxE = data.embed_texts(ds, graphdef, params, captions)
-  return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), tuple(ev.ks), texts=captions, mesh=mesh)
+def check(where: str, ev) -> None:
+  ks = ev.ks if isinstance(ev.ks, (tuple, list)) else (ev.ks,)
+  if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+    raise ConfigError(f"{where}.ks={ev.ks!r} must be a tuple of ints >= 1, e.g. (1, 5, 10)")
+
+
+class Retrieval:
+  """The prepared `retrieval` evaluator: embeds `num_examples` images and all their captions."""
+
+  def __init__(self, name: str, ev, ctx):
+    from vlmjax.evals import data  # noqa: PLC0415 (keeps this module light for recall_at_k users)
+    self.ds, self.ks = data.EvalSet(name, ev, ctx), tuple(ev.ks)
+    for method in ("encode_image", "encode_text"):
+      data.require(self.ds, method)
+    self.ds.require_field("caption", data.NEEDS_CAPTIONS)
+
+  def evaluate(self, graphdef, params) -> dict[str, float]:
+    from vlmjax.evals import data  # noqa: PLC0415
+    ds = self.ds
+    image_IxE = data.embed_images(ds, graphdef, params)
+    captions = [c for caps in ds.captions() for c in caps]
+    text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]
+    text_TxE = data.embed_texts(ds, graphdef, params, captions)
+    return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), self.ks, texts=captions, mesh=ds.mesh)
+
+
+prepare = Retrieval

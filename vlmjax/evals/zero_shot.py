@@ -19,10 +19,11 @@ import os
 import re
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 
-from vlmjax.errors import ConfigError
-from vlmjax.data import synthetic
+from vlmjax.errors import ConfigError, DataError
+from vlmjax.evals import common
 
 TEMPLATES = {
     # The shapes set's captions place a sized shape somewhere; prompts mimic them.
@@ -50,7 +51,7 @@ def templates(spec: str | Sequence[str], where: str) -> tuple[str, ...]:
 
 
 def class_names(source_spec: str, data_dir: str, class_names_file: str, where: str) -> tuple[str, ...]:
-  """Class names in label order: from `class_names_file` when set, else from the source."""
+  """Class names in label order: from `class_names_file` when set, else from the source's metadata."""
   if class_names_file:
     if not os.path.isfile(class_names_file):
       raise ConfigError(f"{where}={class_names_file!r} is not a file (one class name per line)")
@@ -59,29 +60,18 @@ def class_names(source_spec: str, data_dir: str, class_names_file: str, where: s
     if not names:
       raise ConfigError(f"{where}={class_names_file!r} holds no class name (one per line)")
     return names
-  if source_spec.startswith("synthetic:shapes"):
-    return synthetic.CLASS_NAMES
-  names = None
-  if source_spec.startswith("tfds:"):
-    from vlmjax.data import sources  # noqa: PLC0415
-    names = _tfds_class_names(sources.parse_tfds(source_spec)[0], data_dir, where)
+  from vlmjax.data import sources  # noqa: PLC0415 (configs import this module; keep it light)
+  try:
+    names = sources.class_names(source_spec, data_dir=data_dir or None)
+  except DataError as e:
+    raise DataError(f"{where}: {e}") from None
   if names is None:
     raise ConfigError(f"{where}: {source_spec!r} does not provide class names; set it to a file "
                       f"with one class name per line")
   if names and all(re.fullmatch(r"n\d{8}", n) for n in names):
     raise ConfigError(f"{where}: {source_spec!r} names its classes by WordNet id; set it to a file "
                       f"with one readable class name per line")
-  return tuple(n.replace("_", " ") for n in names)
-
-
-def _tfds_class_names(name: str, data_dir: str, where: str) -> list[str] | None:
-  try:
-    import tensorflow_datasets as tfds  # noqa: PLC0415 (optional, heavy)
-  except ImportError:
-    raise ConfigError(f"{where}: tensorflow_datasets is not installed; cannot read class names of {name!r}") from None
-  info = tfds.builder(name, data_dir=data_dir or None).info  # the prepared set's metadata; downloads nothing
-  label = info.features["label"] if "label" in info.features else None
-  return list(label.names) if label is not None and hasattr(label, "names") else None
+  return names
 
 
 def classifier(class_emb_KPxE: np.ndarray, num_classes: int) -> np.ndarray:
@@ -107,22 +97,39 @@ def accuracy(image_IxE: np.ndarray, labels_I: np.ndarray, classes_KxE: np.ndarra
   return {f"top{k}": float(np.mean(r < k)) for k in ks}
 
 
-def prepare(name: str, ev, cfg, mesh):
-  """Everything but the model: (eval set, class names, prompt templates); a one-line ConfigError
-  for a setting that cannot work (run before training too)."""
-  from vlmjax.evals import data  # noqa: PLC0415
-  ds = data.EvalSet(name, ev, cfg, mesh)
-  for method in ("encode_image", "encode_text"):
-    data.require(ds, method)
-  ds.require_field("label", data.NEEDS_LABELS)
-  names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
-  return ds, names, templates(ev.templates, f"evals.{name}.templates")
+def config(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
+           image_mode: str = "center_crop", templates="photo", class_names: str = "") -> ml_collections.ConfigDict:
+  """templates: a named set (shapes | photo | plain) or a tuple of strings with one '{}'.
+  class_names: '' (from the source) or a file with one name per line, in label order."""
+  c = common.fields("zero_shot", source, batch_size=batch_size, every=every, num_examples=num_examples,
+                    image_mode=image_mode)
+  c.templates = templates
+  c.class_names = class_names
+  return c
 
 
-def evaluate(name: str, ev, cfg, graphdef, params, mesh) -> dict[str, float]:
-  """The `zero_shot` evaluator."""
-  from vlmjax.evals import data  # noqa: PLC0415
-  ds, names, prompts = prepare(name, ev, cfg, mesh)
-  text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in names for t in prompts])
-  image_emb = data.embed_images(ds, graphdef, params)
-  return accuracy(image_emb, ds.labels(), classifier(text_emb, len(names)), names=names, mesh=mesh)
+def check(where: str, ev) -> None:
+  """Nothing beyond the common fields: templates and class names are checked by `prepare`."""
+
+
+class ZeroShot:
+  """The prepared `zero_shot` evaluator: eval set, class names, prompts (every class x template)."""
+
+  def __init__(self, name: str, ev, ctx):
+    from vlmjax.evals import data  # noqa: PLC0415
+    self.ds = data.EvalSet(name, ev, ctx)
+    for method in ("encode_image", "encode_text"):
+      data.require(self.ds, method)
+    self.ds.require_field("label", data.NEEDS_LABELS)
+    self.names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
+    self.prompts = templates(ev.templates, f"evals.{name}.templates")
+
+  def evaluate(self, graphdef, params) -> dict[str, float]:
+    from vlmjax.evals import data  # noqa: PLC0415
+    ds = self.ds
+    text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in self.names for t in self.prompts])
+    image_emb = data.embed_images(ds, graphdef, params)
+    return accuracy(image_emb, ds.labels(), classifier(text_emb, len(self.names)), names=self.names, mesh=ds.mesh)
+
+
+prepare = ZeroShot
