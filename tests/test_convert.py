@@ -215,9 +215,10 @@ def test_cli_convert_load_and_reverse(tmp_path, capsys):
   loaded = convert.load_params(out, abstract)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, expected)
   # `vlmjax eval --workdir OUT` restores converted weights as step 0, with the config convert used.
-  from vlmjax.evals import runner
-  run_cfg = runner.load_workdir_config(out, [])
-  _, params, step = runner.restore(out, run_cfg, None)
+  from vlmjax import train_state
+  from vlmjax.evals import commands
+  run_cfg = commands.load_config(out, [])
+  _, params, step = train_state.restore_params(out, run_cfg, None)
   assert step == 0
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, expected)
   # Training from weights converted with a tokenizer needs it (or a fresh token embedding).

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from vlmjax import cli, report, sweeps
+from vlmjax import cli
+from vlmjax.sweeps import commands, report, runner, spec as sweep_spec
 from vlmjax.config import ConfigError
 
 from conftest import ROOT
@@ -73,7 +74,7 @@ def _names(sweep):
 
 
 def test_expand_grid_zip_seeds_and_names():
-  sweep = sweeps.expand(dict(
+  sweep = sweep_spec.expand(dict(
       base="configs/coca_tiny.py:steps=8", seeds=[0, 1],
       grid={"loss.caption_weight": [0.0, 1.0], "model.pooler.mode": ["parallel", "cascade"]},
       zip={"loss.contrastive": ["softmax", "sigmoid"], "model.init_logit_bias": [0.0, -10.0]},
@@ -90,12 +91,12 @@ def test_expand_grid_zip_seeds_and_names():
   assert run.overrides == (("log_every", "2"), ("model.remat", "none"), ("loss.caption_weight", "0.0"),
                            ("model.pooler.mode", "parallel"), ("loss.contrastive", "sigmoid"),
                            ("model.init_logit_bias", "-10.0"), ("seed", "0"))
-  paths = sweeps.expand(dict(base="c.py", seeds=[0], grid={"data.train.source": ["tar:/d/{0..3}.tar"]},
+  paths = sweep_spec.expand(dict(base="c.py", seeds=[0], grid={"data.train.source": ["tar:/d/{0..3}.tar"]},
                              zip={"mesh.rules.batch": [("data", "fsdp")]}))
   assert _names(paths) == ["source=tar:_d_{0..3}.tar,batch=('data','fsdp'),seed=0"]
   assert paths.runs[0].overrides[:2] == (("data.train.source", "tar:/d/{0..3}.tar"),
                                          ("mesh.rules.batch", "('data', 'fsdp')"))
-  only_seeds = sweeps.expand(dict(base="configs/coca_tiny.py", seeds=[3, 4]))
+  only_seeds = sweep_spec.expand(dict(base="configs/coca_tiny.py", seeds=[3, 4]))
   assert _names(only_seeds) == ["seed=3", "seed=4"] and only_seeds.runs[0].group == ""
 
 
@@ -114,14 +115,14 @@ def test_expand_grid_zip_seeds_and_names():
 ])
 def test_expand_errors_are_one_line(spec, match):
   with pytest.raises(ConfigError, match=match) as e:
-    sweeps.expand(spec, where="exp.py")
+    sweep_spec.expand(spec, where="exp.py")
   assert "\n" not in str(e.value) and str(e.value).startswith("exp.py: ")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py"))))
 def test_shipped_sweeps_load_and_their_configs_validate(path):
-  sweep = sweeps.load_sweep(path)
-  sweeps.check_configs(sweep)
+  sweep = sweep_spec.load_sweep(path)
+  commands.check_configs(sweep)
   assert len(sweep.runs) >= 4 and "vlmjax sweep experiments/" in open(path).read()
 
 
@@ -151,11 +152,11 @@ def _calls(workdir, name):
 
 
 def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_path, fake_train, monkeypatch):
-  sweep = sweeps.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0, 2.0, 3.0]}, fixed={"total_steps": 6}),
+  sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0, 2.0, 3.0]}, fixed={"total_steps": 6}),
                         where="fake_sweep.py")
   workdir, lines = str(tmp_path / "sweep"), []
   monkeypatch.setenv("FAKE_FAIL", "2.0")
-  states = sweeps.run_sweep(sweep, workdir, parallel=2, train_cmd=fake_train, print_fn=lines.append)
+  states = runner.run_sweep(sweep, workdir, parallel=2, train_cmd=fake_train, print_fn=lines.append)
   assert states == {"x=1.0,seed=0": "done", "x=2.0,seed=0": "failed", "x=3.0,seed=0": "done"}
   failed = _status(workdir, "x=2.0,seed=0")
   assert failed["returncode"] == 1 and failed["error"] == "ValueError: boom at step 3"
@@ -171,7 +172,7 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   json.dump(interrupted, open(os.path.join(workdir, "x=3.0,seed=0", "status.json"), "w"))
   monkeypatch.delenv("FAKE_FAIL")
   lines.clear()
-  states = sweeps.run_sweep(sweep, workdir, train_cmd=fake_train, print_fn=lines.append)
+  states = runner.run_sweep(sweep, workdir, train_cmd=fake_train, print_fn=lines.append)
   assert set(states.values()) == {"done"}
   assert lines[0] == "[1/3] x=1.0,seed=0: done, skipped" and _calls(workdir, "x=1.0,seed=0") == 1
   assert "(was failed; resuming)" in lines[1] and "(was running; resuming)" in lines[3]
@@ -181,9 +182,9 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   assert steps == [1, 2, 3, 4, 5, 6]
 
   # Changing a setting of a finished run runs it again (train resumes or says it is finished).
-  longer = sweeps.with_extra(sweep, (("total_steps", "8"),))
+  longer = sweep_spec.with_extra(sweep, (("total_steps", "8"),))
   lines.clear()
-  sweeps.run_sweep(longer, workdir, train_cmd=fake_train, print_fn=lines.append)
+  runner.run_sweep(longer, workdir, train_cmd=fake_train, print_fn=lines.append)
   assert "(settings changed since it finished)" in lines[0] and _calls(workdir, "x=1.0,seed=0") == 2
 
 
@@ -197,7 +198,7 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
   slow.write_text("import signal, sys, time\n"
                   "signal.signal(signal.SIGTERM, lambda *_: (print('preempted: saved', flush=True), sys.exit(0)))\n"
                   "print('training', flush=True)\ntime.sleep(30)\n")
-  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1, 2]))
+  sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0, 1, 2]))
   workdir, lines = str(tmp_path / "sweep"), []
 
   ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signum))
@@ -208,8 +209,8 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
       ctrl_c.start()
   start, before = time.time(), signal.getsignal(signal.SIGTERM)
   try:
-    with pytest.raises(KeyboardInterrupt), sweeps.sigterm_as_interrupt():
-      sweeps.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
+    with pytest.raises(KeyboardInterrupt), runner.sigterm_as_interrupt():
+      runner.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
   finally:
     ctrl_c.cancel()  # never let a late signal reach pytest
   assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
@@ -217,24 +218,24 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
   assert sorted(os.listdir(workdir)) == ["seed=0"]
   status = _status(workdir, "seed=0")
   assert status["state"] == "interrupted" and not status["trained"], status
-  assert sweeps.state_of(sweep, sweep.runs[0], workdir) == "interrupted"  # so the next sweep resumes it
+  assert runner.state_of(sweep, sweep.runs[0], workdir) == "interrupted"  # so the next sweep resumes it
   assert lines[-1].endswith("interrupted; run the same command again to resume")
 
 
 def test_evals_run_after_training_and_a_failed_eval_does_not_retrain(tmp_path, fake_train, monkeypatch):
   fake_eval = tmp_path / "fake_eval.py"
   fake_eval.write_text(FAKE_EVAL)
-  sweep = sweeps.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0]},
+  sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0], grid={"x": [1.0]},
                              evals={"zs": "zero_shot:synthetic:shapes:validation", "zs.num_examples": 64}))
   workdir, name, cmds = str(tmp_path / "sweep"), "x=1.0,seed=0", dict(train_cmd=fake_train,
                                                                       eval_cmd=(sys.executable, str(fake_eval)))
   monkeypatch.setenv("FAKE_EVAL_FAIL", "1")
-  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lambda _: None) == {name: "failed"}
+  assert runner.run_sweep(sweep, workdir, **cmds, print_fn=lambda _: None) == {name: "failed"}
   status = _status(workdir, name)
   assert status["trained"] and status["error"] == "vlmjax: error: evals.zs: no such data"
   monkeypatch.delenv("FAKE_EVAL_FAIL")
   lines = []
-  assert sweeps.run_sweep(sweep, workdir, **cmds, print_fn=lines.append) == {name: "done"}
+  assert runner.run_sweep(sweep, workdir, **cmds, print_fn=lines.append) == {name: "done"}
   assert lines[0].startswith(f"[1/1] {name}: evaluating (was failed; resuming) -> ")
   assert _calls(workdir, name) == 1  # training was not repeated
   evaluated = json.load(open(os.path.join(workdir, name, "eval", "4.json")))
@@ -243,12 +244,12 @@ def test_evals_run_after_training_and_a_failed_eval_does_not_retrain(tmp_path, f
   text = report.write_report(workdir)
   assert "zs/top1 final" in text and "seconds" not in text.split("## Groups")[1].split("\n")[2]
   other = dataclasses.replace(sweep, evals=(("evals.zs", "retrieval:synthetic:shapes:validation"),))
-  assert sweeps.state_of(other, other.runs[0], workdir) == "changed"
+  assert runner.state_of(other, other.runs[0], workdir) == "changed"
 
 
 def test_missing_train_command_is_a_failed_run(tmp_path):
-  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1]))
-  states = sweeps.run_sweep(sweep, str(tmp_path), train_cmd=(str(tmp_path / "nope"),), print_fn=lambda _: None)
+  sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0, 1]))
+  states = runner.run_sweep(sweep, str(tmp_path), train_cmd=(str(tmp_path / "nope"),), print_fn=lambda _: None)
   assert states == {"seed=0": "failed", "seed=1": "failed"}
   assert _status(tmp_path, "seed=0")["returncode"] == 127
 
@@ -390,11 +391,11 @@ def test_report_final_keeps_nan_and_groups_average_finished_runs_only(tmp_path, 
     ('{"name": "seed=0"}', r"(lacks group, index, seed, state|has no 'state')"),
 ])
 def test_corrupt_status_json_is_a_one_line_error(tmp_path, capsys, content, match):
-  sweep = sweeps.expand(dict(base="fake.py", seeds=[0, 1]))
+  sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0, 1]))
   (tmp_path / "seed=0").mkdir()
   path = tmp_path / "seed=0" / "status.json"
   path.write_bytes(content.encode("latin-1"))
-  for call in (lambda: sweeps.run_sweep(sweep, str(tmp_path), train_cmd=("false",), print_fn=lambda _: None),
+  for call in (lambda: runner.run_sweep(sweep, str(tmp_path), train_cmd=("false",), print_fn=lambda _: None),
                lambda: report.write_report(str(tmp_path))):
     with pytest.raises(ConfigError, match=match) as e:
       call()
@@ -413,13 +414,13 @@ def test_corrupt_config_json_is_a_one_line_error_in_the_report(tmp_path):
 
 
 def test_run_names_over_255_bytes_fail_in_expand():
-  ok = sweeps.expand(dict(base="c.py", seeds=[0], grid={"a.k": ["v" * 246]}))  # k=<246>,seed=0: 255 bytes
+  ok = sweep_spec.expand(dict(base="c.py", seeds=[0], grid={"a.k": ["v" * 246]}))  # k=<246>,seed=0: 255 bytes
   assert len(ok.runs[0].name.encode()) == 255
   for grid, labels in (({"a.k": ["v" * 247]}, {}),                   # 256 bytes
                        ({"a.k": ["é" * 124]}, {}),                   # 131 characters, 256 bytes
                        ({"a.k": [1, 2]}, {"a.k": "x" * 300})):       # a long label
     with pytest.raises(ConfigError, match="over the 255-byte limit of a directory name") as e:
-      sweeps.expand(dict(base="c.py", seeds=[0], grid=grid, labels=labels), where="exp.py")
+      sweep_spec.expand(dict(base="c.py", seeds=[0], grid=grid, labels=labels), where="exp.py")
     assert str(e.value).startswith("exp.py: run 1 (") and "shorter label" in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -437,19 +438,19 @@ ZS = "zero_shot:synthetic:shapes:validation"
     ({"zs": ZS, "zs.batch_size": 0}, r"run seed=1: evals.zs.batch_size must be a positive int, got 0"),
 ])
 def test_check_configs_applies_and_validates_the_sweeps_evals(evals, match):
-  sweep = sweeps.expand(dict(base=TINY, seeds=[1], evals=evals))
+  sweep = sweep_spec.expand(dict(base=TINY, seeds=[1], evals=evals))
   with pytest.raises(ConfigError, match=match) as e:
-    sweeps.check_configs(sweep)
+    commands.check_configs(sweep)
   assert "\n" not in str(e.value)
 
 
 def test_check_configs_calls_validate_all_on_the_config_vlmjax_eval_will_see(tmp_path, monkeypatch, capsys):
   from vlmjax import evals
   seen = []
-  monkeypatch.setattr(evals, "validate_all", lambda cfg: seen.append(
+  monkeypatch.setattr(evals, "prepare_all", lambda cfg: seen.append(
       (cfg.seed, sorted(cfg.evals.keys()), cfg.evals.zs.num_examples, cfg.evals.zs.data.source)))
-  sweep = sweeps.expand(dict(base=TINY, seeds=[0, 1], evals={"zs": ZS, "zs.num_examples": 32}))
-  sweeps.check_configs(sweep)
+  sweep = sweep_spec.expand(dict(base=TINY, seeds=[0, 1], evals={"zs": ZS, "zs.num_examples": 32}))
+  commands.check_configs(sweep)
   assert seen == [(0, ["zs"], 32, "synthetic:shapes:validation"), (1, ["zs"], 32, "synthetic:shapes:validation")]
   monkeypatch.undo()
   # --dry-run fails before anything runs, one line naming the run and the evaluator.

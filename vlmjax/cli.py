@@ -21,7 +21,7 @@ from vlmjax import distributed
 from vlmjax.errors import ConfigError, UserError
 
 _COMMAND_MODULES = (
-    "vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps", "vlmjax.convert.commands", "vlmjax.launch")
+    "vlmjax.data.commands", "vlmjax.evals.commands", "vlmjax.sweeps.commands", "vlmjax.convert.commands", "vlmjax.launch")
 
 
 def split_overrides(extra: list[str]) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ import os
 import re
 
 from vlmjax.errors import ConfigError
+from vlmjax.sweeps import status as run_status
 
 DEFAULT_TRAIN_METRICS = ("train/loss", "train/contrastive_loss", "train/caption_loss")
 LOWER_IS_BETTER = ("loss", "perplexity", "error")
@@ -83,23 +84,6 @@ def read_metrics(rundir: str) -> tuple[list[dict], int]:
   return [by_step[s] for s in sorted(by_step)], unreadable
 
 
-def load_json(path: str, fix: str) -> dict | None:
-  """The JSON object in `path` (None when there is no such file); a ConfigError naming the file and
-  `fix` (what to do about it) when it is cut short, corrupt or not an object."""
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, "rb") as f:
-      value = json.loads(f.read())
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise ConfigError(f"{path} is cut short or corrupt ({str(e).splitlines()[0]}); {fix}") from None
-  if not isinstance(value, dict):
-    raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
-  return value
-
-
-STATUS_FIX = "delete it to run that run again (`vlmjax sweep` resumes it from its last checkpoint)"
-STATUS_KEYS = ("group", "index", "seed", "state")
 
 
 def collect(workdir: str) -> list[RunResult]:
@@ -109,18 +93,15 @@ def collect(workdir: str) -> list[RunResult]:
   runs = []
   for name in sorted(os.listdir(workdir)):
     rundir = os.path.join(workdir, name)
-    status_path = os.path.join(rundir, "status.json")
-    status = load_json(status_path, STATUS_FIX)
+    status_path = os.path.join(rundir, run_status.FILE)
+    status = run_status.load_json(status_path, run_status.FIX)
     metrics_path = os.path.join(rundir, "metrics.jsonl")
     if status is None and not os.path.isfile(metrics_path):
       continue
-    cfg = load_json(os.path.join(rundir, "config.json"),
+    cfg = run_status.load_json(os.path.join(rundir, "config.json"),
                     "`vlmjax train` writes it when the run starts: run that run again, or delete it") or {}
     if status is not None:
-      missing = [k for k in STATUS_KEYS if k not in status]
-      if missing:
-        raise ConfigError(f"{status_path} lacks {', '.join(missing)} (a sweep's status.json has "
-                          f"{', '.join(STATUS_KEYS)}); {STATUS_FIX}")
+      run_status.check_keys(status, status_path)
       group, index, seed = status["group"], status["index"], status["seed"]
       state, error, seconds = status["state"], status.get("error"), status.get("seconds")
     else:  # trained outside `vlmjax sweep`: group by the name without its seed
