@@ -11,8 +11,6 @@ AdamW with peak lr 1e-3, weight decay 1e-4, batch 8k as in the paper.
 Config argument: batch, steps.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -26,11 +24,8 @@ def get_config(arg=None):
   m = c.model = presets.model_base("captioner")
   m.image_size = 224
   m.vision = presets.vit("B/16")
-  m.text = ml_collections.ConfigDict(dict(vocab_size=32_000, context_length=64))
-  m.decoder = ml_collections.ConfigDict(dict(
-      width=768, depth=6, heads=12, mlp_dim=3072, tie_embedding=False, masked_pred_prob=0.75))
+  m.text = presets.text("captioner", vocab_size=32_000, context_length=64)
+  m.decoder = presets.decoder("cappa", width=768, depth=6, heads=12, mlp_dim=3072)
 
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=16))
+  c.loss = presets.loss("cappa", caption_chunk=16)
   return c

@@ -7,8 +7,6 @@ Same ViT as coca_tiny, a 2-layer decoder, parallel prediction with probability
 about two minutes. Config argument: steps, batch, masked.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -23,11 +21,8 @@ def get_config(arg=None):
   m = c.model = presets.model_base("captioner", dtype="float32", remat="none", scan=False)
   m.image_size = 32
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512)
-  m.text = ml_collections.ConfigDict(dict(vocab_size=259, context_length=40))
-  m.decoder = ml_collections.ConfigDict(dict(
-      width=128, depth=2, heads=4, mlp_dim=512, tie_embedding=False, masked_pred_prob=float(a.masked)))
+  m.text = presets.text("captioner", vocab_size=259, context_length=40)
+  m.decoder = presets.decoder("cappa", width=128, depth=2, heads=4, mlp_dim=512, masked_pred_prob=float(a.masked))
 
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=0))
+  c.loss = presets.loss("cappa")
   return c

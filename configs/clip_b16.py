@@ -8,8 +8,6 @@ B/16 image tower pooled at a CLS token; causal text transformer (width 512,
 embedding 512; temperature initialised at 0.07. Config argument: batch, steps.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -28,10 +26,7 @@ def get_config(arg=None):
   m.init_logit_bias = None   # CLIP has no logit bias
   m.vision = presets.vit("B/16", pool="cls", cls_token=True, ln_pre=True, patch_bias=False)
   m.image_proj, m.text_proj = "linear", "linear"
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=49_408, context_length=77, width=512, depth=12, heads=8, mlp_dim=2048,
-      causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=0))
+  m.text = presets.text("causal_eos", vocab_size=49_408, context_length=77, width=512, depth=12, heads=8,
+                        mlp_dim=2048)
+  c.loss = presets.loss("clip")
   return c

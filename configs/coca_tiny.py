@@ -7,8 +7,6 @@
 Config argument (`configs/coca_tiny.py:steps=300,batch=32`): steps, batch, evals (0: no evaluators).
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 from vlmjax.evals import defaults as evals
@@ -27,12 +25,9 @@ def get_config(arg=None):
   m.init_logit_scale = 1 / 0.07
   m.max_logit_scale = 100.0     # clamped after every step, as open_clip
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512)
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
-  m.decoder = ml_collections.ConfigDict(dict(depth=2, heads=4, mlp_dim=512, layout="fused",
-                                             tie_embedding=False))
-  m.pooler = ml_collections.ConfigDict(dict(mode="parallel", kind="coca", width=128, n_queries=16, heads=4))
+  m.text = presets.text("causal_cls", vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512)
+  m.decoder = presets.decoder("coca", depth=2, heads=4, mlp_dim=512)
+  m.pooler = presets.pooler("coca_parallel", width=128, n_queries=16, heads=4)
 
   # Held-out shapes (the test split's own seed): zero-shot over the 32 colour x shape classes,
   # retrieval, and greedy captions scored with CIDEr / BLEU-4 / ROUGE-L, at the last step.
@@ -44,7 +39,5 @@ def get_config(arg=None):
     c.evals.captioning = evals.captioning(held_out, batch_size=64, num_examples=64, max_len=40, meteor=False,
                                           every=0)
 
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=0))
+  c.loss = presets.loss("coca")
   return c

@@ -17,8 +17,6 @@ caption 2. Optimiser as open_clip's defaults (AdamW 5e-4, beta2 0.98, wd 0.2).
 Config argument: batch, steps.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -35,15 +33,10 @@ def get_config(arg=None):
   m.init_logit_scale = 1 / 0.07
   m.max_logit_scale = 100.0     # clamped after every step, as open_clip
   m.vision = presets.vit("B/16", cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=49_408, context_length=76, width=512, depth=12, heads=8, mlp_dim=2048,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy", pad_id=0))
-  m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=8, mlp_dim=2048, layout="open_clip",
-                                             tie_embedding=False))
-  m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=512, n_queries=256,
-                                            heads=8))
+  m.text = presets.text("open_clip_coca", vocab_size=49_408, context_length=76, width=512, depth=12, heads=8,
+                        mlp_dim=2048)
+  m.decoder = presets.decoder("open_clip", depth=12, heads=8, mlp_dim=2048)
+  m.pooler = presets.pooler("open_clip", width=512, n_queries=256, heads=8)
 
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=16))
+  c.loss = presets.loss("coca", caption_chunk=16)
   return c

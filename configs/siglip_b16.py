@@ -21,8 +21,6 @@ padding; vlmjax batches pad with 0, so `model.text.pad_id=1` embeds id 1 there, 
 the released weights expect.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -42,11 +40,7 @@ def get_config(arg=None):
   m.init_logit_bias = -10.0
   m.vision = presets.vit("B/16", pool="map")
   m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
-      causal=False, pool="last", mask_pad=False, norm_tokens=True, cls_mask="correct",
-      pad_id=1))  # SigLIP tokenizers pad with </s> (id 1); batches pad with 0, the tower embeds 1 there
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=0))
+  m.text = presets.text("siglip", vocab_size=32_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
+                        pad_id=1)  # SigLIP tokenizers pad with </s> (id 1); batches pad with 0, the tower embeds 1 there
+  c.loss = presets.loss("siglip")
   return c

@@ -6,8 +6,6 @@
 Trains on a 2-core CPU in about a minute. Config argument: loss (sigmoid | softmax), steps, batch.
 """
 
-import ml_collections
-
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
 
@@ -28,11 +26,8 @@ def get_config(arg=None):
   m.vision = presets.vit_config(patch_size=8, width=128, depth=3, heads=4, mlp_dim=512,
                                 pool="map" if sigmoid else "gap")
   m.image_proj, m.text_proj = "linear", "linear"
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
-      causal=not sigmoid, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
+  m.text = presets.text("causal_eos", vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
+                        causal=not sigmoid)
 
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive=a.loss, contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=0))
+  c.loss = presets.loss("siglip" if sigmoid else "clip")
   return c

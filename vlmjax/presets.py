@@ -1,4 +1,5 @@
-"""Named architecture sizes, so configs say `vit("B/16")` instead of repeating numbers.
+"""Named architecture sizes and config groups, so configs say `vit("B/16")` or `loss("coca")` instead
+of repeating numbers and layouts: a config states only what differs from a named preset.
 
 ViT sizes follow big_vision (Ti, S, B, L, H, g, So400m; Zhai et al. 2022, Alabdulmohsin
 et al. 2023); CoCa sizes follow Table 1 of the CoCa paper (Yu et al., 2022).
@@ -50,7 +51,7 @@ def vit_config(*, patch_size: int, width: int, depth: int, heads: int, mlp_dim: 
                **overrides) -> ml_collections.ConfigDict:
   """A `model.vision` config; layout defaults are big_vision's (patch bias, no class token,
   no pre-norm, a final norm, learned position embedding, no pooling)."""
-  cfg = dict(patch_size=patch_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+  cfg = dict(kind="vit", patch_size=patch_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
              posemb="learn", pool="none", patch_bias=True, cls_token=False, ln_pre=False, final_norm=True)
   unknown = set(overrides) - set(cfg)
   if unknown:
@@ -78,14 +79,10 @@ def coca(size: str, *, patch: int, vocab_size: int, context_length: int) -> ml_c
   m.init_logit_scale = 1 / 0.07
   m.max_logit_scale = 100.0
   m.vision = vit(f"{s['vision']}/{patch}")
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=vocab_size, context_length=context_length, width=s["width"], depth=s["uni"],
-      heads=s["heads"], mlp_dim=s["dec_mlp"], causal=True, pool="cls", mask_pad=True, norm_tokens=True,
-      cls_mask="correct", pad_id=0))
-  m.decoder = ml_collections.ConfigDict(dict(depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"],
-                                             layout="fused", tie_embedding=s["tie"]))
-  m.pooler = ml_collections.ConfigDict(dict(mode="cascade", kind="coca", width=m.vision.width,
-                                            n_queries=256, heads=s["heads"]))
+  m.text = text("causal_cls", vocab_size=vocab_size, context_length=context_length, width=s["width"],
+                depth=s["uni"], heads=s["heads"], mlp_dim=s["dec_mlp"])
+  m.decoder = decoder("coca", depth=s["multi"], heads=s["heads"], mlp_dim=s["dec_mlp"], tie_embedding=s["tie"])
+  m.pooler = pooler("coca_cascade", width=m.vision.width, n_queries=256, heads=s["heads"])
   return m
 
 
@@ -102,9 +99,7 @@ def coca_paper(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = min(2_000, a.steps // 5)
   c.model = coca(size, patch=18, vocab_size=64_000, context_length=64)
   c.model.image_size = 288
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.1,
-      z_loss=0.0, caption_chunk=16))
+  c.loss = loss("coca", label_smoothing=0.1, caption_chunk=16)
   return c
 
 
@@ -132,9 +127,8 @@ def openclip_clip(vision: str, *, text_width: int, text_heads: int, embed_dim: i
   m.init_logit_bias = None
   m.vision = vit(vision, pool="cls", cls_token=True, ln_pre=True, patch_bias=False)
   m.image_proj, m.text_proj = "linear", "linear"
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=OPEN_CLIP_VOCAB, context_length=77, width=text_width, depth=12, heads=text_heads,
-      mlp_dim=4 * text_width, causal=True, pool="eos", mask_pad=True, norm_tokens=True, cls_mask="correct", pad_id=0))
+  m.text = text("causal_eos", vocab_size=OPEN_CLIP_VOCAB, context_length=77, width=text_width, depth=12,
+                heads=text_heads, mlp_dim=4 * text_width)
   return m
 
 
@@ -146,13 +140,10 @@ def openclip_coca(vision: str, *, width: int, heads: int, pooler_heads: int, act
   m = _openclip_model("coca", act)
   m.embed_dim = width
   m.vision = vit(vision, cls_token=True, ln_pre=True, patch_bias=False, final_norm=False)
-  m.text = ml_collections.ConfigDict(dict(
-      vocab_size=OPEN_CLIP_VOCAB, context_length=76, width=width, depth=12, heads=heads, mlp_dim=4 * width,
-      causal=True, pool="cls", mask_pad=True, norm_tokens=False, cls_mask="legacy", pad_id=0))
-  m.decoder = ml_collections.ConfigDict(dict(depth=12, heads=heads, mlp_dim=4 * width, layout="open_clip",
-                                             tie_embedding=False))
-  m.pooler = ml_collections.ConfigDict(dict(mode="single", kind="open_clip", width=width, n_queries=256,
-                                            heads=pooler_heads))
+  m.text = text("open_clip_coca", vocab_size=OPEN_CLIP_VOCAB, context_length=76, width=width, depth=12,
+                heads=heads, mlp_dim=4 * width)
+  m.decoder = decoder("open_clip", depth=12, heads=heads, mlp_dim=4 * width)
+  m.pooler = pooler("open_clip", width=width, n_queries=256, heads=pooler_heads)
   return m
 
 
@@ -164,7 +155,78 @@ def openclip_experiment(model: ml_collections.ConfigDict, *, batch: int, steps: 
   c.optim.lr, c.optim.weight_decay, c.optim.b2 = 5e-4, 0.2, 0.98
   c.optim.warmup_steps = min(2_000, steps // 5)
   c.model = model
-  c.loss = ml_collections.ConfigDict(dict(
-      contrastive="softmax", contrastive_weight=1.0, caption_weight=caption_weight, label_smoothing=0.0,
-      z_loss=0.0, caption_chunk=16))
+  c.loss = loss("clip", caption_weight=caption_weight, caption_chunk=16)
   return c
+
+
+# --- config groups: a config states only what differs from a named preset ------------------------
+
+LOSS = {  # the `loss` group
+    "clip": dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
+                 z_loss=0.0, caption_chunk=0),
+    "siglip": dict(contrastive="sigmoid", contrastive_weight=1.0, caption_weight=0.0, label_smoothing=0.0,
+                   z_loss=0.0, caption_chunk=0),
+    "coca": dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
+                 z_loss=0.0, caption_chunk=0),
+    "cappa": dict(contrastive="none", contrastive_weight=0.0, caption_weight=1.0, label_smoothing=0.0,
+                  z_loss=0.0, caption_chunk=0),
+}
+TEXT = {  # the `model.text` tower's layout; its sizes are given with it
+    "causal_cls": dict(kind="transformer", causal=True, pool="cls", mask_pad=True, norm_tokens=True,
+                       cls_mask="correct", pad_id=0),                  # CoCa: a trailing CLS token
+    "causal_eos": dict(kind="transformer", causal=True, pool="eos", mask_pad=True, norm_tokens=True,
+                       cls_mask="correct", pad_id=0),                  # CLIP: pooled at EOS
+    "siglip": dict(kind="transformer", causal=False, pool="last", mask_pad=False, norm_tokens=True,
+                   cls_mask="correct", pad_id=0),                      # SigLIP: bidirectional, last position
+    "open_clip_coca": dict(kind="transformer", causal=True, pool="cls", mask_pad=True, norm_tokens=False,
+                           cls_mask="legacy", pad_id=0),               # released open_clip CoCa weights
+    "captioner": dict(),                                               # CapPa: no text tower, ids only
+}
+TEXT_SIZES = ("vocab_size", "context_length", "width", "depth", "heads", "mlp_dim")
+DECODER = {  # `model.decoder`
+    "coca": dict(layout="fused", tie_embedding=False),
+    "open_clip": dict(layout="open_clip", tie_embedding=False),
+    "cappa": dict(tie_embedding=False, masked_pred_prob=0.75),
+}
+POOLER = {  # `model.pooler` (CoCa)
+    "coca_parallel": dict(mode="parallel", kind="coca"),
+    "coca_cascade": dict(mode="cascade", kind="coca"),
+    "open_clip": dict(mode="single", kind="open_clip"),
+}
+
+
+def _group(table: dict, name: str, what: str, sizes: tuple[str, ...], fields: dict) -> ml_collections.ConfigDict:
+  """The preset `name` of `table` with `fields` set; every key of `sizes` must be given."""
+  if name not in table:
+    raise ConfigError(f"unknown {what} preset {name!r}; valid: {', '.join(table)}")
+  values = {**table[name]}
+  valid = set(values) | set(sizes)
+  unknown, missing = sorted(set(fields) - valid), [k for k in sizes if k not in fields]
+  if unknown or missing:
+    raise ConfigError(f"{what} preset {name!r}: unknown {unknown}, missing {missing}; "
+                      f"valid keys: {', '.join(sorted(valid))}")
+  values.update(fields)
+  return ml_collections.ConfigDict(values)
+
+
+def loss(name: str, **fields) -> ml_collections.ConfigDict:
+  """A `loss` group: `loss("coca", caption_weight=1.0)`."""
+  return _group(LOSS, name, "loss", (), fields)
+
+
+def text(name: str, **fields) -> ml_collections.ConfigDict:
+  """A `model.text` group: `text("causal_cls", vocab_size=259, context_length=40, width=128, depth=2, heads=4,
+  mlp_dim=512)`; `captioner` (CapPa, no tower) takes only vocab_size and context_length."""
+  sizes = TEXT_SIZES[:2] if name == "captioner" else TEXT_SIZES
+  return _group(TEXT, name, "text tower", sizes, fields)
+
+
+def decoder(name: str, **fields) -> ml_collections.ConfigDict:
+  """A `model.decoder` group: `decoder("coca", depth=2, heads=4, mlp_dim=512)` (CapPa's also takes width)."""
+  sizes = ("width", "depth", "heads", "mlp_dim") if name == "cappa" else ("depth", "heads", "mlp_dim")
+  return _group(DECODER, name, "decoder", sizes, fields)
+
+
+def pooler(name: str, **fields) -> ml_collections.ConfigDict:
+  """A CoCa `model.pooler` group: `pooler("coca_parallel", width=128, n_queries=16, heads=4)`."""
+  return _group(POOLER, name, "pooler", ("width", "n_queries", "heads"), fields)

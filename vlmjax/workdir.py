@@ -104,6 +104,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 # Fields added after a workdir's config.json may have been written, with the value that reproduces
 # what that older vlmjax did (not always today's default).
 OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": ""}
+OLD_TOWER_KINDS = {"vision": "vit", "text": "transformer"}  # towers (groups with a width) before `kind`
 
 
 def add_stored_defaults(cfg: ml_collections.ConfigDict) -> None:
@@ -121,3 +122,7 @@ def add_stored_defaults(cfg: ml_collections.ConfigDict) -> None:
       node = node[part] if isinstance(node, ml_collections.ConfigDict) and part in node else None
     if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
       node[leaf] = value
+  for tower, kind in OLD_TOWER_KINDS.items():
+    group = cfg.model[tower] if "model" in cfg and tower in cfg.model else None
+    if isinstance(group, ml_collections.ConfigDict) and "width" in group and "kind" not in group:
+      group.kind = kind

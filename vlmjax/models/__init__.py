@@ -1,4 +1,5 @@
-"""Model registry: `build(cfg.model, rngs)` picks a model family by `cfg.model.name`."""
+"""Model families: `build(cfg.model, rngs)` picks one by `cfg.model.name`; `abstract` builds it without
+allocating. The towers inside a family come from `encoders.py` (by `model.vision.kind` / `model.text.kind`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from vlmjax.models.captioner import Captioner
 from vlmjax.models.coca import CoCa
 from vlmjax.models.output import Output
 from vlmjax.models.two_tower import TwoTower
+from vlmjax.registry import Registry
 
-REGISTRY = {"coca": CoCa, "two_tower": TwoTower, "captioner": Captioner}
+# Model families by `model.name`: each is built as `Family(cfg.model, rngs=rngs)` and returns an `Output`.
+REGISTRY = Registry("model.name", {"coca": CoCa, "two_tower": TwoTower, "captioner": Captioner})
 
 
 def _host_counter_rngs(seed: int) -> nnx.Rngs:
@@ -41,9 +44,7 @@ def abstract(cfg: ml_collections.ConfigDict) -> nnx.Module:
 
 
 def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-  if cfg.name not in REGISTRY:
-    raise ValueError(f"model.name {cfg.name!r} is not one of {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[cfg.name](cfg, rngs=rngs)
+  return REGISTRY.lookup(cfg.name)(cfg, rngs=rngs)
 
 
 def param_constraint(cfg: ml_collections.ConfigDict) -> Callable[[dict], dict]:

@@ -17,10 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vlmjax.models import layers
+from vlmjax.models import encoders, layers
 from vlmjax.models.fusion import MultimodalDecoder
 from vlmjax.models.output import Output, l2_normalize
-from vlmjax.models.vision import ViT
 
 
 class Captioner(nnx.Module):
@@ -32,7 +31,7 @@ class Captioner(nnx.Module):
               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t, dec = cfg.vision, cfg.text, cfg.decoder
     self.masked_pred_prob = dec.masked_pred_prob
-    self.vision = ViT(v, cfg.image_size, **kw)
+    self.vision = encoders.build_vision(v, cfg.image_size, **kw)
     self.token_embed = nnx.Embed(t.vocab_size, dec.width, dtype=dtype, param_dtype=param_dtype,
                                  embedding_init=nnx.initializers.normal(0.02),
                                  embedding_metadata={"axes": ("vocab", "embed")}, rngs=rngs)

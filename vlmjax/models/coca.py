@@ -19,11 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vlmjax.models import layers
+from vlmjax.models import encoders, layers
 from vlmjax.models.fusion import AttentionPooler, MultimodalDecoder
 from vlmjax.models.output import Output, l2_normalize
-from vlmjax.models.text import TextTransformer
-from vlmjax.models.vision import ViT
 
 POOLER_MODES = ("parallel", "cascade", "single")
 
@@ -48,8 +46,8 @@ class CoCa(nnx.Module):
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
     self.pooler_mode = pc.mode
-    self.vision = ViT(v, cfg.image_size, **kw)
-    self.text = TextTransformer(t, **kw)
+    self.vision = encoders.build_vision(v, cfg.image_size, **kw)
+    self.text = encoders.build_text(t, **kw)
     pool_kw = dict(kind=pc.kind, **kw)
     self.caption_pool = AttentionPooler(pc.width, v.width, pc.heads, pc.n_queries, **pool_kw)
     self.contrastive_pool = (None if pc.mode == "single" else AttentionPooler(

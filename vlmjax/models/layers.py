@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -84,15 +85,17 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, kv_BxSxD: jax.Array | None = None, *,
                mask_BxTxS: jax.Array | None = None, causal: bool = False) -> jax.Array:
     kv_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
-    B, T, _ = x_BxTxD.shape
-    S = kv_BxSxD.shape[1]
-    q_BxTxHxK = self.q(x_BxTxD).reshape(B, T, self.heads, self.head_dim)
-    k_BxSxHxK = self.k(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
-    v_BxSxHxK = self.v(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)
+    q_BxTxHxK = self._split(self.q(x_BxTxD))
+    k_BxSxHxK = self._split(self.k(kv_BxSxD))
+    v_BxSxHxK = self._split(self.v(kv_BxSxD))
     mask = None if mask_BxTxS is None else mask_BxTxS[:, None]
     o_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, causal=causal,
                                       impl=self.impl)
-    return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
+    return self.out(einops.rearrange(o_BxTxHxK, "b t h k -> b t (h k)"))
+
+  def _split(self, x_BxTxD: jax.Array) -> jax.Array:
+    """[B, T, H*K] -> [B, T, H, K]: one slice of the projection per head."""
+    return einops.rearrange(x_BxTxD, "b t (h k) -> b t h k", h=self.heads)
 
   # Incremental decoding. A cache is a dict of arrays whose leading axis is the batch.
 
@@ -103,18 +106,16 @@ class Attention(nnx.Module):
 
   def project_kv(self, kv_BxSxD: jax.Array) -> dict:
     """Keys and values of a fixed context (cross-attention), computed once per decode."""
-    B, S, _ = kv_BxSxD.shape
-    return {"k": self.k(kv_BxSxD).reshape(B, S, self.heads, self.head_dim),
-            "v": self.v(kv_BxSxD).reshape(B, S, self.heads, self.head_dim)}
+    return {"k": self._split(self.k(kv_BxSxD)),
+            "v": self._split(self.v(kv_BxSxD))}
 
   def attend(self, x_BxTxD: jax.Array, kv: dict, mask_BxTxS: jax.Array | None = None) -> jax.Array:
     """Attention of new queries over given keys and values."""
-    B, T, _ = x_BxTxD.shape
-    q_BxTxHxK = self.q(x_BxTxD).reshape(B, T, self.heads, self.head_dim)
+    q_BxTxHxK = self._split(self.q(x_BxTxD))
     mask = None if mask_BxTxS is None else mask_BxTxS[:, None]
     o_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, kv["k"].astype(q_BxTxHxK.dtype),
                                              kv["v"].astype(q_BxTxHxK.dtype), mask=mask, implementation="xla")
-    return self.out(o_BxTxHxK.reshape(B, T, self.heads * self.head_dim))
+    return self.out(einops.rearrange(o_BxTxHxK, "b t h k -> b t (h k)"))
 
   def extend(self, x_BxTxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
     """Causal self-attention of T new tokens at positions pos..pos+T-1 over the cache and themselves."""

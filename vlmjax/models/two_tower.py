@@ -15,10 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vlmjax.models import layers
+from vlmjax.models import encoders, layers
 from vlmjax.models.output import Output, l2_normalize
-from vlmjax.models.text import TextTransformer
-from vlmjax.models.vision import ViT
 
 
 HEADS = ("linear", "linear_bias", "none")
@@ -49,8 +47,8 @@ class TwoTower(nnx.Module):
               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     dense_kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     v, t = cfg.vision, cfg.text
-    self.vision = ViT(v, cfg.image_size, **kw)
-    self.text = TextTransformer(t, **kw)
+    self.vision = encoders.build_vision(v, cfg.image_size, **kw)
+    self.text = encoders.build_text(t, **kw)
     self.image_proj = _head(cfg.image_proj, v.width, cfg.embed_dim, "image", **dense_kw)
     self.text_proj = _head(cfg.text_proj, t.width, cfg.embed_dim, "text", **dense_kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())

@@ -6,6 +6,7 @@ N image tokens, D width.
 
 from __future__ import annotations
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,10 +64,10 @@ class ViT(nnx.Module):
 
     The tokens include the class token, if any, except when it is the pooled output.
     """
-    B, H, W, C = image_BxHxWx3.shape
+    B = image_BxHxWx3.shape[0]
     p = self.patch
-    x = image_BxHxWx3.reshape(B, H // p, p, W // p, p, C).transpose(0, 1, 3, 2, 4, 5)
-    x_BxNxD = self.embed(x.reshape(B, (H // p) * (W // p), p * p * C))
+    patches_BxNxP = einops.rearrange(image_BxHxWx3, "b (gh p) (gw q) c -> b (gh gw) (p q c)", p=p, q=p)
+    x_BxNxD = self.embed(patches_BxNxP)
     if self.cls is not None:
       cls = jnp.broadcast_to(self.cls[...].astype(x_BxNxD.dtype), (B, 1, x_BxNxD.shape[-1]))
       x_BxNxD = jnp.concatenate([cls, x_BxNxD], axis=1)
