@@ -44,6 +44,7 @@ def abstract(cfg: ml_collections.ConfigDict) -> nnx.Module:
 
 
 def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+  """The model family `cfg.name` (a `model` config), initialised from `rngs`."""
   return REGISTRY.lookup(cfg.name)(cfg, rngs=rngs)
 
 
