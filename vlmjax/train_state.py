@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from vlmjax import checkpoint, convert, errors, models, optim, sharding
+from vlmjax.data import tokenizers
 
 @flax.struct.dataclass
 class TrainState:
@@ -99,8 +100,7 @@ def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
   path = os.path.join(cfg.init_from, "tokenizer.json")
   if not os.path.isfile(path) or optim.matches("text.token_embed.embedding", optim.prefixes(cfg.init_reinit)):
     return
-  kind, _, given = cfg.data.train.tokenizer.partition(":")
-  if kind != "hf" or os.path.abspath(given) != os.path.abspath(path):
+  if not tokenizers.reads_hf_file(cfg.data.train.tokenizer, path):
     raise errors.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
                              f"--config.data.train.tokenizer=hf:{path} (data.train.tokenizer is "
                              f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")

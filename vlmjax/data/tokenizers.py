@@ -108,6 +108,12 @@ class HFTokenizer(_VocabTokenizer):
 TOKENIZERS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
 
 
+def reads_hf_file(spec: str, path: str) -> bool:
+  """Whether the tokenizer `spec` reads the Hugging Face tokenizer.json at `path`."""
+  kind, _, given = spec.partition(":")
+  return kind == "hf" and os.path.abspath(given) == os.path.abspath(path)
+
+
 def build(spec: str):
   """`bytes` | `sentencepiece:PATH` | `hf:PATH` -> a tokenizer; a ConfigError names a bad spec or file."""
   kind, _, path = spec.partition(":")
