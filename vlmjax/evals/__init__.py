@@ -1,10 +1,11 @@
 """Evaluation: zero-shot classification, image-text retrieval, captioning, and any evaluator registered
-in `registry.EVALUATORS`.
+in `registry.EVALUATORS` (the protocol is in `registry.py`).
 
 `prepare_all(cfg, mesh)` -> a `Suite` (suite.py): every evaluator of `cfg.evals` checked and
-prepared once; `suite.run(graphdef, params, step=...)` runs the ones due and returns
-{"eval/<name>/<metric>": value}. Build evaluator configs with `vlmjax.evals.defaults`. This
-package's top level stays light (no jax import) so that `vlmjax --help` is fast.
+prepared once; `suite.due(step, final)` names the ones due; `suite.run(graphdef, params, step=...)`
+runs them and returns {"eval/<name>/<metric>": value}. Build evaluator configs with
+`vlmjax.evals.defaults`. This package's top level stays light (no jax import) so that
+`vlmjax --help` is fast: `prepare_all` and `Suite` load `suite.py` when first used.
 """
 
 from __future__ import annotations
@@ -16,4 +17,11 @@ def prepare_all(cfg, mesh=None):
   return prepare(cfg, mesh)
 
 
-__all__ = ["prepare_all"]
+def __getattr__(name: str):
+  if name == "Suite":
+    from vlmjax.evals.suite import Suite  # noqa: PLC0415
+    return Suite
+  raise AttributeError(f"module 'vlmjax.evals' has no attribute {name!r}")
+
+
+__all__ = ["Suite", "prepare_all"]

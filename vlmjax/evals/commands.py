@@ -45,7 +45,6 @@ def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tup
 
 
 def _eval(args, overrides) -> int:
-  from vlmjax import distributed  # noqa: PLC0415
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   step, metrics, path = evaluate_workdir(args.workdir, overrides, args.step)
   import jax  # noqa: PLC0415
@@ -62,12 +61,10 @@ def _caption(args, overrides) -> int:
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from vlmjax import sharding  # noqa: PLC0415
-  from vlmjax.data import tokenizers, transforms  # noqa: PLC0415
-  from vlmjax import train_state  # noqa: PLC0415
+  from vlmjax import models, train_state  # noqa: PLC0415
+  from vlmjax.data import transforms  # noqa: PLC0415
   from vlmjax.evals import captioning, data, decode  # noqa: PLC0415
   cfg = load_config(args.workdir, overrides)
-  from vlmjax import models  # noqa: PLC0415
   if not hasattr(models.REGISTRY[cfg.model.name], "caption_context"):
     raise ConfigError(f"vlmjax caption needs a captioning model (model.name coca or captioner); "
                       f"{args.workdir} holds a {cfg.model.name!r} model")
@@ -86,12 +83,10 @@ def _caption(args, overrides) -> int:
     except transforms.BadImage as e:
       raise ConfigError(f"cannot decode image {path!r}: {e}") from None
   s, params, step = train_state.restore_params(args.workdir, cfg, args.step)
-  batch_sh = sharding.batch_sharding(s.mesh, cfg.mesh.rules)
-  shards = data.num_shards(batch_sh)
-  n = len(images)
-  batch = np.stack(images + [images[-1]] * (-n % shards))
-  tokenizer = tokenizers.build(cfg.data.train.tokenizer)
-  tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, batch_sh), jax.random.key(args.seed),
+  ctx = data.context(cfg, s.mesh)  # the batch sharding and tokenizer, as the evaluators have them
+  n, tokenizer = len(images), ctx.tokenizer
+  batch = np.stack(images + [images[-1]] * (-n % data.num_shards(ctx.sharding)))
+  tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, ctx.sharding), jax.random.key(args.seed),
                                max_len=args.max_len, method=args.method, beam_size=args.beam_size,
                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                                length_penalty=args.length_penalty, **captioning.special_ids(tokenizer))

@@ -12,14 +12,16 @@ Shape legend: I images, T texts (captions), E embedding dim, B batch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
 from vlmjax.errors import ConfigError
-from vlmjax.evals import common, ranking
+from vlmjax.evals import common
+
+if TYPE_CHECKING:
+  import jax
 
 
 def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 10), *,
@@ -30,6 +32,7 @@ def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 
   caption; every image needs at least one caption. `texts` [T]: the caption strings, so that
   image->text takes a text equal to one of the image's captions as correct.
   """
+  from vlmjax.evals import ranking  # noqa: PLC0415 (configs import this module; keep it free of jax)
   image_IxE, text_TxE = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
   ids_T = np.asarray(text_image_ids)
   num_images = len(image_IxE)
@@ -79,7 +82,7 @@ class Retrieval:
   """The prepared `retrieval` evaluator: embeds `num_examples` images and all their captions."""
 
   def __init__(self, name: str, ev, ctx):
-    from vlmjax.evals import data  # noqa: PLC0415 (keeps this module light for recall_at_k users)
+    from vlmjax.evals import data  # noqa: PLC0415
     self.ds, self.ks = data.EvalSet(name, ev, ctx), tuple(ev.ks)
     for method in ("encode_image", "encode_text"):
       data.require(self.ds, method)
