@@ -106,7 +106,7 @@ def test_eval_set_pads_the_last_batch_and_checks_sizes():
   cfg = config.load(f"{ROOT}/configs/coca_tiny.py:evals=0", MICRO)
   mesh = sharding.make_mesh(cfg.mesh)
   ds = data.EvalSet("r", defaults.retrieval("synthetic:shapes:test", batch_size=16, num_examples=20), data.context(cfg, mesh))
-  batches = list(ds.text_batches([c for caps in ds.captions() for c in caps]))
+  batches = list(ds.text_batches(ds.tokenize([c for caps in ds.captions() for c in caps])))
   assert [n for _, n in batches] == [16, 4] and batches[1][0].shape == (16, cfg.model.text.context_length)
   assert len(batches[1][0].sharding.device_set) == 8
   with pytest.raises(config.ConfigError, match="not divisible by the 8 batch shards"):

@@ -85,7 +85,7 @@ class ToyEvaluator:
 
     def evaluate(self, graphdef, params):
       images = data.embed_images(self.ds, graphdef, params)
-      texts = data.embed_texts(self.ds, graphdef, params, [c for caps in self.ds.captions() for c in caps])
+      texts = data.embed_texts(self.ds, graphdef, params, self.ds.tokenize([c for caps in self.ds.captions() for c in caps]))
       return {"similarity": self.scale * float(np.mean(np.sum(images * texts, axis=-1)))}
 
 

@@ -23,6 +23,7 @@ from flax import nnx
 from vlmjax import checkpoint, errors, evals, losses, metrics, models, optim, sharding, workdir as workdirs
 from vlmjax import xla_options
 from vlmjax.data import pipeline
+from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
 from vlmjax.train_state import Setup, TrainState, restore_or_init, setup
 
@@ -149,7 +150,7 @@ class Loop:
   never waits on the device, except before a save, which must never hold a non-finite step."""
 
   def __init__(self, cfg, workdir, s: Setup, data: pipeline.Batches, ckpt: checkpoint.Checkpointer,
-               guard: NanGuard, preemption: PreemptionWatcher, suite: evals.Suite, writer: metrics.Writer):
+               guard: NanGuard, preemption: PreemptionWatcher, suite: Suite, writer: metrics.Writer):
     self.cfg, self.workdir, self.s, self.data, self.ckpt = cfg, workdir, s, data, ckpt
     self.guard, self.preemption, self.suite, self.writer = guard, preemption, suite, writer
     self.pending: tuple[int, dict] | None = None   # (step, device metrics) to log

@@ -5,7 +5,7 @@ in `registry.EVALUATORS` (the protocol is in `registry.py`).
 prepared once; `suite.due(step, final)` names the ones due; `suite.run(graphdef, params, step=...)`
 runs them and returns {"eval/<name>/<metric>": value}. Build evaluator configs with
 `vlmjax.evals.defaults`. This package's top level stays light (no jax import) so that
-`vlmjax --help` is fast: `prepare_all` and `Suite` load `suite.py` when first used.
+`vlmjax --help` is fast: `prepare_all` loads `suite.py` when first used.
 """
 
 from __future__ import annotations
@@ -17,11 +17,4 @@ def prepare_all(cfg, mesh=None):
   return prepare(cfg, mesh)
 
 
-def __getattr__(name: str):
-  if name == "Suite":
-    from vlmjax.evals.suite import Suite  # noqa: PLC0415
-    return Suite
-  raise AttributeError(f"module 'vlmjax.evals' has no attribute {name!r}")
-
-
-__all__ = ["Suite", "prepare_all"]
+__all__ = ["prepare_all"]

@@ -65,7 +65,7 @@ def _caption(args, overrides) -> int:
   from vlmjax.data import transforms  # noqa: PLC0415
   from vlmjax.evals import captioning, data, decode  # noqa: PLC0415
   cfg = load_config(args.workdir, overrides)
-  if not hasattr(models.REGISTRY[cfg.model.name], "caption_context"):
+  if not hasattr(models.REGISTRY.lookup(cfg.model.name), "caption_context"):
     raise ConfigError(f"vlmjax caption needs a captioning model (model.name coca or captioner); "
                       f"{args.workdir} holds a {cfg.model.name!r} model")
   captioning.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,

@@ -50,7 +50,7 @@ def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
   return Context(mesh=mesh, sharding=sharding.batch_sharding(mesh, cfg.mesh.rules), image_size=cfg.model.image_size,
                  context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
                  tokenizer=tokenizers.build(cfg.data.train.tokenizer), model_name=cfg.model.name,
-                 model_class=models.REGISTRY[cfg.model.name])
+                 model_class=models.REGISTRY.lookup(cfg.model.name))
 
 
 class EvalSet:
@@ -128,12 +128,15 @@ class EvalSet:
       raise DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
     return transforms.normalize(self.decoder(rec["image"]))
 
-  def text_batches(self, texts: list[str]):
-    """Yields (global token array [B, L], number of real rows) over `texts`."""
-    tokens = np.stack([self.tokenizer.encode(t, self.context_length) for t in texts]) if texts else None
-    for start in range(0, len(texts), self.batch_size):
-      n = min(self.batch_size, len(texts) - start)
-      chunk = tokens[start:start + n]
+  def tokenize(self, texts: list[str]) -> np.ndarray:
+    """int32 [len(texts), L] token ids, once per evaluator (prompts and captions do not change)."""
+    return np.stack([self.tokenizer.encode(t, self.context_length) for t in texts]).astype(np.int32)
+
+  def text_batches(self, tokens_TxL: np.ndarray):
+    """Yields (global token array [B, L], number of real rows) over the rows of `tokens_TxL`."""
+    for start in range(0, len(tokens_TxL), self.batch_size):
+      n = min(self.batch_size, len(tokens_TxL) - start)
+      chunk = tokens_TxL[start:start + n]
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
       yield self.global_batch(chunk.shape, lambda lo, hi, c=chunk: c[lo:hi]), n
 
@@ -175,10 +178,11 @@ def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params) -> np.ndarray:
   return np.concatenate(out).astype(np.float32)
 
 
-def embed_texts(ds: EvalSet, graphdef: nnx.GraphDef, params, texts: list[str]) -> np.ndarray:
-  """L2-normalised text embeddings [len(texts), E] (float32, host)."""
+def embed_texts(ds: EvalSet, graphdef: nnx.GraphDef, params, tokens_TxL: np.ndarray) -> np.ndarray:
+  """L2-normalised text embeddings [T, E] (float32, host) of `ds.tokenize`d texts."""
   require(ds, "encode_text")
-  out = [gather(apply_model(params, t, graphdef=graphdef, method="encode_text"), n) for t, n in ds.text_batches(texts)]
+  out = [gather(apply_model(params, t, graphdef=graphdef, method="encode_text"), n)
+         for t, n in ds.text_batches(tokens_TxL)]
   return np.concatenate(out).astype(np.float32)
 
 

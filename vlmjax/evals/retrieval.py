@@ -12,6 +12,7 @@ Shape legend: I images, T texts (captions), E embedding dim, B batch.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Sequence
 
 import ml_collections
@@ -88,14 +89,20 @@ class Retrieval:
       data.require(self.ds, method)
     self.ds.require_field("caption", data.NEEDS_CAPTIONS)
 
+  @functools.cached_property
+  def texts(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(every caption, the image index of each, their tokens): read and tokenised at the first evaluation."""
+    per_image = self.ds.captions()
+    captions = [c for caps in per_image for c in caps]
+    image_ids_T = np.asarray([i for i, caps in enumerate(per_image) for _ in caps])
+    return captions, image_ids_T, self.ds.tokenize(captions)
+
   def evaluate(self, graphdef, params) -> dict[str, float]:
     from vlmjax.evals import data  # noqa: PLC0415
-    ds = self.ds
-    image_IxE = data.embed_images(ds, graphdef, params)
-    captions = [c for caps in ds.captions() for c in caps]
-    text_image_ids = [i for i, caps in enumerate(ds.captions()) for _ in caps]
-    text_TxE = data.embed_texts(ds, graphdef, params, captions)
-    return recall_at_k(image_IxE, text_TxE, np.asarray(text_image_ids), self.ks, texts=captions, mesh=ds.mesh)
+    captions, image_ids_T, tokens_TxL = self.texts
+    image_IxE = data.embed_images(self.ds, graphdef, params)
+    text_TxE = data.embed_texts(self.ds, graphdef, params, tokens_TxL)
+    return recall_at_k(image_IxE, text_TxE, image_ids_T, self.ks, texts=captions, mesh=self.ds.mesh)
 
 
 prepare = Retrieval

@@ -122,12 +122,13 @@ class ZeroShot:
       data.require(self.ds, method)
     self.ds.require_field("label", data.NEEDS_LABELS)
     self.names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
-    self.prompts = templates(ev.templates, f"evals.{name}.templates")
+    prompts = templates(ev.templates, f"evals.{name}.templates")
+    self.prompt_tokens = self.ds.tokenize([t.format(c) for c in self.names for t in prompts])  # class-major
 
   def evaluate(self, graphdef, params) -> dict[str, float]:
     from vlmjax.evals import data  # noqa: PLC0415
     ds = self.ds
-    text_emb = data.embed_texts(ds, graphdef, params, [t.format(c) for c in self.names for t in self.prompts])
+    text_emb = data.embed_texts(ds, graphdef, params, self.prompt_tokens)
     image_emb = data.embed_images(ds, graphdef, params)
     return accuracy(image_emb, ds.labels(), classifier(text_emb, len(self.names)), names=self.names, mesh=ds.mesh)
 
