@@ -15,7 +15,7 @@ PACKAGE = ROOT / "vlmjax"
 
 # Bottom up; a module may import its own layer (without a cycle) and the layers below, never above.
 LAYERS = (
-    ("errors", ("vlmjax", "vlmjax.errors", "vlmjax.registry")),
+    ("errors", ("vlmjax", "vlmjax.errors", "vlmjax.registry", "vlmjax.progress")),
     ("config", ("vlmjax.config", "vlmjax.presets")),
     ("parts", ("vlmjax.models", "vlmjax.losses", "vlmjax.data", "vlmjax.optim", "vlmjax.sharding",
                "vlmjax.distributed", "vlmjax.checkpoint", "vlmjax.preemption", "vlmjax.metrics",

@@ -368,16 +368,16 @@ def test_report_final_keeps_nan_and_groups_average_finished_runs_only(tmp_path, 
   assert "| a=1 | 2 | 2 done | 1.2500 ± 0.3536 (n=2) | 1.2500 ± 0.3536 (n=2) |" in groups
   assert "| a=2 | 2 | 1 done, 1 failed | nan (n=1) | 3.0000 (n=1) |" in groups
   assert "| a=3 | 1 | 1 running | - | - |" in groups
-  assert "| b=1 | 2 | 2 unknown | 2.0000 (n=1) | 2.0000 (n=1) |" in groups
+  assert "| b=1 | 2 | 1 done, 1 stopped | 2.0000 (n=1) | 2.0000 (n=1) |" in groups
   assert ("Not in the group values (3 of 7 runs, unfinished): `a=2,seed=1` (failed, step 10/30), "
-          "`a=3,seed=0` (running, step 10/30), `b=1,seed=1` (unknown, step 10/30).") in groups
+          "`a=3,seed=0` (running, step 10/30), `b=1,seed=1` (stopped, step 10/30).") in groups
   assert "| a=2,seed=0 | done | 30/30 | 12s | nan / 3.0000 |" in runs
   assert "| a=2,seed=1 | failed | 10/30 | 12s | 2.0000 / 2.0000 |" in runs
   assert "`a=1,seed=0` 1 line(s) of metrics.jsonl / eval/*.json" in runs
-  assert legends["train/loss"] == ["a=1,seed=0", "a=1,seed=1", "a=2,seed=0 (final nan)",
-                                   "a=2,seed=1 (failed, not in group values)",
-                                   "a=3,seed=0 (running, not in group values)", "b=1,seed=0",
-                                   "b=1,seed=1 (unknown, not in group values)"]
+  assert legends["train/loss"] == ["a=1 (mean ± std of 2)",
+                                   "a=2 (1 unfinished, not in the mean; 1 final nan)",
+                                   "a=3 (1 unfinished, none finished)",
+                                   "b=1 (1 unfinished, not in the mean)"]
   # --last 2: a mean over a NaN is NaN; best still skips it
   text = report.write_report(str(w), ["train/loss"], last=2)
   assert "| a=2,seed=0 | done | 30/30 | 12s | nan / 3.0000 |" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 from vlmjax.errors import ConfigError
@@ -59,28 +60,15 @@ def _inspect(args, overrides) -> int:
 
 
 def _convert(args, overrides) -> int:
-  from vlmjax.data import records as rec_lib
-  from vlmjax.data import transforms
+  from vlmjax.data import convert
   if args.format != "arrayrecord":
     raise ConfigError(f"--format {args.format!r} is unknown; valid: arrayrecord")
-  records, _ = raw_records(args.spec, data_dir=args.data_dir)
-  counts = {"written": 0, "skipped": 0}
-
-  def usable():
-    for rec in records:
-      counts["skipped"] += len(rec.get("_skips", ()))
-      image, caption = rec.get("image"), rec.get("caption")
-      if image is None or not caption:
-        continue
-      if not isinstance(image, bytes):
-        image = transforms.encode_png(image)
-      counts["written"] += 1
-      captions = [c for c in rec.get("captions") or () if c]  # every caption of a multi-caption set
-      yield {"key": rec["key"], "image": image, "caption": caption, **({"captions": captions} if captions else {})}
-
-  paths = rec_lib.write_arrayrecord(usable(), args.out, per_file=args.per_file)
-  print(f"wrote {counts['written']} examples in {len(paths)} ArrayRecord file(s) to {args.out} "
-        f"(skipped {counts['skipped']}); read them with arrayrecord:{args.out}/*.array_record")
+  if args.per_file <= 0 or (args.workers is not None and args.workers <= 0):
+    raise ConfigError("--per-file and --workers must be positive")
+  totals = convert.convert(args.spec, args.out, per_file=args.per_file, data_dir=args.data_dir,
+                           workers=args.workers or os.cpu_count() or 1)
+  print(f"wrote {totals['written']} examples in {totals['files']} ArrayRecord file(s) to {args.out} "
+        f"(skipped {totals['skipped']}); read them with arrayrecord:{args.out}/*.array_record")
   return 0
 
 
@@ -104,10 +92,13 @@ def add_parsers(sub) -> None:
   d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
   d.set_defaults(run=_inspect)
 
-  d = data_sub.add_parser("convert", help="convert a data spec (e.g. tar shards) to ArrayRecord files")
+  d = data_sub.add_parser("convert", help="convert a data spec (e.g. tar shards) to ArrayRecord files; "
+                         "a rerun resumes an interrupted conversion in --out")
   d.add_argument("spec")
   d.add_argument("--out", required=True)
   d.add_argument("--format", default="arrayrecord")
-  d.add_argument("--per-file", type=int, default=10_000, help="examples per ArrayRecord file")
+  d.add_argument("--per-file", type=int, default=10_000, help="examples per ArrayRecord file (at most)")
+  d.add_argument("--workers", type=int, default=None,
+                 help="worker processes converting tar shards in parallel (default: one per CPU core)")
   d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
   d.set_defaults(run=_convert)
