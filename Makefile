@@ -9,15 +9,20 @@ BIN := $(VENV)/bin
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# uv installs in seconds what pip takes a minute over; pip stays the fallback. Copies, not uv's
-	# default hard links into its cache: two checkouts' editable installs once shared one file there,
-	# and one venv ran the other checkout's code. Bytecode compiled once at install: where
-	# PYTHONDONTWRITEBYTECODE is set, every process (each test's `vlmjax` run) would compile jax anew.
-	($(BIN)/python -m pip install -q uv && $(BIN)/uv pip install -q --link-mode=copy --compile-bytecode \
-	  --python $(BIN)/python -e '.[test]') \
-	  || $(BIN)/python -m pip install -q -e '.[test]'
+	# The versions in uv.lock (`uv lock` after editing pyproject.toml's dependencies, which keep lower
+	# bounds for library users), the project editable, into this venv and its Python. --inexact: keep
+	# what is not in the lock (pip, uv, wandb or torch installed by hand). pip, from the lower bounds,
+	# stays the fallback. Copies, not uv's default hard links into its cache: two checkouts' editable
+	# installs once shared one file there, and one venv ran the other checkout's code. Bytecode
+	# compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every process (each test's
+	# `vlmjax` run) would compile jax anew.
+	((test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv) && UV_PROJECT_ENVIRONMENT=$(VENV) \
+	  $(BIN)/uv sync -q --frozen --inexact --extra test --link-mode=copy --compile-bytecode \
+	  --python $(BIN)/python --no-python-downloads) \
+	  || (echo "uv sync failed: installing with pip instead, from pyproject.toml" \
+	      && $(BIN)/python -m pip install -q -e '.[test]')
 	touch $@
 
 $(DATA)/.done: $(VENV)/.installed

@@ -47,22 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vlmjax import cli, config, info, sharding, train, train_state, xla_options  # noqa: E402
-
-# Dense bf16 matrix-multiply peaks, FLOP/s, by `device_kind`. H200: the rate measured on the lent
-# card (the datasheet says 989 TFLOP/s); the rest are datasheet figures.
-PEAK_FLOPS = {
-    "NVIDIA H200": 790e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-}
-
+from vlmjax.hardware import PEAK_FLOPS, peak_flops  # noqa: E402,F401 (the table lives in the package)
 
 def random_batch(cfg, batch: int, sharding_) -> dict:
   rng = np.random.default_rng(0)
@@ -108,14 +93,6 @@ def compiled_bytes(compiled) -> int:
   m = compiled.memory_analysis()
   total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
   return int(max(total, getattr(m, "peak_memory_in_bytes", 0) or 0))
-
-
-def peak_flops(kind: str) -> float | None:
-  """The known peak of a device kind: the exact name, else the longest known name inside it."""
-  if kind in PEAK_FLOPS:
-    return PEAK_FLOPS[kind]
-  known = [k for k in PEAK_FLOPS if k in kind]
-  return PEAK_FLOPS[max(known, key=len)] if known else None
 
 
 def fused_attention_calls(compiled) -> int:

@@ -15,14 +15,14 @@ PACKAGE = ROOT / "vlmjax"
 
 # Bottom up; a module may import its own layer (without a cycle) and the layers below, never above.
 LAYERS = (
-    ("errors", ("vlmjax", "vlmjax.errors", "vlmjax.registry", "vlmjax.progress")),
+    ("errors", ("vlmjax", "vlmjax.errors", "vlmjax.registry", "vlmjax.progress", "vlmjax.console")),
     ("config", ("vlmjax.config", "vlmjax.presets")),
     ("parts", ("vlmjax.models", "vlmjax.losses", "vlmjax.data", "vlmjax.optim", "vlmjax.sharding",
                "vlmjax.distributed", "vlmjax.checkpoint", "vlmjax.preemption", "vlmjax.metrics",
-               "vlmjax.xla_options", "vlmjax.convert")),
-    ("state", ("vlmjax.train_state", "vlmjax.workdir")),
+               "vlmjax.xla_options", "vlmjax.convert", "vlmjax.hardware")),
+    ("state", ("vlmjax.train_state", "vlmjax.workdir", "vlmjax.info")),
     ("loop", ("vlmjax.train", "vlmjax.evals")),
-    ("commands", ("vlmjax.cli", "vlmjax.sweeps", "vlmjax.launch", "vlmjax.info", "vlmjax.data.commands",
+    ("commands", ("vlmjax.cli", "vlmjax.sweeps", "vlmjax.launch", "vlmjax.data.commands",
                   "vlmjax.evals.commands", "vlmjax.convert.commands")),
 )
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60

@@ -29,7 +29,11 @@ def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
   proc = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  assert lines[0].startswith("step      1/4 | loss ") and "ETA" in lines[1] and "samples/s" in lines[1]
+  assert [line for line in lines if line.endswith(" ...")] == [  # what the first seconds are spent on
+      "building the model and tracing the train step ...", "preparing the evaluators (captioning, retrieval, "
+      "zero_shot) ...", "initialising the parameters ...", "compiling the train step ..."]
+  steps = [line for line in lines if line.startswith("step ")]
+  assert steps[0].startswith("step      1/4 | loss ") and "ETA" in steps[1] and "samples/s" in steps[1]
   assert lines[-1].startswith("done: steps 0->4")
   evals = [line for line in lines if line.startswith("eval        4/4 | ")]
   assert len(evals) == 3 and any(line.startswith("eval        4/4 | zero_shot: top1 ") for line in evals)
@@ -37,11 +41,20 @@ def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
   assert [r["step"] for r in rows] == [1, 2, 4, 4]
   assert {"eval/zero_shot/top5", "eval/retrieval/i2t@1", "eval/captioning/cider"} <= set(rows[-1])
   assert {"train/loss", "train/caption_loss", "train/contrastive_loss", "train/lr"} <= set(rows[0])
-  assert "train/samples_per_sec" in rows[1]
+  assert {"train/samples_per_sec", "train/step_time", "train/data_time"} <= set(rows[1])
+  assert "train/mfu" not in rows[1]  # no known peak on CPU
+  assert [r.get("data/samples") for r in rows] == [16 * 1, 16 * 2, 16 * 4, None]  # the step's own batches
+  log = (workdir / "log.txt").read_text()
+  assert log.startswith("==== ") and all(line in log for line in lines)
+  launch, = json.load(open(workdir / "run.json"))["launches"]
+  assert "train" in launch["argv"] and launch["device_count"] >= 1 and launch["process_count"] == 1
+  assert launch["versions"]["jax"] and launch["resumed_from_step"] == 0 and "start_time" in launch
   assert json.load(open(workdir / "config.json"))["total_steps"] == 4
   assert os.listdir(workdir / "tb") and os.listdir(workdir / "checkpoints") == ["4"]
   again = _run("train", "--config", "configs/coca_tiny.py:steps=4", "--workdir", str(workdir), *overrides)
   assert again.returncode == 0 and "already finished at step 4" in again.stdout
+  assert [x["resumed_from_step"] for x in json.load(open(workdir / "run.json"))["launches"]] == [0, 4]
+  assert (workdir / "log.txt").read_text().count("\n==== ") == 1 and "already finished" in (workdir / "log.txt").read_text()
 
 
 def test_a_failed_checkpoint_save_stops_the_run_with_one_line_soon(tmp_path):

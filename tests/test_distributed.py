@@ -32,7 +32,8 @@ def _overrides(*extra):
 
 def _rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    # as strict readers (JSON.parse) do: NaN and Infinity are not JSON
+    return [json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}")) for line in f]
 
 
 def _losses(workdir):
@@ -196,7 +197,9 @@ def test_nan_policies(micro_cfg, tmp_path, monkeypatch, capsys):
   lr = optim.schedule(micro_cfg(spec="configs/coca_tiny.py:steps=10,evals=0").optim, 10)
   for step in (3, 4, 5, 6):
     assert rows[step]["train/lr"] == pytest.approx(float(lr(step - 1 - (step > 3)))), step
-  assert not np.isfinite(rows[3]["train/loss"]) and np.isfinite(rows[4]["train/loss"])
+  # strict JSON: the non-finite values are null and named
+  assert rows[3]["train/loss"] is None and "train/loss" in rows[3]["nonfinite"] and np.isfinite(rows[4]["train/loss"])
+  assert "nonfinite" not in rows[4]
   assert "step 3: non-finite loss or gradient, update skipped" in capsys.readouterr().out
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
 

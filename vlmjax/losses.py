@@ -173,7 +173,9 @@ class Context:
 
 def _needs_bias(out, name: str) -> None:
   if out.logit_bias is None:
-    raise ValueError(f"loss.contrastive={name!r} needs a model that outputs logit_bias")
+    raise ConfigError(f"loss.contrastive={name!r} needs a model with a learned logit bias (a two-tower model "
+                      "with model.init_logit_bias set, e.g. -10.0 as SigLIP; CoCa has none); or use "
+                      "loss.contrastive=softmax")
 
 
 def _softmax(out, ctx: Context) -> tuple[jax.Array, dict]:
@@ -189,7 +191,7 @@ def _sigmoid(out, ctx: Context) -> tuple[jax.Array, dict]:
 def _sigmoid_ring(out, ctx: Context) -> tuple[jax.Array, dict]:
   _needs_bias(out, "sigmoid_ring")
   if ctx.mesh is None:
-    raise ValueError("loss.contrastive='sigmoid_ring' needs the device mesh")
+    raise ConfigError("loss.contrastive='sigmoid_ring' needs the device mesh (it runs inside the train step only)")
   value = sigmoid_contrastive_ring(out.image_emb, out.text_emb, out.logit_scale, out.logit_bias,
                                    mesh=ctx.mesh, axes=ctx.batch_axes)
   return value, {"logit_scale": out.logit_scale, "logit_bias": out.logit_bias}
@@ -222,7 +224,8 @@ def caption_term(out, batch: dict, cfg: ml_collections.ConfigDict, ctx: Context)
   targets_BxL, mask_BxL = text_BxL[:, 1:], text_BxL[:, 1:] != 0
   if cfg.caption_chunk:
     if out.caption_features is None:
-      raise ValueError("loss.caption_chunk needs a model that outputs caption_features and caption_kernel")
+      raise ConfigError("loss.caption_chunk needs a model whose caption head exposes its features (CoCa, CapPa); "
+                        "set --config.loss.caption_chunk=0 for this model")
     value = caption_xent_chunked(out.caption_features[:, :-1], out.caption_kernel, targets_BxL, mask_BxL,
                                  chunk=cfg.caption_chunk, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
   else:

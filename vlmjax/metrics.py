@@ -1,12 +1,15 @@
 """Metric writers: a live console line, `metrics.jsonl`, TensorBoard events under `tb/`, and
 Weights & Biases when `cfg.wandb.project` is set.
 
-Only process 0 writes. `Writer.write` takes metrics already fetched to the host.
+Only process 0 writes. `Writer.write` takes metrics already fetched to the host. Each row of
+metrics.jsonl is strict JSON: a non-finite value is written as `null` and named in the row's
+`nonfinite` list (`strict`); TensorBoard gets the finite values only.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -14,20 +17,31 @@ import uuid
 import jax
 import ml_collections
 
+from vlmjax import progress
 
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+def strict(row: dict) -> dict:
+  """`row` as strict JSON takes it: a non-finite value becomes None (JSON has no NaN or Infinity)
+  and its key is listed under "nonfinite"."""
+  bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+  if not bad:
+    return row
+  return {**{k: (None if k in bad else v) for k, v in row.items()}, "nonfinite": bad}
 
 
 class Writer:
+  """Writes the rows of one `train` call. `flops_per_step` (model FLOPs of one global step) and
+  `peak_flops` (of all devices together) give `train/mfu` when both are known."""
+
   def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int,
-               wandb_cfg: ml_collections.ConfigDict | None = None, run_config: dict | None = None):
+               wandb_cfg: ml_collections.ConfigDict | None = None, run_config: dict | None = None,
+               flops_per_step: float | None = None, peak_flops: float | None = None):
     self.enabled = jax.process_index() == 0
     self.total_steps, self.batch_size = total_steps, batch_size
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
     self.start_step = start_step
     self.start_time = self.last_time = time.time()
-    self.last_step = start_step
+    self.last_step, self.last_data_seconds = start_step, 0.0
     self.first: dict | None = None
     self.last: dict | None = None
     self.rates: list[float] = []
@@ -46,37 +60,60 @@ class Writer:
       # purge_step: TensorBoard hides events the interrupted run wrote after the checkpoint resumed from.
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
 
-  def write(self, step: int, metrics: dict, extra: dict | None = None) -> dict:
-    """Logs host metrics of `step` as `train/<name>`, and `extra` (e.g. `data/...`, `eval/...`)
-    under its own names; adds `train/samples_per_sec` when a rate is known."""
-    now = time.time()
+  def write(self, step: int, metrics: dict, extra: dict | None = None, *, at: float | None = None,
+            data_seconds: float | None = None) -> dict:
+    """Logs host metrics of `step` as `train/<name>`, and `extra` (e.g. `data/...`) under its own
+    names. `at` is when step `step`'s batch was handed to the device (default: now) and
+    `data_seconds` the total time the loop has waited for input so far: from them, over the steps
+    since the last row, `train/samples_per_sec`, `train/step_time` (s), `train/data_time` (s per
+    step spent waiting for input) and `train/mfu`."""
+    now = time.time() if at is None else at
     row = {"step": step, **{f"train/{k}": float(v) for k, v in metrics.items()},
            **{k: float(v) for k, v in (extra or {}).items()}}
     rate = None
-    if self.last is not None and step > self.last_step:  # the first window includes compilation
-      rate = (step - self.last_step) * self.batch_size / (now - self.last_time)
-      row["train/samples_per_sec"] = rate
+    if self.last is not None and step > self.last_step:  # the first window holds the first step's setup
+      steps, seconds = step - self.last_step, max(now - self.last_time, 1e-9)
+      rate = steps * self.batch_size / seconds
+      row["train/samples_per_sec"], row["train/step_time"] = rate, seconds / steps
+      if data_seconds is not None:
+        row["train/data_time"] = (data_seconds - self.last_data_seconds) / steps
+      if self.flops_per_step and self.peak_flops:
+        row["train/mfu"] = self.flops_per_step * steps / seconds / self.peak_flops
       self.rates.append(rate)
     self.last_step, self.last_time = step, now
+    if data_seconds is not None:
+      self.last_data_seconds = data_seconds
     self.first = self.first or row
     self.last = row
     if self.enabled:
-      self._jsonl.write(json.dumps(row) + "\n")
-      self._jsonl.flush()
-      for k, v in row.items():
-        if k != "step":
-          self._tb.add_scalar(k, v, step)
-      if self._wandb is not None:
-        self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
-      eta = ((self.total_steps - step) * self.batch_size / rate) if rate else None
-      parts = [f"step {step:>6}/{self.total_steps}", f"loss {row['train/loss']:.4f}"]
-      parts += [f"{k[6:]} {row[k]:.4f}" for k in ("train/contrastive_loss", "train/caption_loss") if k in row]
-      if row.get("data/skipped"):
-        parts.append(f"skipped {int(row['data/skipped'])}")
-      parts += [f"{rate:,.0f} samples/s" if rate else "compiling+first step",
-                f"ETA {_duration(eta)}" if eta is not None else "ETA -"]
-      print(" | ".join(parts), flush=True)
+      self._record(step, row)
+      print(self._console_line(step, row, rate), flush=True)
     return row
+
+  def _record(self, step: int, row: dict) -> None:
+    """One row to metrics.jsonl (strict JSON), TensorBoard (finite values only: it has no use for
+    the others and warns about each) and wandb."""
+    self._jsonl.write(json.dumps(strict(row)) + "\n")
+    self._jsonl.flush()
+    for k, v in row.items():
+      if k != "step" and math.isfinite(v):
+        self._tb.add_scalar(k, v, step)
+    if self._wandb is not None:
+      self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+  def _console_line(self, step: int, row: dict, rate: float | None) -> str:
+    eta = ((self.total_steps - step) * self.batch_size / rate) if rate else None
+    parts = [f"step {step:>6}/{self.total_steps}", f"loss {row['train/loss']:.4f}"]
+    parts += [f"{k[6:]} {row[k]:.4f}" for k in ("train/contrastive_loss", "train/caption_loss") if k in row]
+    if row.get("data/skipped"):
+      parts.append(f"skipped {int(row['data/skipped'])}")
+    parts += [f"{rate:,.0f} samples/s" if rate else "first step",
+              f"ETA {progress.duration(eta)}" if eta is not None else "ETA -"]
+    if row.get("train/data_time", 0.0) > 0.1 * row.get("train/step_time", math.inf):  # input-bound
+      parts.append(f"waiting for data {100 * row['train/data_time'] / row['train/step_time']:.0f}%")
+    if "train/mfu" in row:
+      parts.append(f"MFU {100 * row['train/mfu']:.1f}%")
+    return " | ".join(parts)
 
   def write_evals(self, step: int, results: dict) -> None:
     """Logs evaluator results (`eval/<name>/<metric>`) of `step` as their own row and console line."""
@@ -84,12 +121,7 @@ class Writer:
     self.evals = row
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
-    for k, v in results.items():
-      self._tb.add_scalar(k, v, step)
-    if self._wandb is not None:
-      self._wandb.log(dict(results), step=step)
+    self._record(step, row)
     by_name: dict[str, list[str]] = {}
     for k, v in results.items():  # eval/<name>/<metric>: one console line per evaluator
       _, name, metric = k.split("/", 2)
@@ -99,8 +131,9 @@ class Writer:
       seconds = results.get(f"eval/{name}/seconds", 0.0)
       print(f"eval   {step:>6}/{self.total_steps} | {name}: {', '.join(shown)} ({seconds:.1f}s)", flush=True)
 
-  def summary(self) -> dict:
-    """The closing summary: steps, wall time, first and last loss, mean throughput."""
+  def summary(self, stopped: str | None = None) -> dict:
+    """The closing summary: steps, wall time, first and last loss, mean throughput; its console
+    line starts `done:` only for a run that reached `total_steps`, else `stopped (<why>) at step N`."""
     out = {"steps": (self.start_step, self.last_step), "seconds": time.time() - self.start_time}
     if self.first and self.last:
       out["first_loss"], out["final_loss"] = self.first["train/loss"], self.last["train/loss"]
@@ -111,7 +144,8 @@ class Writer:
     if self.enabled and self.first:
       drop = 100 * (1 - out["final_loss"] / out["first_loss"]) if out["first_loss"] else 0.0
       rate = f"{out['samples_per_sec']:,.0f} samples/s" if self.rates else "-"
-      print(f"done: steps {self.start_step}->{self.last_step} in {_duration(out['seconds'])} | "
+      head = "done:" if stopped is None else f"stopped ({stopped}) at step {self.last_step}/{self.total_steps}:"
+      print(f"{head} steps {self.start_step}->{self.last_step} in {progress.duration(out['seconds'])} | "
             f"loss {out['first_loss']:.4f} -> {out['final_loss']:.4f} ({drop:.1f}% lower) | {rate}",
             flush=True)
     return out

@@ -1,8 +1,9 @@
 """Training: the pure train step and the loop, read top to bottom.
 
 `train_step` is a pure function of (state, batch), jitted once by `compile_train_step` with
-explicit shardings and the state donated. `train` is the loop: set up (mesh, evaluators,
-workdir, state, data), then step; the previous step's metrics are logged while the next one
+explicit shardings and the state donated. `train` checks everything it can on shapes (the step is
+traced and lowered on abstract arrays, the evaluators and data prepared), then touches the
+workdir (config.json, run.json, log.txt), restores, compiles, and steps; the previous step's metrics are logged while the next one
 runs (never blocking on the current step); checkpoints, evaluations and preemption happen
 at step boundaries. The train state itself (what a checkpoint holds, how it is built and
 restored) is in `train_state.py`; the workdir's files in `workdir.py`.
@@ -10,9 +11,12 @@ restored) is in `train_state.py`; the workdir's files in `workdir.py`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +24,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, errors, evals, losses, metrics, models, optim, sharding, workdir as workdirs
-from vlmjax import xla_options
+from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, models, optim, progress
+from vlmjax import sharding, workdir as workdirs, xla_options
 from vlmjax.data import pipeline
 from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
@@ -59,12 +63,28 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
+  """The train step jitted with the run's shardings, the state donated (compiled at its first call)."""
   step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
                            seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules),
                            constrain=models.param_constraint(cfg.model))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,),
                  compiler_options=xla_options.for_backend(cfg))
+
+
+def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
+  """The shapes, dtypes and sharding of the global batches the data pipeline produces."""
+  S, L = cfg.model.image_size, cfg.model.text.context_length
+  return {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
+          "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
+
+
+def lower_train_step(cfg: ml_collections.ConfigDict, s: Setup):
+  """The train step traced and lowered on shapes only (nothing allocated, nothing compiled yet).
+  Tracing runs the model and the losses, so parts that do not fit together (a sigmoid loss on a
+  model without a logit bias, say) fail here with a ConfigError, before a workdir is touched."""
+  return compile_train_step(cfg, s).lower(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings),
+                                          abstract_batch(cfg, s))
 
 
 class TrainingHalted(Exception):
@@ -105,43 +125,72 @@ class NanGuard:
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the closing summary.
 
-  `stop_after` ends the run early at that step, with a checkpoint, as a preempted run would.
-  SIGTERM (or the cluster's preemption notice, agreed on by all processes) does the same
+  Everything that can be checked without compiling (the config, the model and loss traced on
+  shapes, the evaluators and their data, the training data) is checked before the workdir is
+  touched. `stop_after` ends the run early at that step, with a checkpoint, as a preempted run
+  would. SIGTERM (or the cluster's preemption notice, agreed on by all processes) does the same
   at the next step. The summary's `finished` says whether training reached `total_steps`,
   `preempted` whether a signal or notice stopped it (`vlmjax train` then exits 143), and
   `interrupted` whether that was Ctrl-C (exit 130; a second Ctrl-C stops at once, unsaved).
   """
-  mesh = sharding.make_mesh(cfg.mesh)
-  if cfg.batch_size % mesh.size:
-    raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
-  suite = evals.prepare_all(cfg, mesh)  # every evaluator checked, its data read, before anything trains
-  guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
-  losses.check(cfg.loss)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  workdirs.prepare(cfg, workdir, resuming=checkpoint.has_checkpoints(ckpt_dir))
-  s = setup(cfg, mesh)
-  data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
-                        image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
-                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
-  ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
-  ckpt.remove_unfinished()
-  preemption = PreemptionWatcher()
-  try:
-    state = restore_or_init(cfg, s, ckpt, data)
+  with contextlib.ExitStack() as stack:
+    tee = console.Tee.active() or stack.enter_context(console.Tee())  # the console, for log.txt
+    mesh = sharding.make_mesh(cfg.mesh)
+    if cfg.batch_size % mesh.size:
+      raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+    losses.check(cfg.loss)
+    guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
+    with progress.Task("building the model and tracing the train step"):
+      s = setup(cfg, mesh)
+      lowered = lower_train_step(cfg, s)
+    suite = prepare_evaluators(cfg, mesh)  # every evaluator checked, its data read, before anything trains
+    data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
+                          image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
+                          vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
+    stack.callback(data.close)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    workdirs.prepare(cfg, workdir, resuming=checkpoint.has_checkpoints(ckpt_dir))
+    ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
+    stack.callback(ckpt.close)  # waits for the last async save
+    ckpt.remove_unfinished()
+    latest = ckpt.latest_step() or 0
+    if jax.process_index() == 0:
+      tee.attach(os.path.join(workdir, "log.txt"), header=" ".join(sys.argv))
+    workdirs.record_launch(workdir, resumed_from=latest)
+    if latest >= cfg.total_steps:
+      print(f"run in {workdir} already finished at step {latest} (total_steps={cfg.total_steps}); nothing to do")
+      return {"steps": (latest, latest), "finished": True, "preempted": False, "interrupted": False}
+    preemption = PreemptionWatcher()
+    stack.callback(preemption.close)
+    with progress.Task(f"restoring step {latest} from {ckpt_dir}" if latest else "initialising the parameters"):
+      state = restore_or_init(cfg, s, ckpt, data)
     start = int(state.step)
-    if start >= cfg.total_steps:
-      print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
-      return {"steps": (start, start), "finished": True, "preempted": False, "interrupted": False}
     if start:
       print(f"resuming from step {start} in {workdir}")
+    with progress.Task("compiling the train step"):
+      step_fn = lowered.compile()
+      flops, peak = model_flops(cfg)
     writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start,
-                            wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()))
-    loop = Loop(cfg, workdir, s, data, ckpt, guard, preemption, suite, writer)
+                            wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()),
+                            flops_per_step=flops, peak_flops=peak)
+    loop = Loop(cfg, workdir, s, step_fn, data, ckpt, guard, preemption, suite, writer)
     return loop.run(state, start, min(cfg.total_steps, stop_after or cfg.total_steps))
-  finally:
-    preemption.close()
-    data.close()
-    ckpt.close()  # waits for the last async save
+
+
+def prepare_evaluators(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Suite:
+  if not cfg.evals:
+    return evals.prepare_all(cfg, mesh)
+  with progress.Task(f"preparing the evaluators ({', '.join(cfg.evals.keys())})"):
+    return evals.prepare_all(cfg, mesh)
+
+
+def model_flops(cfg: ml_collections.ConfigDict) -> tuple[float | None, float | None]:
+  """(model FLOPs of one global step, peak FLOP/s of all devices) where the device's peak is known
+  (`hardware.PEAK_FLOPS`), for `train/mfu`; (None, None) elsewhere (CPU), where counting is skipped."""
+  peak = hardware.peak_flops(jax.devices()[0].device_kind)
+  if peak is None:
+    return None, None
+  return info.train_flops_per_example(cfg) * cfg.batch_size, peak * jax.device_count()
 
 
 class Loop:
@@ -149,24 +198,34 @@ class Loop:
   `finite` flag read only after the next step is dispatched (`pending`, `unchecked`), so the host
   never waits on the device, except before a save, which must never hold a non-finite step."""
 
-  def __init__(self, cfg, workdir, s: Setup, data: pipeline.Batches, ckpt: checkpoint.Checkpointer,
+  def __init__(self, cfg, workdir, s: Setup, step_fn, data: pipeline.Batches, ckpt: checkpoint.Checkpointer,
                guard: NanGuard, preemption: PreemptionWatcher, suite: Suite, writer: metrics.Writer):
-    self.cfg, self.workdir, self.s, self.data, self.ckpt = cfg, workdir, s, data, ckpt
+    self.cfg, self.workdir, self.s, self.step_fn, self.data, self.ckpt = cfg, workdir, s, step_fn, data, ckpt
     self.guard, self.preemption, self.suite, self.writer = guard, preemption, suite, writer
-    self.pending: tuple[int, dict] | None = None   # (step, device metrics) to log
+    self.pending: tuple[int, dict, dict] | None = None   # (step, device metrics, host facts) to log
     self.unchecked: tuple[int, jax.Array] | None = None  # (step, device `finite` flag) not yet read
+    self.data_seconds = 0.0  # time spent waiting for batches
+
+  def next_batch(self) -> dict:
+    start = time.perf_counter()
+    batch = next(self.data)
+    self.data_seconds += time.perf_counter() - start
+    return batch
 
   def run(self, state: TrainState, start: int, last: int) -> dict:
     cfg = self.cfg
-    step_fn = compile_train_step(cfg, self.s)
     preempted = False
     for step in range(start + 1, last + 1):
-      state, step_metrics = step_fn(state, next(self.data))
+      batch = self.next_batch()
+      logged = step % cfg.log_every == 0 or step in (start + 1, last)
+      # What the data pipeline says now describes the batches up to this step's (not the next one's).
+      host = {"extra": self.data.stats(), "at": time.time(), "data_seconds": self.data_seconds} if logged else {}
+      state, step_metrics = self.step_fn(state, batch)
       self.check_finite()
       self.flush_log()
       self.unchecked = (step, step_metrics["finite"])
-      if step % cfg.log_every == 0 or step in (start + 1, last):
-        self.pending = (step, step_metrics)
+      if logged:
+        self.pending = (step, step_metrics, host)
       preempted = self.preemption.reached(step)
       if preempted or step % cfg.ckpt_every == 0 or step == last:
         self.save(step, state)  # never the step after a non-finite one under `halt`
@@ -179,10 +238,10 @@ class Loop:
         break
     self.check_finite()
     self.flush_log()
-    summary = self.writer.summary()
+    finished = not preempted and last == cfg.total_steps
+    summary = self.writer.summary(None if finished else self.why() if preempted else "stop_after")
     self.writer.close()
-    return {**summary, "finished": not preempted and last == cfg.total_steps, "preempted": preempted,
-            "interrupted": self.preemption.interrupted}
+    return {**summary, "finished": finished, "preempted": preempted, "interrupted": self.preemption.interrupted}
 
   def evaluate(self, step: int, state: TrainState, final: bool) -> bool:
     """Runs the evaluators due at `step`; False if a signal stopped them (the step is then saved)."""
@@ -210,11 +269,12 @@ class Loop:
 
   def flush_log(self) -> None:
     if self.pending is not None:
-      step, device_metrics = self.pending
+      step, device_metrics, host = self.pending
       self.pending = None
-      host = jax.device_get(device_metrics)
-      host.pop("finite")
-      self.writer.write(step, host, {**self.data.stats(), "train/skipped_steps": self.guard.skipped})
+      values = jax.device_get(device_metrics)
+      values.pop("finite")
+      self.writer.write(step, values, {**host["extra"], "train/skipped_steps": self.guard.skipped},
+                        at=host["at"], data_seconds=host["data_seconds"])
 
   def why(self) -> str:
     return "interrupted (Ctrl-C)" if self.preemption.interrupted else "preempted"

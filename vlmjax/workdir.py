@@ -1,8 +1,12 @@
 """A run's working directory: its resolved config.json, the checks before resuming in it, and
 bringing a config.json written by an older vlmjax up to date.
 
-    WORKDIR/config.json     the resolved config (`write_config`; read back by `read_config`)
-    WORKDIR/metrics.jsonl   one JSON object per logged step (`metrics.Writer`)
+    WORKDIR/config.json     the resolved config (`prepare`; read back by `read_config`); passed
+                            to `vlmjax train --config`, it relaunches the run as it was
+    WORKDIR/run.json        provenance, one entry per launch (`record_launch`): git commit and
+                            dirty flag, package versions, argv, devices, processes, start time
+    WORKDIR/log.txt         the console of every launch, appended (`console.Tee`, process 0)
+    WORKDIR/metrics.jsonl   one strict-JSON object per logged step (`metrics.Writer`)
     WORKDIR/checkpoints/    orbax steps (`checkpoint.Checkpointer`)
     WORKDIR/tb/             TensorBoard
     WORKDIR/eval/STEP.json  `vlmjax eval` results
@@ -13,8 +17,14 @@ must not change (the model, the data order), and notes the others.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
 
 import jax
 import ml_collections
@@ -126,3 +136,76 @@ def add_stored_defaults(cfg: ml_collections.ConfigDict) -> None:
     group = cfg.model[tower] if "model" in cfg and tower in cfg.model else None
     if isinstance(group, ml_collections.ConfigDict) and "width" in group and "kind" not in group:
       group.kind = kind
+
+
+PACKAGES = ("vlmjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "ml-collections",
+            "tensorflow-datasets", "array-record", "tokenizers", "sentencepiece")
+
+
+def git_state(package_dir: str) -> dict | None:
+  """{"commit", "dirty"} of the git checkout whose top level holds `package_dir` (the vlmjax source
+  of an editable install), or None: an installed package (even in a venv inside a checkout), no git."""
+  def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", package_dir, *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
+  try:
+    top = git("rev-parse", "--show-toplevel")
+    if os.path.realpath(os.path.join(top, os.path.basename(package_dir))) != os.path.realpath(package_dir):
+      return None
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return {"commit": commit, "dirty": dirty}
+
+
+def versions() -> dict[str, str | None]:
+  out = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def launch_record(argv: list[str] | None = None, resumed_from: int = 0) -> dict:
+  """What one launch ran on and with: see the module docstring (`run.json`)."""
+  devices = jax.devices()
+  return {
+      "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "argv": list(sys.argv if argv is None else argv),
+      "cwd": os.getcwd(),
+      "host": socket.gethostname(),
+      "git": git_state(os.path.dirname(os.path.abspath(__file__))),
+      "versions": versions(),
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "local_device_count": jax.local_device_count(),
+      "process_count": jax.process_count(),
+      "resumed_from_step": resumed_from,
+  }
+
+
+def record_launch(workdir: str, resumed_from: int = 0, argv: list[str] | None = None) -> dict:
+  """Appends this launch to `workdir/run.json` (process 0; written whole, then renamed into place)."""
+  record = launch_record(argv, resumed_from)
+  if jax.process_index() != 0:
+    return record
+  path = os.path.join(workdir, "run.json")
+  launches = []
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        launches = list(json.load(f)["launches"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      print(f"cannot read {path} ({one_line(e)}); starting it anew with this launch", flush=True)
+  try:
+    with open(path + ".tmp", "w") as f:
+      json.dump({"launches": launches + [record]}, f, indent=2)
+      f.write("\n")
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+  return record
