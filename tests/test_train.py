@@ -138,9 +138,12 @@ def test_sigterm_during_an_evaluation_stops_it_and_saves_that_step(micro_cfg, tm
   assert not finished  # interrupted, not waited out
   assert summary["preempted"] and not summary["finished"]
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
-  assert "preempted during the evaluation at step 3: saved step 3" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "preempted during the evaluation at step 3: saved step 3" in out
+  assert "stopped (preempted) at step 3/6: steps 0->3" in out and "done:" not in out
   summary = train.train(micro_cfg(*common), workdir)  # resumed without evaluators
   assert summary["finished"] and summary["steps"] == (3, 6)
+  assert "\ndone: steps 3->6" in capsys.readouterr().out
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all("train/loss" in r for r in rows)
 

@@ -118,10 +118,12 @@ def caption_images(ds, graphdef, params, options: dict, seed: int) -> list[str]:
   from vlmjax.evals import data, decode  # noqa: PLC0415
   data.require(ds, "caption_logits")
   options = {**options, **special_ids(ds.tokenizer)}
-  out = []
+  out, bar = [], data.counter(ds, f"captioning ({options.get('method', 'greedy')})", ds.num_examples, "images")
   for b, (images, n) in enumerate(ds.image_batches()):
     tokens = decode.jit_generate(graphdef, params, images, jax.random.fold_in(jax.random.key(seed), b), **options)
     out += [ds.tokenizer.decode(row) for row in data.gather(tokens, n)]
+    bar.update(n)
+  bar.close()
   return out
 
 

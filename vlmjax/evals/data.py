@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from vlmjax import models, sharding
+from vlmjax import models, progress, sharding
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.data import sources, tokenizers, transforms
 
@@ -171,18 +171,32 @@ def gather(x: jax.Array, n: int) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:n]
 
 
+def counter(ds: EvalSet, what: str, total: int, unit: str) -> progress.Counter:
+  """Progress of one pass over an eval set, on stderr (`vlmjax caption` prints data on stdout); a line
+  only for a pass that lasts more than a few seconds."""
+  return progress.stderr_counter(f"evals.{ds.name}: {what}", total=total, unit=unit,
+                                 primary=jax.process_index() == 0)
+
+
 def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params) -> np.ndarray:
   """L2-normalised image embeddings [num_examples, E] (float32, host)."""
   require(ds, "encode_image")
-  out = [gather(apply_model(params, x, graphdef=graphdef, method="encode_image"), n) for x, n in ds.image_batches()]
+  bar, out = counter(ds, "embedding images", ds.num_examples, "images"), []
+  for x, n in ds.image_batches():
+    out.append(gather(apply_model(params, x, graphdef=graphdef, method="encode_image"), n))
+    bar.update(n)
+  bar.close()
   return np.concatenate(out).astype(np.float32)
 
 
 def embed_texts(ds: EvalSet, graphdef: nnx.GraphDef, params, tokens_TxL: np.ndarray) -> np.ndarray:
   """L2-normalised text embeddings [T, E] (float32, host) of `ds.tokenize`d texts."""
   require(ds, "encode_text")
-  out = [gather(apply_model(params, t, graphdef=graphdef, method="encode_text"), n)
-         for t, n in ds.text_batches(tokens_TxL)]
+  bar, out = counter(ds, "embedding texts", len(tokens_TxL), "texts"), []
+  for t, n in ds.text_batches(tokens_TxL):
+    out.append(gather(apply_model(params, t, graphdef=graphdef, method="encode_text"), n))
+    bar.update(n)
+  bar.close()
   return np.concatenate(out).astype(np.float32)
 
 
