@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -154,6 +155,43 @@ def parse_value(raw: str, current: Any, key: str, where: str) -> Any:
     return raw
 
 
+def _int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Numbers a run cannot use, found before anything is built: (key, test, what a valid value is).
+# A key an older config.json lacks is not checked.
+NUMBER_RULES = (
+    ("seed", lambda v: _int(v) and v >= 0, "an int >= 0"),
+    ("ckpt_keep_every", lambda v: _int(v) and v >= 0, "an int >= 0 (0: keep only the last ckpt_keep)"),
+    ("nan_max_skips", lambda v: _int(v) and v >= 1, "an int >= 1"),
+    ("optim.lr", lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    ("optim.warmup_steps", lambda v: _int(v) and v >= 0, "an int >= 0"),
+    ("optim.end_lr_ratio", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("optim.b1", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("optim.b2", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("optim.eps", lambda v: _num(v) and v > 0, "a finite number > 0"),
+    ("optim.weight_decay", lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    ("optim.grad_clip", lambda v: _num(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    ("data.train.crop_min_scale", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("data.train.max_skip_fraction", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("data.train.num_threads", lambda v: _int(v) and v >= 1, "an int >= 1"),
+    ("data.train.prefetch", lambda v: _int(v) and v >= 0, "an int >= 0"),
+    ("data.train.shuffle_buffer", lambda v: _int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
+)
+
+
+def check_data_dir(value: str, source, key: str) -> None:
+  """`data_dir` is read by tfds: sources only; set for others it is a mistake, not silently ignored."""
+  if value and "tfds:" not in str(source):
+    raise ConfigError(f"{key}={value!r} is read by tfds: sources only, and {key.rpartition('.')[0]}.source="
+                      f"{source!r} has none; set it to '' (or use a tfds:NAME source)")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
   keys = set(flat_keys(cfg))
   for key in REQUIRED_KEYS:
@@ -162,6 +200,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for key in POSITIVE_INT_KEYS:
     if not isinstance(cfg[key], int) or cfg[key] <= 0:
       raise ConfigError(f"config key {key!r} must be a positive int, got {cfg[key]!r}")
+  for key, test, what in NUMBER_RULES:
+    if key in keys and not test(_get(cfg, key)):
+      raise ConfigError(f"{key}={_get(cfg, key)!r} must be {what}")
+  if "data.train.data_dir" in keys:
+    check_data_dir(cfg.data.train.data_dir, cfg.data.train.source, "data.train.data_dir")
   if not isinstance(cfg.eval_every, int) or cfg.eval_every < 0:
     raise ConfigError(f"eval_every={cfg.eval_every!r} must be an int >= 0 (0: evaluate at the last step only)")
   if cfg.optim.warmup_steps >= cfg.total_steps:
@@ -179,6 +222,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if "wandb" in cfg and cfg.wandb.mode not in WANDB_MODES:
     raise ConfigError(f"wandb.mode={cfg.wandb.mode!r} is unknown; valid: {', '.join(map(repr, WANDB_MODES))} "
                       f"('': wandb's default or WANDB_MODE)")
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str):
+  for part in dotted.split("."):
+    cfg = cfg[part]
+  return cfg
 
 
 def dump(cfg: ml_collections.ConfigDict, path: str) -> None:

@@ -158,15 +158,20 @@ class Writer:
         self._wandb.finish()
 
 
+def check_wandb(cfg: ml_collections.ConfigDict) -> None:
+  """With `wandb.project` set, the wandb package must be installed (checked before the workdir is made)."""
+  import importlib.util  # noqa: PLC0415
+  if cfg.project and importlib.util.find_spec("wandb") is None:
+    from vlmjax.errors import ConfigError  # noqa: PLC0415
+    raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
+                      "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)")
+
+
 def start_wandb(cfg: ml_collections.ConfigDict, workdir: str, run_config: dict):
   """A wandb run for `workdir`: the one its `wandb.json` names when resuming, else a new one
   (named `cfg.name` or the workdir's name), with the resolved config attached."""
-  try:
-    import wandb  # noqa: PLC0415 (optional)
-  except ImportError:
-    from vlmjax.errors import ConfigError  # noqa: PLC0415
-    raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
-                      "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)") from None
+  check_wandb(cfg)
+  import wandb  # noqa: PLC0415 (optional)
   path = os.path.join(workdir, "wandb.json")
   stored = {}
   if os.path.isfile(path):

@@ -29,7 +29,7 @@ from vlmjax import sharding, workdir as workdirs, xla_options
 from vlmjax.data import pipeline
 from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
-from vlmjax.train_state import Setup, TrainState, restore_or_init, setup
+from vlmjax.train_state import Setup, TrainState, check_init, restore_or_init, setup
 
 
 def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
@@ -139,6 +139,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     if cfg.batch_size % mesh.size:
       raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
     losses.check(cfg.loss)
+    metrics.check_wandb(cfg.wandb)
     guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
     with progress.Task("building the model and tracing the train step"):
       s = setup(cfg, mesh)
@@ -149,7 +150,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
                           vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
     stack.callback(data.close)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    workdirs.prepare(cfg, workdir, resuming=checkpoint.has_checkpoints(ckpt_dir))
+    resuming = checkpoint.has_checkpoints(ckpt_dir)
+    if not resuming:
+      check_init(cfg, s)
+    workdirs.prepare(cfg, workdir, resuming=resuming)
     ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
     stack.callback(ckpt.close)  # waits for the last async save
     ckpt.remove_unfinished()

@@ -43,6 +43,7 @@ class Setup(NamedTuple):
 
 def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Builds the model abstractly (no allocation) and derives the state's shardings."""
+  models.check(cfg.model)
   try:
     abstract_model = models.abstract(cfg.model)
   except ValueError as e:
@@ -91,6 +92,14 @@ def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
         s.abstract_state.params, s.state_shardings.params))
     print(f"initialised from {cfg.init_from}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
   return jax.jit(init, out_shardings=s.state_shardings)(loaded)
+
+
+def check_init(cfg: ml_collections.ConfigDict, s: Setup) -> None:
+  """`init_from` checked without loading it (its tokenizer, its tensors' names and shapes): a one-line
+  ConfigError before a fresh run touches its workdir."""
+  if cfg.init_from:
+    check_init_tokenizer(cfg)
+    convert.check_params(cfg.init_from, s.abstract_state.params)
 
 
 def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:

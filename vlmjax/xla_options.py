@@ -49,6 +49,8 @@ def parse(cfg: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
 def for_backend(cfg: ml_collections.ConfigDict) -> dict:
   """`cfg.xla_options` for this backend, checked up front on a trivial program so that a bad
   name or value is a config error rather than a failure deep inside the first step."""
+  for other in cfg.xla_options.keys():  # every platform's options are well formed, not only this one's
+    parse(cfg, other)
   platform = jax.default_backend()
   opts = parse(cfg, platform)
   if opts:

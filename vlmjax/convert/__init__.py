@@ -77,10 +77,9 @@ def save_params(out_dir: str, params: Any, meta: dict) -> str:
   return path
 
 
-def load_params(path: str, abstract_params: Any) -> Any:
-  """Restores converted params (DIR or DIR/params) onto `abstract_params` (ShapeDtypeStructs, with
-  shardings if they carry them). Shapes must match; a mismatch is a ConfigError naming the tensor."""
-  import jax
+def check_params(path: str, abstract_params: Any) -> str:
+  """The params directory of converted weights at `path` (DIR or DIR/params), checked against
+  `abstract_params` from its metadata alone: a ConfigError naming what is missing or mis-shaped."""
   import orbax.checkpoint as ocp
   from vlmjax.convert.params import flatten
   path = os.path.abspath(path)
@@ -90,12 +89,22 @@ def load_params(path: str, abstract_params: Any) -> Any:
     raise ConfigError(f"init checkpoint {path!r} does not exist (expected a `vlmjax convert --out` directory)")
   with ocp.StandardCheckpointer() as ckptr:
     stored = flatten(ckptr.metadata(path).item_metadata.tree)
-    for key, leaf in flatten(abstract_params).items():
-      if key not in stored:
-        raise ConfigError(f"init checkpoint {path!r} lacks parameter {key} {tuple(leaf.shape)}")
-      if tuple(stored[key].shape) != tuple(leaf.shape):
-        raise ConfigError(f"init checkpoint {path!r} parameter {key} is {tuple(stored[key].shape)}, "
-                          f"the config wants {tuple(leaf.shape)}")
+  for key, leaf in flatten(abstract_params).items():
+    if key not in stored:
+      raise ConfigError(f"init checkpoint {path!r} lacks parameter {key} {tuple(leaf.shape)}")
+    if tuple(stored[key].shape) != tuple(leaf.shape):
+      raise ConfigError(f"init checkpoint {path!r} parameter {key} is {tuple(stored[key].shape)}, "
+                        f"the config wants {tuple(leaf.shape)}")
+  return path
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Restores converted params (DIR or DIR/params) onto `abstract_params` (ShapeDtypeStructs, with
+  shardings if they carry them). Shapes must match; a mismatch is a ConfigError naming the tensor."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = check_params(path, abstract_params)
+  with ocp.StandardCheckpointer() as ckptr:
     target = jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), abstract_params)
     return ckptr.restore(path, target)

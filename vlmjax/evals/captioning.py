@@ -148,6 +148,9 @@ def check(where: str, ev) -> None:
     raise ConfigError(f"{where}.method={ev.method!r} is unknown; valid: {', '.join(METHODS)}")
   check_decoding(where, max_len=ev.max_len, beam_size=ev.beam_size, top_k=ev.top_k, top_p=ev.top_p,
                  temperature=ev.temperature)
+  for key, value in (("seed", ev.seed), ("length_penalty", ev.length_penalty)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+      raise ConfigError(f"{where}.{key}={value!r} is out of range; it must be >= 0")
 
 
 def check_decoding(where: str, *, max_len, beam_size, top_k, top_p, temperature, vocab_size: int | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlmjax import config
 from vlmjax.errors import ConfigError
 
 IMAGE_MODES = ("center_crop", "resize")
@@ -30,6 +31,7 @@ def check(where: str, ev: ml_collections.ConfigDict) -> None:
   if set(ev.data.keys()) != {"source", "data_dir"}:
     raise ConfigError(f"{where}.data must have exactly 'source' (e.g. synthetic:shapes:validation) and "
                       f"'data_dir', got {sorted(ev.data.keys())}")
+  config.check_data_dir(ev.data.data_dir, ev.data.source, f"{where}.data.data_dir")
   if ev.image_mode not in IMAGE_MODES:
     raise ConfigError(f"{where}.image_mode={ev.image_mode!r} is unknown; valid: {', '.join(IMAGE_MODES)}")
   if not isinstance(ev.batch_size, int) or ev.batch_size <= 0:

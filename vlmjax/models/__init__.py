@@ -15,6 +15,7 @@ from vlmjax.models.captioner import Captioner
 from vlmjax.models.coca import CoCa
 from vlmjax.models.output import Output
 from vlmjax.models.two_tower import TwoTower
+from vlmjax.errors import ConfigError
 from vlmjax.registry import Registry
 
 # Model families by `model.name`: each is built as `Family(cfg.model, rngs=rngs)` and returns an `Output`.
@@ -36,6 +37,43 @@ def _host_counter_rngs(seed: int) -> nnx.Rngs:
     if isinstance(stream, nnx.RngStream):
       stream.count.set_value(np.zeros(stream.count.shape, np.uint32))
   return rngs
+
+
+def _positive(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _finite(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Values no model can use, found before it is built: (key under `model`, test, what is valid). Keys a
+# family lacks (a two-tower model has no decoder) are skipped.
+RULES = tuple((key, _positive, "an int >= 1") for key in (
+    "image_size", "embed_dim", "vision.patch_size", "vision.width", "vision.depth", "vision.heads", "vision.mlp_dim",
+    "text.vocab_size", "text.context_length", "text.width", "text.depth", "text.heads", "text.mlp_dim",
+    "pooler.width", "pooler.n_queries", "pooler.heads", "decoder.width", "decoder.heads", "decoder.mlp_dim")) + (
+    ("decoder.depth", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
+    ("dtype", lambda v: v in DTYPES, " | ".join(DTYPES)),
+    ("param_dtype", lambda v: v in DTYPES, " | ".join(DTYPES)),
+    ("init_logit_scale", lambda v: _finite(v) and v > 0, "a finite number > 0 (the initial exp(t))"),
+    ("max_logit_scale", lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no clamp)"),
+    ("init_logit_bias", lambda v: v is None or _finite(v), "a finite number, or None for no bias"),
+)
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """A one-line ConfigError for a `model` config value in `RULES` that no model can use."""
+  for key, test, what in RULES:
+    node, found = cfg, True
+    for part in key.split("."):
+      found = isinstance(node, ml_collections.ConfigDict) and part in node
+      if not found:
+        break
+      node = node[part]
+    if found and not test(node):
+      raise ConfigError(f"model.{key}={node!r} must be {what}")
 
 
 def abstract(cfg: ml_collections.ConfigDict) -> nnx.Module:
@@ -60,4 +98,4 @@ def param_constraint(cfg: ml_collections.ConfigDict) -> Callable[[dict], dict]:
   return lambda params: {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, top)}
 
 
-__all__ = ["REGISTRY", "Output", "abstract", "build", "param_constraint"]
+__all__ = ["REGISTRY", "Output", "abstract", "build", "check", "param_constraint"]
