@@ -13,8 +13,9 @@
 # ~/bucket/RUN_DIR. The workdir must be a local path that every host shares (vlmjax writes
 # config.json, metrics.jsonl and TensorBoard files as plain files, and every host its checkpoint
 # shards), hence the mount; --rename-dir-limit lets orbax rename its temporary checkpoint
-# directories there. VLMJAX_DISTRIBUTED=1 makes vlmjax call jax.distributed.initialize(), which
-# finds the other hosts by itself (a TPU VM's environment does not say how many there are).
+# directories there (object by object, not atomically: README, "Crashes"). VLMJAX_DISTRIBUTED=1
+# makes vlmjax call jax.distributed.initialize(), which finds the other hosts by itself (a TPU
+# VM's environment does not say how many there are).
 # Data: point --config.data.train.source at gs:// tar shards. A preempted (spot) slice gets
 # SIGTERM; every host saves at the same step; re-running this script resumes.
 set -euo pipefail
