@@ -1,12 +1,14 @@
-"""Checkpoints with orbax: train state + data iterator position, async, atomic, pruned by policy.
+"""Checkpoints with orbax: train state + data iterator position, async, pruned by policy.
 
 A checkpoint at step N holds `state` (step, parameters, optimiser state, each
 array saved by the process that owns its shards) and `data` (the grain
 iterator state as JSON; with several processes, every process's own, gathered
 to the one that writes it, since each host reads its own part of the data).
-Orbax writes into a temporary directory and renames it when complete, so the
-latest visible checkpoint is always whole; a run that starts removes the
-temporary folders of saves a kill cut short (`remove_unfinished`).
+Orbax writes into a temporary directory and renames it when complete, so on a
+local disk or POSIX filesystem (where a rename is atomic) the latest visible
+checkpoint is always whole; on gcsfuse the rename copies object by object (see
+README, "Crashes"). A run that starts removes the temporary folders of saves a
+kill cut short (`remove_unfinished`).
 """
 
 from __future__ import annotations
