@@ -72,3 +72,22 @@ def test_a_failed_checkpoint_save_stops_the_run_with_one_line_soon(tmp_path):
   assert len(ours) == 1 and "failed: NotADirectoryError" in ours[0], proc.stderr[-2000:]
   assert time.time() - start < 150  # not orbax's 300 s signal timeouts
   assert "step      6/6" not in proc.stdout  # stopped at the save after the failed one
+
+
+def test_a_runs_config_json_relaunches_it_as_it_was(tmp_path, capsys):
+  """`vlmjax train --config RUN/config.json` trains what RUN trained: same resolved config, same
+  losses; a JSON that is not a run's config is one line."""
+  from vlmjax import cli
+  first, again = tmp_path / "first", tmp_path / "again"
+  overrides = [f"--config.{k}={v}" for k, v in MICRO] + ["--config.log_every=1"]
+  assert cli.main(["train", "--config", os.path.join(ROOT, "configs/coca_tiny.py:steps=3,evals=0"), "--workdir", str(first),
+                   *overrides]) == 0
+  assert cli.main(["train", "--config", str(first / "config.json"), "--workdir", str(again)]) == 0
+  assert (first / "config.json").read_text() == (again / "config.json").read_text()
+  losses = [[json.loads(line)["train/loss"] for line in open(w / "metrics.jsonl")] for w in (first, again)]
+  assert losses[0] == losses[1] and len(losses[0]) == 3
+  (tmp_path / "other.json").write_text('{"a": 1}')
+  capsys.readouterr()
+  assert cli.main(["train", "--config", str(tmp_path / "other.json"), "--workdir", str(tmp_path / "x")]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"vlmjax: error: {tmp_path / 'other.json'} is not a vlmjax config.json (a run's resolved config, with a 'model' group)"]

@@ -12,12 +12,13 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
 
-from vlmjax import distributed
+from vlmjax import console, distributed
 from vlmjax.errors import ConfigError, UserError
 
 _COMMAND_MODULES = (
@@ -51,9 +52,19 @@ PREEMPTED = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTER
 INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 
 
+def load_train_config(spec: str, overrides):
+  """`FILE.py[:ARG]`, or a run's resolved `config.json` (relaunching it as it was, brought up to date
+  as `vlmjax eval` reads it), with the overrides applied and validated."""
+  from vlmjax import config  # noqa: PLC0415
+  if spec.endswith(".json"):
+    from vlmjax.evals import commands as eval_commands  # noqa: PLC0415
+    return eval_commands.load_config_file(spec, overrides)
+  return config.load(spec, overrides)
+
+
 def _train(args, overrides) -> int:
-  from vlmjax import checkpoint, config, train  # jax imports are slow; keep `--help` fast
-  cfg = config.load(args.config, overrides)
+  from vlmjax import checkpoint, train  # jax imports are slow; keep `--help` fast
+  cfg = load_train_config(args.config, overrides)
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   try:
     summary = train.train(cfg, args.workdir)
@@ -114,16 +125,18 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  try:
-    if extra and not getattr(args, "takes_overrides", False):
-      raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-    return args.run(args, split_overrides(extra))
-  except UserError as e:
-    sys.stderr.write(f"vlmjax: error: {e}\n")
-    return 2
-  except KeyboardInterrupt:
-    sys.stderr.write("vlmjax: interrupted\n")
-    return 130
+  # `train` copies its console to WORKDIR/log.txt (attached once the workdir is made), errors included
+  with console.Tee() if args.run is _train else contextlib.nullcontext():
+    try:
+      if extra and not getattr(args, "takes_overrides", False):
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+      return args.run(args, split_overrides(extra))
+    except UserError as e:
+      sys.stderr.write(f"vlmjax: error: {e}\n")
+      return 2
+    except KeyboardInterrupt:
+      sys.stderr.write("vlmjax: interrupted\n")
+      return 130
 
 
 if __name__ == "__main__":

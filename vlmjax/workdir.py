@@ -101,12 +101,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{path} does not exist; is {workdir!r} a vlmjax workdir?")
+  return read_config_file(path)
+
+
+def read_config_file(path: str) -> ml_collections.ConfigDict:
+  """A resolved config.json (any path), brought up to date; not validated."""
   try:
     with open(path) as f:
-      cfg = ml_collections.ConfigDict(json.load(f))
+      tree = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {path}: {one_line(e)}; running the training "
-                      "command on this workdir again rewrites it") from None
+                      "command on its workdir again rewrites it") from None
+  if not isinstance(tree, dict) or "model" not in tree:
+    raise ConfigError(f"{path} is not a vlmjax config.json (a run's resolved config, with a 'model' group)")
+  cfg = ml_collections.ConfigDict(tree)
   add_stored_defaults(cfg)
   return cfg
 

@@ -14,9 +14,19 @@ from vlmjax.errors import ConfigError
 def load_config(workdir: str, overrides) -> ml_collections.ConfigDict:
   """The resolved config a run wrote (brought up to date, evaluators included), with `--config.*`
   overrides applied (`evals.NAME=TYPE:SOURCE` adds an evaluator), validated."""
-  from vlmjax import config, workdir as workdirs  # noqa: PLC0415
+  from vlmjax import workdir as workdirs  # noqa: PLC0415
+  return _updated(workdirs.read_config(workdir), overrides)
+
+
+def load_config_file(path: str, overrides) -> ml_collections.ConfigDict:
+  """`load_config` for a config.json at any path (`vlmjax train --config RUN/config.json`)."""
+  from vlmjax import workdir as workdirs  # noqa: PLC0415
+  return _updated(workdirs.read_config_file(path), overrides)
+
+
+def _updated(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  from vlmjax import config  # noqa: PLC0415
   from vlmjax.evals import registry  # noqa: PLC0415
-  cfg = workdirs.read_config(workdir)
   registry.add_new_fields(cfg)
   registry.apply_overrides(cfg, overrides)
   config.validate(cfg)
