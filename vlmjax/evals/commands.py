@@ -38,7 +38,7 @@ def _updated(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.Config
 def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
   """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json`. Returns (step, metrics, path)."""
   import jax  # noqa: PLC0415
-  from vlmjax import train_state  # noqa: PLC0415
+  from vlmjax import metrics as metric_rows, train_state  # noqa: PLC0415
   from vlmjax.evals import suite  # noqa: PLC0415
   cfg = load_config(workdir, overrides)
   if not cfg.evals:
@@ -49,7 +49,7 @@ def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tup
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-      json.dump({"step": step, **metrics}, f, indent=2, sort_keys=True)
+      json.dump(metric_rows.strict({"step": step, **metrics}), f, indent=2, sort_keys=True)  # strict JSON
       f.write("\n")
   return step, metrics, path
 
