@@ -36,6 +36,20 @@ def test_wrong_type_and_missing_file_and_bad_arg():
     config.load(TINY, [("model.vision", "3")])
 
 
+def test_a_config_file_whose_code_fails_is_one_line_naming_file_and_line(tmp_path):
+  """Issue 17: an import of a missing module, or an exception inside get_config, is a ConfigError
+  naming the file, its line and the exception (exit 2 at the command line), not a traceback."""
+  (tmp_path / "imports.py").write_text("import ml_collections\nimport not_installed_pkg\n")
+  (tmp_path / "raises.py").write_text("def get_config(arg):\n  d = {}\n  return d['missing']\n")
+  with pytest.raises(config.ConfigError) as e:
+    config.load(str(tmp_path / "imports.py"))
+  assert str(e.value) == (f"config file {str(tmp_path / 'imports.py')!r} failed at line 2: "
+                          "ModuleNotFoundError: No module named 'not_installed_pkg'")
+  with pytest.raises(config.ConfigError) as e:
+    config.load(str(tmp_path / "raises.py"))
+  assert str(e.value) == f"config file {str(tmp_path / 'raises.py')!r} get_config() failed at line 3: KeyError: 'missing'"
+
+
 def test_validation():
   with pytest.raises(config.ConfigError, match="positive int"):
     config.load(TINY, [("batch_size", "0")])

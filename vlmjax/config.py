@@ -14,11 +14,12 @@ import importlib.util
 import json
 import math
 import os
+import traceback
 from typing import Any, Iterator, Sequence
 
 import ml_collections
 
-from vlmjax.errors import ConfigError
+from vlmjax.errors import ConfigError, one_line
 
 REQUIRED_KEYS = (
     "seed", "batch_size", "total_steps", "log_every", "eval_every", "ckpt_every",
@@ -38,9 +39,33 @@ def load_python_file(path: str, kind: str, function: str):
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
     raise ConfigError(f"{kind} file {path!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- the user's code: any failure is theirs to fix, in one line
+    raise code_error(path, kind, e) from None
   if not hasattr(module, function):
     raise ConfigError(f"{kind} file {path!r} defines no {function}() function")
-  return getattr(module, function)
+  fn = getattr(module, function)
+
+  def call(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except ConfigError:
+      raise
+    except Exception as e:  # noqa: BLE001
+      raise code_error(path, kind, e, f"{function}() ") from None
+  return call
+
+
+def code_error(path: str, kind: str, e: BaseException, where: str = "") -> ConfigError:
+  """A ConfigError for an exception raised by the code of a config-like file: the file, the line of
+  that file nearest the failure, and the exception."""
+  line = None
+  for frame, lineno in traceback.walk_tb(e.__traceback__):
+    if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+      line = lineno
+  at = f" at line {line}" if line else ""
+  return ConfigError(f"{kind} file {path!r} {where}failed{at}: {one_line(e)}")
 
 
 def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
