@@ -78,9 +78,12 @@ def _train(args, overrides) -> int:
     os._exit(1)
   # Stopped by SIGTERM / a preemption notice, checkpoint saved: not finished, so not 0 (a job
   # runner that retries failed jobs restarts it, and a sweep does not take it for done).
-  if summary["interrupted"]:
-    return INTERRUPTED
-  return PREEMPTED if summary["preempted"] else 0
+  code = INTERRUPTED if summary["interrupted"] else PREEMPTED if summary["preempted"] else 0
+  if summary.get("abandoned"):  # XLA still compiling in a thread: interpreter shutdown would abort on it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
 
 
 def _info(args, overrides) -> int:

@@ -160,11 +160,14 @@ class Writer:
 
 def check_wandb(cfg: ml_collections.ConfigDict) -> None:
   """With `wandb.project` set, the wandb package must be installed (checked before the workdir is made)."""
-  import importlib.util  # noqa: PLC0415
-  if cfg.project and importlib.util.find_spec("wandb") is None:
+  if not cfg.project:
+    return
+  try:
+    import wandb  # noqa: F401, PLC0415 (optional)
+  except ImportError:
     from vlmjax.errors import ConfigError  # noqa: PLC0415
     raise ConfigError(f"wandb.project={cfg.project!r} needs the wandb package: pip install wandb "
-                      "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)")
+                      "(or set --config.wandb.project= to log to metrics.jsonl and TensorBoard only)") from None
 
 
 def start_wandb(cfg: ml_collections.ConfigDict, workdir: str, run_config: dict):

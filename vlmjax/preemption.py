@@ -1,22 +1,27 @@
 """Preemption and Ctrl-C: when the train loop saves and stops.
 
 SIGTERM (a scheduler's preemption notice) and the first Ctrl-C ask the loop to save at the
-next step and exit (143 or 130); a second Ctrl-C stops at once, unsaved. With several
-processes, jax's preemption service (started by `jax.distributed`) agrees on one step.
+next step and exit (143 or 130); a second Ctrl-C stops at once, unsaved. Before the first step
+(loading, restoring, compiling) either stops the run at once: there is nothing new to save. With
+several processes, jax's preemption service (started by `jax.distributed`) agrees on one step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+from typing import Any, Callable
 
 import jax
 from jax.experimental import multihost_utils
 
 
 class Preempted(Exception):
-  """SIGTERM arrived inside `PreemptionWatcher.interruptible()`."""
+  """SIGTERM or Ctrl-C arrived inside `PreemptionWatcher.interruptible()`."""
+  is_interruption = True  # `progress.Task` reports "interrupted", not "failed"
 
 
 class PreemptionWatcher:
@@ -41,11 +46,15 @@ class PreemptionWatcher:
   def _on_signal(self, signum, frame) -> None:
     del frame
     if signum == signal.SIGINT and self._signalled:  # a second Ctrl-C: stop now, unsaved
-      raise KeyboardInterrupt
+      # At once, whatever runs: an orbax save in flight stays a temporary folder, never restored.
+      sys.stdout.flush()
+      sys.stderr.write("vlmjax: interrupted again: stopped at once; a save in progress is not kept, the last "
+                       "complete checkpoint is\n")
+      sys.stderr.flush()
+      os._exit(130)
     self._signalled = True
     self.interrupted = self.interrupted or signum == signal.SIGINT
     if self._interrupt:
-      self._interrupt = False
       raise Preempted()
 
   @contextlib.contextmanager
@@ -60,8 +69,38 @@ class PreemptionWatcher:
     self._interrupt = True
     try:
       yield
+      self.check()  # a signal whose Preempted some library code caught and dropped
     finally:
       self._interrupt = False
+
+  def check(self) -> None:
+    """Inside `interruptible()`: raises `Preempted` if a signal has come (for code between phases,
+    since library code may catch the exception the handler raised)."""
+    if self._interrupt and self._signalled:
+      raise Preempted()
+
+  def call(self, fn: Callable[[], Any]) -> Any:
+    """`fn()` run in a helper thread while this one waits in short steps, so that a signal is handled
+    within a fraction of a second even while `fn` is inside C++ (XLA compiling for minutes). Use it
+    inside `interruptible()`: a signal then raises `Preempted` here and `fn` is left to finish in the
+    background (a daemon thread: it does not hold the process's exit)."""
+    if not self._catching:
+      return fn()
+    box: dict[str, Any] = {}
+
+    def run():
+      try:
+        box["value"] = fn()
+      except BaseException as e:  # noqa: BLE001 -- handed to the waiting thread
+        box["error"] = e
+    worker = threading.Thread(target=run, name="vlmjax-startup", daemon=True)
+    worker.start()
+    while worker.is_alive():
+      worker.join(0.1)
+    self.check()
+    if "error" in box:
+      raise box["error"]
+    return box["value"]
 
   def reached(self, step: int) -> bool:
     if self.multi:

@@ -50,7 +50,8 @@ class Task:
 
   def __exit__(self, kind, value, tb) -> None:
     if self.primary:
-      outcome = "done" if kind is None else ("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+      stopped = kind is not None and (issubclass(kind, KeyboardInterrupt) or getattr(kind, "is_interruption", False))
+      outcome = "done" if kind is None else ("interrupted" if stopped else "failed")
       _say(f"{self.label}: {outcome} ({self.seconds:.1f} s)")
 
 

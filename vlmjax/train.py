@@ -135,50 +135,71 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
   """
   with contextlib.ExitStack() as stack:
     tee = console.Tee.active() or stack.enter_context(console.Tee())  # the console, for log.txt
-    mesh = sharding.make_mesh(cfg.mesh)
-    if cfg.batch_size % mesh.size:
-      raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
-    losses.check(cfg.loss)
-    metrics.check_wandb(cfg.wandb)
-    guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
-    with progress.Task("building the model and tracing the train step"):
-      s = setup(cfg, mesh)
-      lowered = lower_train_step(cfg, s)
-    suite = prepare_evaluators(cfg, mesh)  # every evaluator checked, its data read, before anything trains
-    data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
-                          image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
-                          vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
-    stack.callback(data.close)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    resuming = checkpoint.has_checkpoints(ckpt_dir)
-    if not resuming:
-      check_init(cfg, s)
-    workdirs.prepare(cfg, workdir, resuming=resuming)
-    ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
-    stack.callback(ckpt.close)  # waits for the last async save
-    ckpt.remove_unfinished()
-    latest = ckpt.latest_step() or 0
-    if jax.process_index() == 0:
-      tee.attach(os.path.join(workdir, "log.txt"), header=" ".join(sys.argv))
-    workdirs.record_launch(workdir, resumed_from=latest)
-    if latest >= cfg.total_steps:
-      print(f"run in {workdir} already finished at step {latest} (total_steps={cfg.total_steps}); nothing to do")
-      return {"steps": (latest, latest), "finished": True, "preempted": False, "interrupted": False}
-    preemption = PreemptionWatcher()
+    preemption = PreemptionWatcher()  # before the first step, a signal stops the run at once
     stack.callback(preemption.close)
-    with progress.Task(f"restoring step {latest} from {ckpt_dir}" if latest else "initialising the parameters"):
-      state = restore_or_init(cfg, s, ckpt, data)
-    start = int(state.step)
-    if start:
-      print(f"resuming from step {start} in {workdir}")
-    with progress.Task("compiling the train step"):
-      step_fn = lowered.compile()
-      flops, peak = model_flops(cfg)
-    writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start,
-                            wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()),
-                            flops_per_step=flops, peak_flops=peak)
-    loop = Loop(cfg, workdir, s, step_fn, data, ckpt, guard, preemption, suite, writer)
+    try:
+      with preemption.interruptible():
+        started = start_run(cfg, workdir, stack, tee, preemption)
+    except Preempted:
+      why = "interrupted (Ctrl-C)" if preemption.interrupted else "preempted"
+      print(f"{why} before the first step: stopped; nothing new to save", flush=True)
+      # `abandoned`: a restore or compile may still run in C++ threads (XLA's, orbax's), which abort the
+      # interpreter's shutdown; `vlmjax train` ends the process with os._exit instead
+      return {"steps": (0, 0), "finished": False, "preempted": True, "interrupted": preemption.interrupted,
+              "abandoned": True}
+    if isinstance(started, dict):  # nothing to do
+      return started
+    loop, state, start = started
     return loop.run(state, start, min(cfg.total_steps, stop_after or cfg.total_steps))
+
+
+def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.ExitStack, tee: console.Tee,
+              preemption: PreemptionWatcher):
+  """Everything before the first step: checks on shapes, then the workdir, restore and compile.
+  Returns (loop, state, start step), or the summary of a run that has nothing left to do."""
+  mesh = sharding.make_mesh(cfg.mesh)
+  if cfg.batch_size % mesh.size:
+    raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+  losses.check(cfg.loss)
+  metrics.check_wandb(cfg.wandb)
+  guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
+  with progress.Task("building the model and tracing the train step"):
+    s = setup(cfg, mesh)
+    lowered = lower_train_step(cfg, s)
+  preemption.check()
+  suite = prepare_evaluators(cfg, mesh)  # every evaluator checked, its data read, before anything trains
+  data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
+                        image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
+                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
+  stack.callback(data.close)
+  preemption.check()
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  resuming = checkpoint.has_checkpoints(ckpt_dir)
+  if not resuming:
+    check_init(cfg, s)
+  workdirs.prepare(cfg, workdir, resuming=resuming)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
+  stack.callback(ckpt.close)  # waits for the last async save
+  ckpt.remove_unfinished()
+  latest = ckpt.latest_step() or 0
+  if jax.process_index() == 0:
+    tee.attach(os.path.join(workdir, "log.txt"), header=" ".join(sys.argv))
+  workdirs.record_launch(workdir, resumed_from=latest)
+  if latest >= cfg.total_steps:
+    print(f"run in {workdir} already finished at step {latest} (total_steps={cfg.total_steps}); nothing to do")
+    return {"steps": (latest, latest), "finished": True, "preempted": False, "interrupted": False}
+  with progress.Task(f"restoring step {latest} from {ckpt_dir}" if latest else "initialising the parameters"):
+    state = preemption.call(lambda: restore_or_init(cfg, s, ckpt, data))
+  start = int(state.step)
+  if start:
+    print(f"resuming from step {start} in {workdir}")
+  with progress.Task("compiling the train step"):
+    step_fn = preemption.call(lowered.compile)
+    flops, peak = model_flops(cfg)
+  writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start,
+                          wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()),
+                          flops_per_step=flops, peak_flops=peak)
+  return Loop(cfg, workdir, s, step_fn, data, ckpt, guard, preemption, suite, writer), state, start
 
 
 def prepare_evaluators(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Suite:
@@ -234,6 +255,7 @@ class Loop:
       if preempted or step % cfg.ckpt_every == 0 or step == last:
         self.save(step, state)  # never the step after a non-finite one under `halt`
       if preempted:
+        self.ckpt.wait()  # "saved" only once it is
         print(f"{self.why()}: saved step {step}; run the same command to resume", flush=True)
         break
       final = step == cfg.total_steps
@@ -256,6 +278,7 @@ class Loop:
     except Preempted:
       if self.unchecked is not None:  # not saved at this step yet
         self.save(step, state)
+      self.ckpt.wait()
       print(f"{self.why()} during the evaluation at step {step}: saved step {step}; run the same command to "
             f"resume, and `vlmjax eval --workdir {self.workdir} --step {step}` for that evaluation", flush=True)
       return False

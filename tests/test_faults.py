@@ -1,0 +1,45 @@
+"""Faults at awkward moments (issue 17): a signal before the first step stops the run at once."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import MICRO, ROOT
+
+
+def _train(workdir, *extra):
+  flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+  cmd = [sys.executable, "-m", "vlmjax.cli", "train", "--config", "configs/coca_tiny.py:steps=8,evals=0",
+         "--workdir", str(workdir), *[f"--config.{k}={v}" for k, v in MICRO], "--config.ckpt_every=2", *extra]
+  return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_path, sig, code):
+  workdir = tmp_path / "run"
+  first = _train(workdir)  # 8 steps, checkpoints at 2, 4, 6, 8
+  first.wait(timeout=300)
+  assert first.returncode == 0, first.stderr.read()
+  kept = sorted(os.listdir(workdir / "checkpoints"))
+  proc = _train(workdir, "--config.total_steps=12", "--config.optim.warmup_steps=2")  # resumes from step 8
+  lines = []
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    lines.append(line)
+    if line.startswith("compiling the train step ...") or not line:
+      break
+  assert lines[-1].startswith("compiling the train step ..."), "".join(lines) + proc.stderr.read()
+  proc.send_signal(sig)
+  start = time.time()
+  out, err = proc.communicate(timeout=60)
+  assert time.time() - start < 10, "the signal was not answered within seconds"
+  assert proc.returncode == code, err
+  why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "preempted"
+  assert f"{why} before the first step: stopped; nothing new to save" in out and "Traceback" not in err, (out, err)
+  assert sorted(os.listdir(workdir / "checkpoints")) == kept  # nothing lost, nothing half-written
