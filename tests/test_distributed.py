@@ -200,7 +200,7 @@ def test_nan_policies(micro_cfg, tmp_path, monkeypatch, capsys):
   # strict JSON: the non-finite values are null and named
   assert rows[3]["train/loss"] is None and "train/loss" in rows[3]["nonfinite"] and np.isfinite(rows[4]["train/loss"])
   assert "nonfinite" not in rows[4]
-  assert "step 3: non-finite loss or gradient, update skipped" in capsys.readouterr().out
+  assert "step 3: non-finite loss, gradient or updated parameters, update skipped" in capsys.readouterr().out
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int)[-1] == "6"
 
 

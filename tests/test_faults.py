@@ -43,3 +43,15 @@ def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_pa
   why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "preempted"
   assert f"{why} before the first step: stopped; nothing new to save" in out and "Traceback" not in err, (out, err)
   assert sorted(os.listdir(workdir / "checkpoints")) == kept  # nothing lost, nothing half-written
+
+
+def test_an_update_that_makes_parameters_non_finite_is_never_kept_or_saved(micro_cfg, tmp_path):
+  """lr 1e39 overflows float32: the loss and gradient of step 1 are finite, its updated parameters
+  are not. The step is dropped and halts the run at once (formerly: accepted, saved, halted a step
+  later with the poisoned parameters in the checkpoint)."""
+  from vlmjax import train
+  cfg = micro_cfg(("optim.lr", "1e39"), ("optim.warmup_steps", "0"), ("ckpt_every", "1"), ("log_every", "1"),
+                  ("nan_policy", "halt"), spec="configs/coca_tiny.py:steps=4,evals=0")
+  with pytest.raises(train.TrainingHalted, match="updated parameters at step 1 "):
+    train.train(cfg, str(tmp_path / "run"))
+  assert os.listdir(tmp_path / "run" / "checkpoints") == []

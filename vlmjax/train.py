@@ -52,14 +52,22 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = constrain(optax.apply_updates(state.params, updates))  # e.g. CLIP's logit_scale <= 100
   grad_norm = optax.tree.norm(grads)
-  # A non-finite loss or gradient drops the update (nan_policy decides what the loop does next).
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A non-finite loss, gradient, or updated parameter or optimiser state (a huge lr, say) drops the
+  # update (nan_policy decides what the loop does next): nothing non-finite is ever kept or saved.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params) & all_finite(opt_state)
   keep = lambda new, old: jnp.where(finite, new, old)
   params = jax.tree.map(keep, params, state.params)
   opt_state = jax.tree.map(keep, opt_state, state.opt_state)
   lr = schedule(optim.updates_applied(state.opt_state))  # trails state.step after skipped updates
   step_metrics = {**step_metrics, "grad_norm": grad_norm, "lr": lr, "finite": finite}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value of `tree` is finite (a scalar bool; integers, e.g. step counts, skipped)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
@@ -110,11 +118,11 @@ class NanGuard:
       self.consecutive = 0
       return
     if self.policy == "halt":
-      raise TrainingHalted(f"non-finite loss or gradient at step {step} (nan_policy=halt); "
+      raise TrainingHalted(f"non-finite loss, gradient or updated parameters at step {step} (nan_policy=halt); "
                            "nothing was saved after it, the last good checkpoint is kept")
     self.skipped += 1
     self.consecutive += 1
-    print(f"step {step}: non-finite loss or gradient, update skipped ({self.consecutive} in a row)", flush=True)
+    print(f"step {step}: non-finite loss, gradient or updated parameters, update skipped ({self.consecutive} in a row)", flush=True)
     if self.consecutive >= self.max_skips:
       raise TrainingHalted(f"{self.consecutive} non-finite steps in a row up to step {step} "
                            f"(nan_policy=skip, nan_max_skips={self.max_skips}); the last checkpoint is kept")
