@@ -55,3 +55,25 @@ def test_an_update_that_makes_parameters_non_finite_is_never_kept_or_saved(micro
   with pytest.raises(train.TrainingHalted, match="updated parameters at step 1 "):
     train.train(cfg, str(tmp_path / "run"))
   assert os.listdir(tmp_path / "run" / "checkpoints") == []
+
+
+def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys):
+  from vlmjax import cli
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vlmjax import workdir; "
+                             "lock = workdir.Lock(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+                             str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    argv = ["train", "--config", os.path.join(ROOT, "configs/coca_tiny.py:steps=2,evals=0"), "--workdir",
+            str(workdir), *[f"--config.{k}={v}" for k, v in MICRO], "--config.optim.warmup_steps=1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is in use by another run (pid {holder.pid} on " in err[0], err
+    assert sorted(os.listdir(workdir)) == ["lock.json"]  # nothing written
+  finally:
+    holder.kill()  # as kill -9: the kernel drops its lock
+    holder.wait()
+  assert cli.main(argv) == 0
+  assert os.listdir(workdir / "checkpoints") == ["2"]

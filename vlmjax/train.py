@@ -185,7 +185,9 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   resuming = checkpoint.has_checkpoints(ckpt_dir)
   if not resuming:
     check_init(cfg, s)
-  workdirs.prepare(cfg, workdir, resuming=resuming)
+  lock = workdirs.prepare(cfg, workdir, resuming=resuming)
+  if lock is not None:
+    stack.callback(lock.release)
   ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
   stack.callback(ckpt.close)  # waits for the last async save
   ckpt.remove_unfinished()

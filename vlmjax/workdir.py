@@ -6,6 +6,7 @@ bringing a config.json written by an older vlmjax up to date.
     WORKDIR/run.json        provenance, one entry per launch (`record_launch`): git commit and
                             dirty flag, package versions, argv, devices, processes, start time
     WORKDIR/log.txt         the console of every launch, appended (`console.Tee`, process 0)
+    WORKDIR/lock.json       who trains here now (`Lock`: pid, host, start time, argv), flock-ed
     WORKDIR/metrics.jsonl   one strict-JSON object per logged step (`metrics.Writer`)
     WORKDIR/checkpoints/    orbax steps (`checkpoint.Checkpointer`)
     WORKDIR/tb/             TensorBoard
@@ -33,9 +34,10 @@ from vlmjax import config
 from vlmjax.errors import ConfigError, one_line
 
 
-def prepare(cfg: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> None:
-  """Makes `workdir` (a local or mounted path), checks a resumed run's settings against its
-  config.json, and writes the resolved config there (process 0)."""
+def prepare(cfg: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> "Lock | None":
+  """Makes `workdir` (a local or mounted path), takes its lock (process 0; see `Lock`), checks a
+  resumed run's settings against its config.json, and writes the resolved config there (process 0).
+  Returns the lock, for the caller to release when the run ends."""
   if "://" in workdir:
     raise ConfigError(f"--workdir {workdir!r}: use a path on this machine or on storage every host mounts "
                       "(NFS, Lustre, a bucket through gcsfuse); config.json, metrics.jsonl and TensorBoard "
@@ -44,13 +46,65 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> 
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"cannot use --workdir {workdir!r}: {e.strerror or e}") from None
-  if resuming:
-    check_resume(cfg, workdir)
-  if jax.process_index() == 0:
+  lock = Lock(workdir) if jax.process_index() == 0 else None  # the hosts of one run: the primary's
+  try:
+    if resuming:
+      check_resume(cfg, workdir)
+    if jax.process_index() == 0:
+      try:
+        config.dump(cfg, os.path.join(workdir, "config.json"))
+      except OSError as e:
+        raise ConfigError(f"cannot write {os.path.join(workdir, 'config.json')}: {e.strerror or e}") from None
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
+
+
+class Lock:
+  """One training run per workdir: an exclusive `flock` on WORKDIR/lock.json, which names its holder.
+
+  A second `vlmjax train` on the workdir is refused in one line naming the holder (pid, host, start
+  time, command). The kernel releases the lock when its process ends, however it ends, so a dead
+  holder's lock is taken over with no stale-lock check. On a filesystem without working locks
+  across hosts (gcsfuse), only runs on one machine are kept apart.
+  """
+
+  def __init__(self, workdir: str):
+    import fcntl  # noqa: PLC0415 (POSIX)
+    self.path = os.path.join(workdir, "lock.json")
     try:
-      config.dump(cfg, os.path.join(workdir, "config.json"))
+      self.file = open(self.path, "a+")
     except OSError as e:
-      raise ConfigError(f"cannot write {os.path.join(workdir, 'config.json')}: {e.strerror or e}") from None
+      raise ConfigError(f"cannot write {self.path}: {e.strerror or e}") from None
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self.file.seek(0)
+      holder = self._holder(self.file.read())
+      self.file.close()
+      raise ConfigError(f"{workdir} is in use by another run ({holder}); wait for it to end or stop it, "
+                        "or train in another --workdir") from None
+    except OSError:  # no locks on this filesystem: go on unlocked
+      pass
+    self.file.seek(0)
+    self.file.truncate()
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+               "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, self.file)
+    self.file.flush()
+
+  @staticmethod
+  def _holder(text: str) -> str:
+    try:
+      h = json.loads(text)
+      return f"pid {h['pid']} on {h['host']} since {h['start_time']}: {' '.join(h['argv'])}"
+    except (ValueError, KeyError, TypeError):
+      return "holder unknown"
+
+  def release(self) -> None:
+    if not self.file.closed:
+      self.file.close()  # closing releases the flock; the file stays, naming the last holder
 
 
 # Settings a resumed run must share with the run that wrote its checkpoints: the model and what
