@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -62,6 +63,9 @@ def load_train_config(spec: str, overrides):
   return config.load(spec, overrides)
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not the code
+
+
 def _train(args, overrides) -> int:
   from vlmjax import checkpoint, train  # jax imports are slow; keep `--help` fast
   cfg = load_train_config(args.config, overrides)
@@ -71,6 +75,12 @@ def _train(args, overrides) -> int:
   except train.TrainingHalted as e:
     sys.stderr.write(f"vlmjax: training halted: {e}\n")
     return 3
+  except OSError as e:
+    if e.errno not in STORAGE_ERRNOS:
+      raise
+    sys.stderr.write(f"vlmjax: error: cannot write {e.filename or 'to the workdir'}: {e.strerror}; free space "
+                     "(or fix permissions) and run the same command to resume from the last checkpoint\n")
+    return 1
   except checkpoint.SaveFailed as e:  # orbax's failed writer threads would hold the exit for minutes
     sys.stderr.write(f"vlmjax: error: {e}\n")
     sys.stdout.flush()

@@ -94,5 +94,8 @@ class Tee:
 
   def close(self) -> None:
     if self.file is not None:
-      self.file.close()
+      try:
+        self.file.close()
+      except OSError:  # a full disk: what could be written was
+        pass
       self.file = None

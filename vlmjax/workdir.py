@@ -88,11 +88,15 @@ class Lock:
                         "or train in another --workdir") from None
     except OSError:  # no locks on this filesystem: go on unlocked
       pass
-    self.file.seek(0)
-    self.file.truncate()
-    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
-               "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, self.file)
-    self.file.flush()
+    try:
+      self.file.seek(0)
+      self.file.truncate()
+      json.dump({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+                 "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, self.file)
+      self.file.flush()
+    except OSError as e:  # a full disk, say
+      self.release()
+      raise ConfigError(f"cannot write {self.path}: {e.strerror or e}") from None
 
   @staticmethod
   def _holder(text: str) -> str:
@@ -104,7 +108,10 @@ class Lock:
 
   def release(self) -> None:
     if not self.file.closed:
-      self.file.close()  # closing releases the flock; the file stays, naming the last holder
+      try:
+        self.file.close()  # closing releases the flock; the file stays, naming the last holder
+      except OSError:  # its last write failed (a full disk): the descriptor is closed all the same
+        pass
 
 
 # Settings a resumed run must share with the run that wrote its checkpoints: the model and what
