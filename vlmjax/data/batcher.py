@@ -8,11 +8,19 @@ full. Its state is the parent's state plus the number of records consumed (which
 with the host index, seeds each record's random crop: hosts draw different crops)
 and the skip counters, so a restored iterator continues with exactly the next batch
 and the same statistics.
+
+Bad data stops the run with a one-line `DataError` naming the worst shards, judged as the
+records arrive (not only when a batch is complete, which may be never: a stream whose every
+image is undecodable): when more than `max_skip_fraction` of the samples seen so far were
+skipped (after `MIN_SEEN_FOR_CHECK` samples), or when `MAX_SKIPS_IN_A_ROW` samples in a row
+were skipped (`max_skip_fraction=1` included: no batch can be filled). `DecodeBatch.stop` (set
+by `pipeline.Batches.close`) ends a batch being filled, so closing never waits on a stream.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 
@@ -26,6 +34,11 @@ log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0        # at most one skip warning a minute
 MIN_SEEN_FOR_CHECK = 200   # the skip fraction is judged only after this many samples
 MAX_SHARDS_KEPT = 64       # per-shard skip counts kept in the state (the worst ones)
+MAX_SKIPS_IN_A_ROW = 100_000  # skipped samples without a good one between them: the data cannot fill a batch
+
+
+class Stopped(Exception):
+  """The iterator was closed while it was filling a batch (`DecodeBatch.stop`)."""
 
 
 class DecodeBatch(grain.IterDataset):
@@ -38,6 +51,7 @@ class DecodeBatch(grain.IterDataset):
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
     self.max_skip_fraction, self.host_index = max_skip_fraction, host_index
+    self.stop = threading.Event()  # set when the pipeline closes: a batch being filled is abandoned
 
   def __iter__(self) -> "DecodeBatchIterator":
     return DecodeBatchIterator(self._parent.__iter__(), self)
@@ -53,6 +67,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._skipped: dict[str, int] = {}
     self._shards: dict[str, int] = {}
     self._last_warning = -float("inf")
+    self._in_a_row = 0  # samples skipped since the last good one (not in the state: a guard against stalls)
 
   def get_state(self) -> dict:
     return {"parent": self._parent.get_state(), "consumed": self._consumed, "good": self._good,
@@ -83,6 +98,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     return None
 
   def _count(self, reason: str, shard: str) -> None:
+    self._in_a_row += 1
     self._skipped[reason] = self._skipped.get(reason, 0) + 1
     self._shards[shard] = self._shards.get(shard, 0) + 1
     if len(self._shards) > MAX_SHARDS_KEPT:
@@ -94,6 +110,8 @@ class DecodeBatchIterator(grain.DatasetIterator):
     texts = np.empty((ds.batch_size, ds.context_length), np.int32)
     free = list(range(ds.batch_size))  # rows still to fill; a failed record leaves its row to the next one
     while free:
+      if ds.stop.is_set():
+        raise Stopped("the data pipeline was closed")
       raws = [next(self._parent) for _ in free]
       first = self._consumed
       self._consumed += len(raws)
@@ -104,25 +122,37 @@ class DecodeBatchIterator(grain.DatasetIterator):
           self._count(skip_reason, shard)
         if reason:
           self._count(reason, raw.get("_shard", "?"))
+        elif reason is None:
+          self._in_a_row = 0
       free = [row for row, reason in zip(free, results) if reason is not None]
+      if free:  # judged as the records come: a stream of bad samples may never complete a batch
+        self._check(filled=ds.batch_size - len(free), warn=False)
     self._good += ds.batch_size
     self._check()
     return {"image": images, "text": texts}
 
-  def _check(self) -> None:
+  def _check(self, filled: int = 0, warn: bool = True) -> None:
+    """A DataError when too many samples were skipped (`filled`: good rows of the batch being filled);
+    with `warn`, a warning at most every WARN_EVERY_S while some are."""
     skipped = sum(self._skipped.values())
     if not skipped:
       return
-    seen = skipped + self._good
+    seen = skipped + self._good + filled
+    too_many = seen >= MIN_SEEN_FOR_CHECK and skipped > self._ds.max_skip_fraction * seen
+    stalled = self._in_a_row >= MAX_SKIPS_IN_A_ROW
+    now = time.monotonic()
+    if not (too_many or stalled or (warn and now - self._last_warning >= WARN_EVERY_S)):
+      return
     worst = ", ".join(f"{s} ({n})" for s, n in sorted(self._shards.items(), key=lambda kv: -kv[1])[:3])
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(self._skipped.items()))
-    if seen >= MIN_SEEN_FOR_CHECK and skipped > self._ds.max_skip_fraction * seen:
+    if too_many:
       raise DataError(f"skipped {skipped} of {seen} samples ({reasons}), more than max_skip_fraction="
                       f"{self._ds.max_skip_fraction}; worst shards: {worst}")
-    now = time.monotonic()
-    if now - self._last_warning >= WARN_EVERY_S:
-      self._last_warning = now
-      log.warning("data: skipped %d of %d samples so far (%s); worst shards: %s", skipped, seen, reasons, worst)
+    if stalled:
+      raise DataError(f"skipped {self._in_a_row} samples in a row: no batch can be filled (in all, skipped "
+                      f"{skipped} of {seen} samples: {reasons}); worst shards: {worst}")
+    self._last_warning = now
+    log.warning("data: skipped %d of %d samples so far (%s); worst shards: %s", skipped, seen, reasons, worst)
 
   def close(self) -> None:
     self._pool.shutdown(wait=True, cancel_futures=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import threading
 import weakref
 
 import grain
@@ -35,7 +36,9 @@ from vlmjax.data.shuffle import derive_seed
 from vlmjax.errors import ConfigError, DataError
 
 
-def _close_iterators(box: list) -> None:
+def _close_iterators(box: list, stop: threading.Event | None) -> None:
+  if stop is not None:
+    stop.set()  # first: a batch being filled is abandoned, so the prefetch thread's join is short
   while box:
     box.pop().close()
 
@@ -44,13 +47,14 @@ class Batches:
   """Host batches from a grain iterator, assembled into global sharded arrays.
 
   `close()` (or dropping the last reference, or the interpreter's exit) stops the prefetch and
-  decode threads and closes the open shards; the iterator is released with it. `get_state` and
+  decode threads (a batch being filled is abandoned: closing never waits on bad data) and closes
+  the open shards; the iterator is released with it. `get_state` and
   `stats` still answer after `close()`.
   """
 
-  def __init__(self, iterator, sharding: jax.sharding.Sharding):
+  def __init__(self, iterator, sharding: jax.sharding.Sharding, stop: threading.Event | None = None):
     self._box, self._sharding = [iterator], sharding  # the finalizer holds the box, never `self`
-    self._finalizer = weakref.finalize(self, _close_iterators, self._box)
+    self._finalizer = weakref.finalize(self, _close_iterators, self._box, stop)
     self._final_state: dict | None = None
 
   @property
@@ -146,6 +150,7 @@ def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, 
     raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
   ds = host_batches(data_cfg, batch_size=global_batch // count, seed=seed, image_size=image_size,
                     context_length=context_length, vocab_size=vocab_size, index=index, count=count)
+  stop = ds.stop
   ds = ds.map(functools.partial(to_global, sharding=sharding))
   ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.prefetch)
-  return Batches(iter(ds), sharding)
+  return Batches(iter(ds), sharding, stop)
