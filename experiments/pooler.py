@@ -17,7 +17,9 @@ at a time. Results: experiments/README.md.
 
 def get_sweep():
   return dict(
-      base="configs/coca_tiny.py:steps=60,batch=32",
+      # evals=0: coca_tiny's own evaluators (test split, during training) off; each run is evaluated
+      # once, after training, by `evals` below (the validation split the results were measured on).
+      base="configs/coca_tiny.py:steps=60,batch=32,evals=0",
       fixed={"log_every": 5, "ckpt_every": 30},
       grid={"model.pooler.mode": ["parallel", "cascade"]},
       labels={"model.pooler.mode": "pooler"},

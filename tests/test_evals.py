@@ -146,6 +146,11 @@ def test_eval_and_caption_commands_on_a_checkpoint(micro, tmp_path, monkeypatch)
   assert code == 0, err
   lines = out.splitlines()
   assert [line.split("\t")[0] for line in lines] == paths
+  seen = []  # without --max-len, captions may be as long as the model's text context (not cut at 32)
+  monkeypatch.setattr(decode, "jit_generate", lambda *a, max_len, **kw: seen.append(max_len) or
+                      jnp.zeros((a[2].shape[0], max_len), jnp.int32))
+  code, _, err = _cli("caption", "--workdir", str(workdir), paths[0])
+  assert code == 0 and seen == [cfg.model.text.context_length], err
   code, _, err = _cli("caption", "--workdir", str(workdir), str(workdir / "config.json"))
   assert code == 2 and "cannot decode image" in err
 

@@ -15,10 +15,17 @@ from vlmjax.errors import ConfigError, one_line
 
 def add_flags(p: argparse.ArgumentParser) -> None:
   """Flags for `jax.distributed.initialize`; not needed under SLURM, Open MPI or on TPU VMs."""
-  g = p.add_argument_group("multi-process (also JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
-  g.add_argument("--coordinator", help="host:port of process 0's coordination service")
-  g.add_argument("--num_processes", type=int)
-  g.add_argument("--process_id", type=int)
+  g = p.add_argument_group(
+      "multi-process (also JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)",
+      "The three go together. Not needed under SLURM (srun), Open MPI or GKE, which jax detects,\n"
+      "nor with `vlmjax launch local`, which passes them; on Cloud TPU VMs set VLMJAX_DISTRIBUTED=1.")
+  g.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="address of process 0's coordination service (every process passes the same)")
+  g.add_argument("--num-processes", type=int, metavar="N", help="how many processes run this command")
+  g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
+  # The spellings before dashes became the style, hidden from --help: scripts that use them keep working.
+  g.add_argument("--num_processes", type=int, dest="num_processes", help=argparse.SUPPRESS)
+  g.add_argument("--process_id", type=int, dest="process_id", help=argparse.SUPPRESS)
 
 
 def _env_int(name: str) -> int | None:
@@ -58,10 +65,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   explicit = (coordinator, num_processes, process_id)
   if any(x is not None for x in explicit):
     if any(x is None for x in explicit):
-      raise ConfigError("--coordinator, --num_processes and --process_id go together (or JAX_COORDINATOR_ADDRESS, "
+      raise ConfigError("--coordinator, --num-processes and --process-id go together (or JAX_COORDINATOR_ADDRESS, "
                         f"JAX_NUM_PROCESSES, JAX_PROCESS_ID); got {explicit}")
     if not 0 <= process_id < num_processes:
-      raise ConfigError(f"--process_id {process_id} is not in [0, {num_processes})")
+      raise ConfigError(f"--process-id {process_id} is not in [0, {num_processes})")
     if num_processes == 1:
       return False
     jax.distributed.initialize(coordinator, num_processes, process_id)
@@ -73,6 +80,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     except (ValueError, RuntimeError) as e:  # e.g. SLURM variables from salloc, but not started by srun
       why = f"the environment says {processes} processes" if processes > 1 else "VLMJAX_DISTRIBUTED=1"
       raise ConfigError(f"{why}, but jax.distributed found no cluster to join ({one_line(e)}); start each "
-                        "process with srun / mpirun, or pass --coordinator, --num_processes and --process_id") from None
+                        "process with srun / mpirun, or pass --coordinator, --num-processes and --process-id") from None
     return True
   return False

@@ -1,6 +1,6 @@
 """`vlmjax launch local -n N -- train ...`: N processes on this machine, as N hosts would be.
 
-Each process gets `--coordinator 127.0.0.1:PORT --num_processes N --process_id i` and
+Each process gets `--coordinator 127.0.0.1:PORT --num-processes N --process-id i` and
 its own fake CPU devices (`--devices-per-process`), so a multi-host run (collectives
 over 127.0.0.1, per-host data shares, every process checkpointing its shards) can be
 tested on one box. Process 0's output goes to the console; the others' to
@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 def _child_argv(command: list[str], coordinator: str, n: int, i: int) -> list[str]:
   return [sys.executable, "-m", "vlmjax.cli", *command, "--coordinator", coordinator,
-          "--num_processes", str(n), "--process_id", str(i)]
+          "--num-processes", str(n), "--process-id", str(i)]
 
 
 def exit_status(returncode: int) -> int:
@@ -178,12 +178,30 @@ def _local(args, overrides) -> int:
   return failure[1] if failure else stopper.status  # a stop asked for after a failure keeps its status
 
 
+LOCAL_EPILOG = """\
+examples:
+  vlmjax launch local -n 2 -- train --config configs/coca_tiny.py --workdir runs/two_hosts
+  vlmjax launch local -n 2 -- eval --workdir runs/two_hosts    # its evaluators, as two hosts
+  vlmjax launch local -n 2 --logs /tmp/logs -- train --config configs/coca_tiny.py --workdir runs/x \\
+      --config.batch_size=32"""
+
+
 def add_parsers(sub) -> None:
-  p = sub.add_parser("launch", help="start a multi-process run")
-  launch_sub = p.add_subparsers(dest="launcher", required=True, parser_class=type(p))
-  d = launch_sub.add_parser("local", help="N processes on this machine (CPU devices, collectives over 127.0.0.1)")
-  d.add_argument("-n", type=int, required=True, help="number of processes")
-  d.add_argument("--devices-per-process", type=int, default=2)
-  d.add_argument("--logs", default="launch-logs", help="directory for the logs of processes 1..N-1")
-  d.add_argument("command", nargs="...", help="-- train --config ... --workdir ...")
+  p = sub.add_parser("launch", help="start a multi-process run",
+                     description="Starts the processes of a multi-process run. On clusters, the scheduler does "
+                     "(srun, mpirun,\nscripts/launch_tpu_vm.sh); `launch local` tests the same run on one machine.",
+                     epilog="examples:\n  vlmjax launch local -n 2 -- train --config configs/coca_tiny.py "
+                     "--workdir runs/two_hosts")
+  launch_sub = p.add_subparsers(dest="launcher", required=True, parser_class=type(p), metavar="LAUNCHER")
+  d = launch_sub.add_parser("local", help="N processes on this machine (CPU devices, collectives over 127.0.0.1)",
+                            description="Runs a vlmjax command in N processes on this machine, as N hosts would "
+                            "(each with its own\nfake CPU devices, collectives over 127.0.0.1), passing each "
+                            "--coordinator, --num-processes and\n--process-id. Process 0 prints here; the others "
+                            "write LOGS/<i>.log. The first process to fail\nstops the others; its status is the "
+                            "launcher's.", epilog=LOCAL_EPILOG)
+  d.add_argument("-n", type=int, required=True, metavar="N", help="number of processes")
+  d.add_argument("--devices-per-process", type=int, default=2, metavar="K", help="fake CPU devices per process")
+  d.add_argument("--logs", default="launch-logs", metavar="LOGS", help="directory for the logs of processes 1..N-1")
+  d.add_argument("command", nargs="...", metavar="-- COMMAND",
+                 help="the vlmjax command each process runs, after `--`: e.g. -- train --config FILE --workdir DIR")
   d.set_defaults(run=_local)

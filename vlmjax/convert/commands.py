@@ -41,15 +41,32 @@ def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None,
   return f"hf:{target}", tok.shift
 
 
+def _load_config(spec: str, overrides):
+  """`FILE.py[:ARG]`, or a resolved config.json (a `vlmjax convert` output's, or a run's)."""
+  from vlmjax import config
+  if spec.endswith(".json"):
+    from vlmjax.evals import commands as eval_commands
+    return eval_commands.load_config_file(spec, overrides)
+  return config.load(spec, overrides)
+
+
+def _no_map(e: KeyError) -> ConfigError:
+  """A layout without a mapping (`mapping.rules`' KeyError) as one line."""
+  return ConfigError(str(e.args[0]) if e.args else f"no mapping for {e}")
+
+
 def _convert(args, overrides) -> int:
   from vlmjax import config
   import vlmjax.convert as convert
-  cfg = config.load(args.config, overrides)
+  cfg = _load_config(args.config, overrides)
   if args.reverse:
     return _reverse(args, cfg)
   abstract = _abstract_params(cfg)
   spec, offset = _tokenizer(args.tokenizer, args.checkpoint, args.out)
-  params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
+  try:
+    params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
+  except KeyError as e:
+    raise _no_map(e) from None
   path = convert.save_params(args.out, params, dict(
       source=args.source, checkpoint=os.path.abspath(args.checkpoint), config=args.config,
       overrides=[f"{k}={v}" for k, v in overrides], tokenizer=spec, vocab_offset=offset))
@@ -68,16 +85,51 @@ def _convert(args, overrides) -> int:
 def _reverse(args, cfg) -> int:
   import numpy as np
   import vlmjax.convert as convert
-  from vlmjax.convert import io, params as conv
+  from vlmjax.convert import io, mapping, params as conv
   if not args.out.endswith(".safetensors"):
     raise ConfigError(f"--reverse writes a .safetensors file; got --out {args.out!r}")
+  _check_converted(args.checkpoint)
   family = convert.export_family(args.source, cfg.model)  # the family follows from the architecture
+  try:
+    mapping.rules(family, cfg.model.name)
+  except KeyError as e:
+    raise _no_map(e) from None
   ours = convert.load_params(args.checkpoint, _abstract_params(cfg))
   offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
   state = conv.to_ref(ours, family, cfg.model, vocab_offset=offset)
   io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, args.out)
   print(f"wrote {args.out} ({len(state)} tensors, {family} names)")
   return 0
+
+
+REVERSE_READS = "--reverse reads the output directory of `vlmjax convert` (DIR with params/ and convert.json)"
+
+
+def _training_run(path: str) -> str | None:
+  """The training workdir (config.json and checkpoints/) that `path` is or lies in, if any."""
+  path = os.path.abspath(path)
+  for _ in range(4):  # WORKDIR, WORKDIR/checkpoints, .../STEP, .../STEP/state
+    if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json")):
+      return path
+    path = os.path.dirname(path)
+  return None
+
+
+def _check_converted(path: str) -> None:
+  """A one-line ConfigError unless `path` is a `vlmjax convert` output (DIR or DIR/params)."""
+  from vlmjax.convert import META, PARAMS_DIR
+  if os.path.isdir(os.path.join(path, PARAMS_DIR)) or os.path.isfile(os.path.join(os.path.dirname(
+      os.path.abspath(path)), META)):
+    return
+  run = _training_run(path)
+  if run is not None:
+    where = "is" if run == os.path.abspath(path) else f"is in {run!r},"
+    raise ConfigError(f"--checkpoint {path!r} {where} a training run (a workdir: config.json, checkpoints/); "
+                      f"exporting a training run is not supported yet: {REVERSE_READS}")
+  if not os.path.exists(path):
+    raise ConfigError(f"--checkpoint {path!r} does not exist; {REVERSE_READS}")
+  raise ConfigError(f"--checkpoint {path!r} is not a `vlmjax convert` output (it has no {PARAMS_DIR}/); "
+                    f"{REVERSE_READS}")
 
 
 def _stored_offset(path: str) -> int:
@@ -89,16 +141,39 @@ def _stored_offset(path: str) -> int:
     return int(json.load(f)["vocab_offset"])
 
 
+CONVERT_EPILOG = """\
+examples:
+  vlmjax convert --from open_clip --checkpoint ViT-B-16.safetensors --config configs/clip_b16.py \\
+      --config.model.text.vocab_size=49409 --tokenizer open_clip:bpe_simple_vocab_16e6.txt.gz \\
+      --out weights/clip_b16
+  vlmjax convert --from hf --checkpoint ./siglip-base-patch16-224 --config configs/siglip_b16.py \\
+      --out weights/siglip_b16
+  vlmjax train --config configs/clip_b16.py --workdir runs/ft --config.model.text.vocab_size=49409 \\
+      --config.init_from=weights/clip_b16 --config.data.train.tokenizer=hf:weights/clip_b16/tokenizer.json
+  vlmjax eval --workdir weights/clip_b16 --config.evals.zs=zero_shot:tfds:cifar10:test
+  vlmjax convert --from open_clip --reverse --checkpoint weights/clip_b16 --config configs/clip_b16.py \\
+      --config.model.text.vocab_size=49409 --out back.safetensors"""
+
+
 def add_parsers(sub) -> None:
-  p = sub.add_parser("convert", help="import an open_clip / Hugging Face checkpoint (or export one back)")
+  p = sub.add_parser("convert", help="import an open_clip / Hugging Face checkpoint (or export one back)",
+                     description="Converts a public checkpoint into vlmjax params (OUT/params, OUT/convert.json, "
+                     "OUT/config.json\nand the tokenizer), to train from (--config.init_from=OUT) or evaluate "
+                     "(vlmjax eval --workdir OUT);\nwith --reverse, exports such params back to the "
+                     "reference's state dict. A config that does not\nmatch the checkpoint fails naming the "
+                     "first mismatching tensor.", epilog=CONVERT_EPILOG)
   p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf"),
                  help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel directory")
-  p.add_argument("--checkpoint", required=True,
-                 help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory")
-  p.add_argument("--config", required=True, help="config file of the matching architecture, FILE[:k=v,...]")
-  p.add_argument("--out", required=True, help="output directory; with --reverse, a .safetensors file")
+  p.add_argument("--checkpoint", required=True, metavar="PATH",
+                 help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory (a "
+                 "training run's workdir cannot be exported yet)")
+  p.add_argument("--config", required=True, metavar="FILE[:k=v,...]",
+                 help="config of the matching architecture: a config file, or a resolved config.json")
+  p.add_argument("--out", required=True, metavar="PATH", help="output directory; with --reverse, a .safetensors file")
   p.add_argument("--reverse", action="store_true", help="export vlmjax params to the reference's state dict")
-  p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
+  p.add_argument("--tokenizer", default=None, metavar="SPEC", help=TOKENIZER_HELP)
   p.add_argument("--vocab-offset", type=int, choices=(0, 1), default=None,
                  help="with --reverse: pad rows to drop (default: what convert.json recorded)")
-  p.set_defaults(run=_convert, takes_overrides=True)
+  p.takes_overrides("Change the config before converting, e.g. --config.model.text.vocab_size=49409 "
+                    "(open_clip's\ntokenizer, shifted by one so 0 is padding).")
+  p.set_defaults(run=_convert)

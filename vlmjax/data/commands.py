@@ -72,33 +72,80 @@ def _convert(args, overrides) -> int:
   return 0
 
 
+SPEC_HELP = ("a data spec: tar:shards/{00000..00009}.tar, arrayrecord:DIR/*.array_record, "
+             "tfds:NAME[/CONFIG][:SPLIT], synthetic:shapes[:SPLIT] (README.md, data sources)")
+DATA_DIR_HELP = "TFDS data_dir for tfds: specs (default: TFDS's own, ~/tensorflow_datasets)"
+
+SYNTH_EPILOG = """\
+examples:
+  vlmjax data synth --out data/shapes          # data/shapes/00000.tar ... 00003.tar, 1000 each
+  vlmjax train --config configs/coca_tiny.py --workdir runs/demo \\
+      --config.data.train.source='tar:data/shapes/{00000..00003}.tar'
+  vlmjax data synth --out data/tfds --format tfds --tfds-config tiny
+      # then tfds:vlmjax_shapes/tiny:train with --config.data.train.data_dir=data/tfds"""
+
+INSPECT_EPILOG = """\
+examples:
+  vlmjax data inspect 'tar:data/shapes/{00000..00003}.tar' --num 5
+  vlmjax data inspect synthetic:shapes:validation
+  vlmjax data inspect tfds:vlmjax_shapes/tiny:train --data-dir data/tfds"""
+
+CONVERT_EPILOG = """\
+examples:
+  vlmjax data convert 'tar:data/shapes/{00000..00003}.tar' --out data/shapes_ar
+  vlmjax data convert 'tar:/data/cc3m/*.tar' --out /data/cc3m_ar --workers 16
+  vlmjax train --config configs/coca_tiny.py --workdir runs/ar \\
+      --config.data.train.source='arrayrecord:data/shapes_ar/*.array_record'"""
+
+
 def add_parsers(sub) -> None:
-  p = sub.add_parser("data", help="data tools")
-  data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=type(p))
-  d = data_sub.add_parser("synth", help="write the synthetic shapes set as img2dataset-style tar shards")
-  d.add_argument("--out", required=True)
-  d.add_argument("--num-shards", type=int, default=4)
-  d.add_argument("--samples-per-shard", type=int, default=1000)
-  d.add_argument("--image-size", type=int, default=32)
-  d.add_argument("--seed", type=int, default=0)
+  p = sub.add_parser("data", help="data tools: synth, inspect, convert",
+                     description="Tools over data sources: write the synthetic shapes set, look at a source, "
+                     "convert one\nto ArrayRecord. `vlmjax data COMMAND --help` for each.",
+                     epilog="examples:\n  vlmjax data synth --out data/shapes\n"
+                     "  vlmjax data inspect 'tar:data/shapes/{00000..00003}.tar'\n"
+                     "  vlmjax data convert 'tar:data/shapes/{00000..00003}.tar' --out data/shapes_ar")
+  data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=type(p), metavar="COMMAND")
+  d = data_sub.add_parser("synth", help="write the synthetic shapes set as img2dataset-style tar shards",
+                          description="Writes the synthetic shapes set (a coloured shape on a background, "
+                          "captioned with its\ncolour, shape and position) as tar shards OUT/00000.tar, ... "
+                          "of KEY.jpg, KEY.txt, KEY.json;\nor, with --format tfds, prepares it as a TFDS "
+                          "builder in ArrayRecord format.", epilog=SYNTH_EPILOG)
+  d.add_argument("--out", required=True, metavar="DIR", help="directory for the shards (tfds: the data_dir)")
+  d.add_argument("--num-shards", type=int, default=4, metavar="N", help="tar shards to write")
+  d.add_argument("--samples-per-shard", type=int, default=1000, metavar="M", help="examples in each shard")
+  d.add_argument("--image-size", type=int, default=32, metavar="S", help="image side in pixels")
+  d.add_argument("--seed", type=int, default=0, help="seed of the examples; the same seed writes the same set")
   d.add_argument("--format", choices=("tar", "tfds"), default="tar",
-                 help="tfds: prepare the TFDS builder vlmjax_shapes (ArrayRecord) in --out as data_dir")
-  d.add_argument("--tfds-config", choices=("default", "tiny"), default="default")
+                 help="tar: shards; tfds: prepare the TFDS builder vlmjax_shapes (ArrayRecord) with --out as its "
+                 "data_dir (sizes from --tfds-config; --num-shards, --samples-per-shard, --image-size and --seed "
+                 "do not apply)")
+  d.add_argument("--tfds-config", choices=("default", "tiny"), default="default",
+                 help="with --format tfds: default: 10k/1k/1k train/validation/test examples at 64 px; "
+                 "tiny: 64/16/16 at 32 px")
   d.set_defaults(run=_synth)
 
-  d = data_sub.add_parser("inspect", help="print decoded examples and statistics of a data spec")
-  d.add_argument("spec", help="e.g. tar:shards/{00000..00009}.tar, arrayrecord:DIR/*.array_record, tfds:NAME:SPLIT")
-  d.add_argument("--num", type=int, default=5)
-  d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
+  d = data_sub.add_parser("inspect", help="print decoded examples and statistics of a data spec",
+                          description="Reads the first --num examples of a data spec in order and prints each "
+                          "one's key,\nimage size, encoding and caption; then the source's size, the read rate, "
+                          "undecodable\nimages and the examples skipped while reading.", epilog=INSPECT_EPILOG)
+  d.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+  d.add_argument("--num", type=int, default=5, metavar="N", help="examples to print")
+  d.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
   d.set_defaults(run=_inspect)
 
   d = data_sub.add_parser("convert", help="convert a data spec (e.g. tar shards) to ArrayRecord files; "
-                         "a rerun resumes an interrupted conversion in --out")
-  d.add_argument("spec")
-  d.add_argument("--out", required=True)
-  d.add_argument("--format", default="arrayrecord")
-  d.add_argument("--per-file", type=int, default=10_000, help="examples per ArrayRecord file (at most)")
-  d.add_argument("--workers", type=int, default=None,
+                          "a rerun resumes an interrupted conversion in --out",
+                          description="Converts a data spec to ArrayRecord files (random access: exact data "
+                          "positions in\ncheckpoints, global shuffling), tar shards in parallel. Run again with "
+                          "the same\narguments, it resumes an interrupted conversion in --out.",
+                          epilog=CONVERT_EPILOG)
+  d.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+  d.add_argument("--out", required=True, metavar="DIR",
+                 help="directory for the files; train on them with arrayrecord:DIR/*.array_record")
+  d.add_argument("--format", default="arrayrecord", help="output format (only arrayrecord so far)")
+  d.add_argument("--per-file", type=int, default=10_000, metavar="N", help="examples per ArrayRecord file (at most)")
+  d.add_argument("--workers", type=int, default=None, metavar="N",
                  help="worker processes converting tar shards in parallel (default: one per CPU core)")
-  d.add_argument("--data-dir", default=None, help="TFDS data_dir for tfds: specs")
+  d.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
   d.set_defaults(run=_convert)

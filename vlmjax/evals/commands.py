@@ -78,11 +78,13 @@ def _caption(args, overrides) -> int:
   if not hasattr(models.REGISTRY.lookup(cfg.model.name), "caption_context"):
     raise ConfigError(f"vlmjax caption needs a captioning model (model.name coca or captioner); "
                       f"{args.workdir} holds a {cfg.model.name!r} model")
-  captioning.check_decoding("vlmjax caption", max_len=args.max_len, beam_size=args.beam_size, top_k=args.top_k,
+  context_length = cfg.model.text.context_length
+  max_len = context_length if args.max_len is None else args.max_len  # default: as long as the model reads
+  captioning.check_decoding("vlmjax caption", max_len=max_len, beam_size=args.beam_size, top_k=args.top_k,
                           top_p=args.top_p, temperature=args.temperature, vocab_size=cfg.model.text.vocab_size,
                           prefix="--")
-  if args.max_len > cfg.model.text.context_length:
-    raise ConfigError(f"--max-len {args.max_len} exceeds model.text.context_length={cfg.model.text.context_length}")
+  if max_len > context_length:
+    raise ConfigError(f"--max-len {max_len} exceeds model.text.context_length={context_length}")
   images, decoder = [], transforms.ImageDecoder(cfg.model.image_size, args.image_mode)
   for path in args.images:
     try:
@@ -97,7 +99,7 @@ def _caption(args, overrides) -> int:
   n, tokenizer = len(images), ctx.tokenizer
   batch = np.stack(images + [images[-1]] * (-n % data.num_shards(ctx.sharding)))
   tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, ctx.sharding), jax.random.key(args.seed),
-                               max_len=args.max_len, method=args.method, beam_size=args.beam_size,
+                               max_len=max_len, method=args.method, beam_size=args.beam_size,
                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                                length_penalty=args.length_penalty, **captioning.special_ids(tokenizer))
   for path, row in zip(args.images, data.gather(tokens, n)):
@@ -105,28 +107,63 @@ def _caption(args, overrides) -> int:
   return 0
 
 
+WORKDIR_HELP = "a training run's directory (or a `vlmjax convert` output directory: its weights as step 0)"
+EVAL_OVERRIDES_HELP = """\
+Change the run's config.json before evaluating: --config.evals.NAME.FIELD=V changes an
+evaluator (e.g. --config.evals.zero_shot.num_examples=256); --config.evals.NAME=TYPE:SOURCE
+adds one with its defaults (TYPE: zero_shot | retrieval | captioning; SOURCE: a data spec)."""
+
+EVAL_EPILOG = """\
+examples:
+  vlmjax eval --workdir runs/demo                  # every evaluator of the run, last checkpoint
+  vlmjax eval --workdir runs/demo --step 160
+  vlmjax eval --workdir runs/demo --config.evals.zs=zero_shot:synthetic:shapes:validation \\
+      --config.evals.zs.num_examples=512
+  vlmjax launch local -n 2 -- eval --workdir runs/demo   # two processes, as two hosts"""
+
+CAPTION_EPILOG = """\
+examples:
+  vlmjax caption --workdir runs/demo image1.png image2.jpg
+  vlmjax caption --workdir runs/demo image1.png --method beam --beam-size 4
+  vlmjax caption --workdir runs/demo image1.png --method sample --top-p 0.9 --temperature 0.7 --seed 1"""
+
+
 def add_parsers(sub) -> None:
   p = sub.add_parser("eval", help="run the configured evaluators on a workdir's checkpoint",
-                     description="Runs cfg.evals of DIR/config.json on a checkpoint and writes DIR/eval/STEP.json. "
-                     "--config.evals.NAME.FIELD=V changes an evaluator; --config.evals.NAME=TYPE:SOURCE adds one "
-                     "(TYPE: zero_shot | retrieval | captioning) with its defaults.")
-  p.add_argument("--workdir", required=True)
+                     description="Runs the evaluators of WORKDIR/config.json (cfg.evals) on a checkpoint and "
+                     "writes\nWORKDIR/eval/STEP.json; `vlmjax report` reads it with the run's metrics.",
+                     epilog=EVAL_EPILOG)
+  p.add_argument("--workdir", required=True, metavar="DIR", help=WORKDIR_HELP)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   distributed.add_flags(p)  # several hosts evaluate together, as they train
-  p.set_defaults(run=_eval, takes_overrides=True)
+  p.takes_overrides(EVAL_OVERRIDES_HELP)
+  p.set_defaults(run=_eval)
 
-  p = sub.add_parser("caption", help="print captions for image files, from a workdir's checkpoint")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("images", nargs="+", metavar="IMAGE")
+  p = sub.add_parser("caption", help="print captions for image files, from a workdir's checkpoint",
+                     description="Decodes a caption for each image with the checkpoint of a captioning "
+                     "model (coca,\ncaptioner) and prints `PATH<TAB>caption`, one line per image.",
+                     epilog=CAPTION_EPILOG)
+  p.add_argument("--workdir", required=True, metavar="DIR", help=WORKDIR_HELP)
+  p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  p.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
+  p.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy",
+                 help="greedy: the likeliest token each step; beam: beam search; sample: sampling "
+                 "(with --top-k, --top-p, --temperature, --seed)")
   p.add_argument("--image-mode", choices=("center_crop", "resize"), default="center_crop",
-                 help="the centred square (default, as the evaluators) or the whole image, resized")
-  p.add_argument("--max-len", type=int, default=32)
-  p.add_argument("--beam-size", type=int, default=4)
-  p.add_argument("--top-k", type=int, default=0)
-  p.add_argument("--top-p", type=float, default=1.0)
-  p.add_argument("--temperature", type=float, default=1.0)
-  p.add_argument("--length-penalty", type=float, default=1.0)
-  p.add_argument("--seed", type=int, default=0)
-  p.set_defaults(run=_caption, takes_overrides=True)
+                 help="center_crop: the centred square, as the evaluators; resize: the whole image, resized")
+  p.add_argument("--max-len", type=int, default=None, metavar="N",
+                 help="most tokens per caption (default: the model's model.text.context_length)")
+  p.add_argument("--beam-size", type=int, default=4, metavar="K", help="beams, with --method beam")
+  p.add_argument("--top-k", type=int, default=0, metavar="K",
+                 help="with --method sample: sample among the K likeliest tokens only (0: all)")
+  p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                 help="with --method sample: sample within the smallest set of tokens of probability >= P "
+                 "(1: all)")
+  p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                 help="with --method sample: divides the logits (below 1: closer to greedy)")
+  p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                 help="with --method beam: the best beam maximises log-probability / length**A")
+  p.add_argument("--seed", type=int, default=0, help="seed of --method sample")
+  p.takes_overrides("Change the run's config.json before decoding; rarely needed: e.g.\n"
+                    "--config.data.train.tokenizer=hf:PATH/tokenizer.json, the tokenizer that turns ids into text.")
+  p.set_defaults(run=_caption)
