@@ -149,3 +149,15 @@ def test_a_sweep_that_would_evaluate_twice_says_so(tmp_path, capsys):
   assert set(sweep_commands.check_configs(sweep_spec.load_sweep(str(path)))) == {"zero_shot", "retrieval", "captioning"}
   assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "w"), "--dry-run"]) == 0
   assert "runs those again besides the sweep's `evals`" in capsys.readouterr().err
+
+
+def test_the_readme_shows_train_help_as_it_is(monkeypatch, capsys):
+  """README's `vlmjax train --help` excerpt is the real output (at 80 columns)."""
+  import pathlib
+  from vlmjax import cli
+  readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+  excerpt = readme.split("`vlmjax train --help` begins:\n\n```\n", 1)[1].split("```", 1)[0]
+  monkeypatch.setenv("COLUMNS", "80")
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  assert capsys.readouterr().out.startswith(excerpt)
