@@ -17,8 +17,11 @@ def _synth(args, overrides) -> int:
     from vlmjax.data import tfds_shapes
     print(f"prepared tfds:vlmjax_shapes in {tfds_shapes.prepare(args.out, args.tfds_config)}")
     return 0
+  from vlmjax import progress
+  bar = progress.Counter(f"writing {args.out}", total=args.num_shards * args.samples_per_shard, unit="examples")
   paths = synthetic.write_tar_shards(args.out, args.num_shards, args.samples_per_shard,
-                                     image_size=args.image_size, seed=args.seed)
+                                     image_size=args.image_size, seed=args.seed, on_example=bar.update)
+  bar.close()
   print(f"wrote {len(paths)} shards x {args.samples_per_shard} samples to {args.out}")
   return 0
 
@@ -37,7 +40,10 @@ def _inspect(args, overrides) -> int:
   skips: dict[str, int] = {}
   shown = bad = 0
   start = time.perf_counter()
+  from vlmjax import progress
+  bar = progress.stderr_counter("reading", total=args.num, unit="examples")  # stdout holds the examples
   for rec in itertools.islice(records, args.num):
+    bar.update()
     for reason, _ in rec.get("_skips", ()):
       skips[reason] = skips.get(reason, 0) + 1
     if rec.get("image") is None:
@@ -51,6 +57,7 @@ def _inspect(args, overrides) -> int:
     kind = f"{len(image)} bytes" if isinstance(image, bytes) else f"array {np.asarray(image).dtype}"
     print(f"{rec['key']:<16} {size:<10} {kind:<14} {caption!r}")
     shown += 1
+  bar.close()
   elapsed = time.perf_counter() - start
   print(f"-- {src!r}")
   size = f"{len(src)} examples" if hasattr(src, "__len__") else "stream (size unknown)"

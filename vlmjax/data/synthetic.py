@@ -87,8 +87,9 @@ class ShapesSource:
 
 
 def write_tar_shards(out_dir: str, num_shards: int, samples_per_shard: int, *,
-                     image_size: int = 32, seed: int = 0) -> list[str]:
-  """Writes the shapes set as img2dataset-style tar shards (KEY.jpg, KEY.txt, KEY.json)."""
+                     image_size: int = 32, seed: int = 0, on_example=lambda: None) -> list[str]:
+  """Writes the shapes set as img2dataset-style tar shards (KEY.jpg, KEY.txt, KEY.json);
+  `on_example()` is called after each example (progress)."""
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for shard in range(num_shards):
@@ -107,6 +108,7 @@ def write_tar_shards(out_dir: str, num_shards: int, samples_per_shard: int, *,
           info = tarfile.TarInfo(name)
           info.size = len(data)
           tar.addfile(info, io.BytesIO(data))
+        on_example()
     os.replace(tmp, path)
     paths.append(path)
   return paths
