@@ -11,22 +11,46 @@ import pytest
 from conftest import MICRO, ROOT
 
 
-def _train(workdir, *extra):
-  flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-  cmd = [sys.executable, "-m", "vlmjax.cli", "train", "--config", "configs/coca_tiny.py:steps=8,evals=0",
-         "--workdir", str(workdir), *[f"--config.{k}={v}" for k, v in MICRO], "--config.ckpt_every=2", *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+SPEC = "configs/coca_tiny.py:steps=12,evals=0"
+COMMON = tuple(MICRO) + (("ckpt_every", "2"), ("log_every", "1"))
+
+
+def _losses(workdir) -> list:
+  import json
+  return [json.loads(line)["train/loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The losses of one uninterrupted 12-step run, which every resumed fault run must equal bitwise."""
+  from vlmjax import config, train
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), workdir)
+  return _losses(workdir)
+
+
+def _resume(workdir) -> list:
+  """The run resumed to its end, in-process; its losses, one per step."""
+  from vlmjax import config, train
+  assert train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir))["finished"]
+  return _losses(workdir)
+
+
+def _train(workdir):
+  """`vlmjax train` of the same run in a subprocess (the test process's 8 CPU devices, same flags)."""
+  cmd = [sys.executable, "-m", "vlmjax.cli", "train", "--config", SPEC, "--workdir", str(workdir),
+         *[f"--config.{k}={v}" for k, v in COMMON]]
+  return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_path, sig, code):
+def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_path, sig, code, reference):
+  from vlmjax import config, train
   workdir = tmp_path / "run"
-  first = _train(workdir)  # 8 steps, checkpoints at 2, 4, 6, 8
-  first.wait(timeout=300)
-  assert first.returncode == 0, first.stderr.read()
+  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir), stop_after=8)
   kept = sorted(os.listdir(workdir / "checkpoints"))
-  proc = _train(workdir, "--config.total_steps=12", "--config.optim.warmup_steps=2")  # resumes from step 8
+  proc = _train(workdir)  # resumes from step 8
   lines = []
   deadline = time.time() + 120
   while time.time() < deadline:
@@ -43,6 +67,7 @@ def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_pa
   why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "preempted"
   assert f"{why} before the first step: stopped; nothing new to save" in out and "Traceback" not in err, (out, err)
   assert sorted(os.listdir(workdir / "checkpoints")) == kept  # nothing lost, nothing half-written
+  assert _resume(workdir) == reference
 
 
 def test_an_update_that_makes_parameters_non_finite_is_never_kept_or_saved(micro_cfg, tmp_path):
@@ -57,23 +82,25 @@ def test_an_update_that_makes_parameters_non_finite_is_never_kept_or_saved(micro
   assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
-def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys):
-  from vlmjax import cli
+def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys, reference):
+  from vlmjax import cli, config, train
   workdir = tmp_path / "run"
-  workdir.mkdir()
+  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir), stop_after=4)
+  before = sorted(os.listdir(workdir))
   holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vlmjax import workdir; "
                              "lock = workdir.Lock(sys.argv[1]); print('held', flush=True); time.sleep(120)",
                              str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
-    argv = ["train", "--config", os.path.join(ROOT, "configs/coca_tiny.py:steps=2,evals=0"), "--workdir",
-            str(workdir), *[f"--config.{k}={v}" for k, v in MICRO], "--config.optim.warmup_steps=1"]
+    capsys.readouterr()
+    argv = ["train", "--config", os.path.join(ROOT, SPEC), "--workdir", str(workdir),
+            *[f"--config.{k}={v}" for k, v in COMMON]]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"is in use by another run (pid {holder.pid} on " in err[0], err
-    assert sorted(os.listdir(workdir)) == ["lock.json"]  # nothing written
+    assert sorted(os.listdir(workdir)) == before and sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   finally:
     holder.kill()  # as kill -9: the kernel drops its lock
     holder.wait()
-  assert cli.main(argv) == 0
-  assert os.listdir(workdir / "checkpoints") == ["2"]
+  assert cli.main(argv) == 0  # the dead holder's lock is free at once
+  assert _losses(workdir) == reference

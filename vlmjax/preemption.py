@@ -39,6 +39,7 @@ class PreemptionWatcher:
     self._signalled = False
     self.interrupted = False  # the stop came from Ctrl-C, not SIGTERM
     self._interrupt = False
+    self._polling = False  # inside `startup()`
     self._catching = not self.multi and threading.current_thread() is threading.main_thread()
     if self._catching:
       self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -74,16 +75,33 @@ class PreemptionWatcher:
       self._interrupt = False
 
   def check(self) -> None:
-    """Inside `interruptible()`: raises `Preempted` if a signal has come (for code between phases,
-    since library code may catch the exception the handler raised)."""
-    if self._interrupt and self._signalled:
+    """Inside `interruptible()` or `startup()`: raises `Preempted` if a signal has come (for code
+    between phases; library code may also have caught the exception the handler raised)."""
+    if (self._interrupt or self._polling) and self._signalled:
       raise Preempted()
+
+  @contextlib.contextmanager
+  def startup(self):
+    """Before the first step: a signal only sets the flag (raised from the handler, the exception
+    could land inside threading's or orbax's internals); `check()` between phases and `call`'s wait
+    (every 0.1 s) raise `Preempted` from this thread. Phases with effects on disk (the workdir's
+    files) are thus never cut in the middle, and the heavy ones, with none, go through `call`."""
+    if not self._catching:
+      yield
+      return
+    self._polling = True
+    try:
+      self.check()
+      yield
+      self.check()
+    finally:
+      self._polling = False
 
   def call(self, fn: Callable[[], Any]) -> Any:
     """`fn()` run in a helper thread while this one waits in short steps, so that a signal is handled
-    within a fraction of a second even while `fn` is inside C++ (XLA compiling for minutes). Use it
-    inside `interruptible()`: a signal then raises `Preempted` here and `fn` is left to finish in the
-    background (a daemon thread: it does not hold the process's exit)."""
+    within a fraction of a second even while `fn` is inside C++ (XLA compiling for minutes). Inside
+    `startup()`, a signal then raises `Preempted` here and `fn`, which must write nothing to disk, is
+    left to finish in the background (a daemon thread, abandoned: `vlmjax train` ends with os._exit)."""
     if not self._catching:
       return fn()
     box: dict[str, Any] = {}
@@ -97,7 +115,7 @@ class PreemptionWatcher:
     worker.start()
     while worker.is_alive():
       worker.join(0.1)
-    self.check()
+      self.check()
     if "error" in box:
       raise box["error"]
     return box["value"]

@@ -146,7 +146,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | Non
     preemption = PreemptionWatcher()  # before the first step, a signal stops the run at once
     stack.callback(preemption.close)
     try:
-      with preemption.interruptible():
+      with preemption.startup():
         started = start_run(cfg, workdir, stack, tee, preemption)
     except Preempted:
       why = "interrupted (Ctrl-C)" if preemption.interrupted else "preempted"
@@ -172,10 +172,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   with progress.Task("building the model and tracing the train step"):
-    s = setup(cfg, mesh)
-    lowered = lower_train_step(cfg, s)
-  preemption.check()
-  suite = prepare_evaluators(cfg, mesh)  # every evaluator checked, its data read, before anything trains
+    s, lowered = preemption.call(lambda: trace(cfg, mesh))
+  suite = preemption.call(lambda: prepare_evaluators(cfg, mesh))  # every evaluator checked, its data read
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
                         vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
@@ -210,6 +208,12 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
                           wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()),
                           flops_per_step=flops, peak_flops=peak)
   return Loop(cfg, workdir, s, step_fn, data, ckpt, guard, preemption, suite, writer), state, start
+
+
+def trace(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(setup, the train step lowered on shapes)."""
+  s = setup(cfg, mesh)
+  return s, lower_train_step(cfg, s)
 
 
 def prepare_evaluators(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Suite:
