@@ -111,13 +111,17 @@ class Checkpointer:
     return out["params"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Until the last save is complete; a failure of it raised as one line (`SaveFailed`)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 -- orbax re-raises the writer's error (a full disk: ValueError)
+      self._fail(e, "save (the last one)")
+    self.check()
 
   def close(self) -> None:
     if self.failed:  # waiting on a failed writer only times out
       return
-    self.manager.wait_until_finished()
-    self.check()
+    self.wait()
     self.manager.close()
 
 
