@@ -104,3 +104,26 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tm
     holder.wait()
   assert cli.main(argv) == 0  # the dead holder's lock is free at once
   assert _losses(workdir) == reference
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_whole_checkpoint(tmp_path, reference):
+  """A 10 MiB tmpfs fills up during one of the saves (checkpoints are about 3.5 MiB; which save fails
+  varies with orbax's layout): one line, exit 1, and the checkpoints before it whole and resumable."""
+  import shutil
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(disk)], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here (not root)")
+  try:
+    proc = _train(disk / "run")
+    out, err = proc.communicate(timeout=300)
+    ours = [line for line in err.splitlines() if line.startswith("vlmjax:")]
+    assert proc.returncode == 1 and len(ours) == 1 and ours[0].startswith("vlmjax: error: checkpoint "), (proc.returncode, ours, [l for l in err.splitlines() if not l.startswith(" ")][-15:])
+    assert "the last whole checkpoint is kept" in ours[0]
+    names = os.listdir(disk / "run" / "checkpoints")
+    assert any(n.endswith(".orbax-checkpoint-tmp") for n in names), names  # the save that failed, never used
+
+    shutil.copytree(disk / "run", tmp_path / "moved", ignore=shutil.ignore_patterns("*.orbax-checkpoint-tmp*"))
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+  assert _resume(tmp_path / "moved") == reference  # resumed elsewhere from the last whole one: as if nothing happened
