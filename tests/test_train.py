@@ -104,10 +104,13 @@ def test_resume_refuses_another_setup_in_one_line_and_keeps_config_json(micro_cf
   capsys.readouterr()
   summary = train.train(micro_cfg(*base, ("total_steps", "5"), ("log_every", "1")), workdir)  # may change
   assert summary["finished"] and "resuming with changed settings: " in capsys.readouterr().out
-  # A step folder that is not a whole checkpoint (a copy cut short): one line, naming it.
+  # A step folder that is not a whole checkpoint (a copy cut short): moved aside with one line, and
+  # the run resumes from the newest whole one.
   os.makedirs(os.path.join(workdir, "checkpoints", "9"))
-  with pytest.raises(errors.CheckpointError, match=r"cannot resume from .*checkpoints/9: .*remove that step's folder"):
-    train.train(micro_cfg(*base, ("total_steps", "12")), workdir)
+  summary = train.train(micro_cfg(*base, ("total_steps", "12")), workdir)
+  assert summary["finished"] and summary["steps"] == (5, 12)
+  assert "checkpoint step 9 is unreadable" in capsys.readouterr().err
+  assert [n.split("-")[0] for n in os.listdir(os.path.join(workdir, "checkpoints.corrupt"))] == ["9"]
 
 
 def test_workdir_that_is_a_file_is_a_one_line_error(micro_cfg, tmp_path):

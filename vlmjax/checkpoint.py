@@ -8,15 +8,23 @@ Orbax writes into a temporary directory and renames it when complete, so on a
 local disk or POSIX filesystem (where a rename is atomic) the latest visible
 checkpoint is always whole; on gcsfuse the rename copies object by object (see
 README, "Crashes"). A run that starts removes the temporary folders of saves a
-kill cut short (`remove_unfinished`).
+kill cut short (`remove_unfinished`). A step that cannot be read is moved aside (`set_aside`),
+never deleted. While a Checkpointer is open, what orbax and tensorstore print below our own lines
+(absl log records, tracebacks of their threads) goes to the run's log.txt only (`quiet_libraries`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import sys
+import threading
+import time
+import traceback
+import warnings
 from typing import Any
 
 import jax
@@ -26,6 +34,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from vlmjax import console
 from vlmjax.errors import CheckpointError, ConfigError, one_line
 
 
@@ -48,6 +57,7 @@ class Checkpointer:
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
     except OSError as e:
       raise CheckpointError(f"cannot keep checkpoints in {self.directory}: {e.strerror or e}") from None
+    quiet_libraries(True)
 
   def remove_unfinished(self) -> None:
     """Deletes the temporary folders of saves a kill cut short (`<step>.orbax-checkpoint-tmp-*`,
@@ -63,6 +73,28 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def steps(self) -> list[int]:
+    """The steps on disk, newest first."""
+    return sorted(self.manager.all_steps(), reverse=True)
+
+  def set_aside(self, step: int) -> str:
+    """Moves step `step`'s folder to WORKDIR/checkpoints.corrupt/<step>-<UTC time> (never deletes it) and
+    forgets it; returns the new path. A CheckpointError (one line) if it cannot be moved."""
+    source = os.path.join(self.directory, str(step))
+    aside = os.path.join(os.path.dirname(self.directory), "checkpoints.corrupt")
+    stamp = os.path.join(aside, f"{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    target, n = stamp, 1
+    while os.path.exists(target):
+      target, n = f"{stamp}.{n}", n + 1
+    try:
+      os.makedirs(aside, exist_ok=True)
+      os.rename(source, target)
+    except OSError as e:
+      raise CheckpointError(f"cannot move the unreadable checkpoint {source} to {target}: {e.strerror or e}; "
+                            "move or remove it by hand to resume from an earlier step") from None
+    self.manager.reload()
+    return target
 
   def check(self) -> None:
     """Raises, in one line, the error of a background save that failed (disk full, permissions)."""
@@ -119,10 +151,13 @@ class Checkpointer:
     self.check()
 
   def close(self) -> None:
-    if self.failed:  # waiting on a failed writer only times out
+    if self.failed:  # waiting on a failed writer only times out; it may still log (to log.txt)
       return
-    self.wait()
-    self.manager.close()
+    try:
+      self.wait()
+      self.manager.close()
+    finally:
+      quiet_libraries(False)
 
 
 def _gather_json(state: dict) -> list[dict]:
@@ -156,3 +191,92 @@ def has_checkpoints(directory: str) -> bool:
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+# Library output below our one-line messages: it goes to the run's log.txt (the active console.Tee's
+# file, held until it is attached), not the console. Orbax (and grain) log through absl's logger.
+LIBRARY_LOGGERS = ("absl", "orbax", "tensorstore", "asyncio")  # asyncio: orbax's abandoned tasks
+
+
+def _to_log_file(text: str) -> None:
+  """`text` to the active Tee's file only (log.txt); with no Tee open, to stderr as before."""
+  tee = console.Tee.active()
+  if tee is not None:
+    tee.copy(text)
+  else:
+    sys.stderr.write(text)
+
+
+class _LogFileHandler(logging.Handler):
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      _to_log_file(self.format(record) + "\n")
+    except Exception:  # noqa: BLE001 -- logging must never stop the run
+      self.handleError(record)
+
+
+def _from_libraries(tb) -> bool:
+  """Whether a traceback passes through orbax, tensorstore or asyncio's thread-safe callbacks only
+  (tensorstore's futures completing after orbax closed its event loop: `Event loop is closed`)."""
+  files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
+  return bool(files) and (any(f"{os.sep}orbax{os.sep}" in f or f"{os.sep}tensorstore{os.sep}" in f for f in files)
+                          or all(f"{os.sep}asyncio{os.sep}" in f for f in files))
+
+
+class _Quiet:
+  depth = 0
+  lock = threading.Lock()
+  handler = _LogFileHandler()
+  handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+  saved: dict = {}
+
+
+def _unraisablehook(args) -> None:  # what C code (tensorstore's callbacks) reports errors through
+  if _from_libraries(args.exc_traceback):
+    where = f"{args.err_msg or 'Exception ignored in'}: {args.object!r}\n" if args.object is not None else ""
+    _to_log_file(where + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+  else:
+    _Quiet.saved["unraisable"](args)
+
+
+def _threading_excepthook(args) -> None:
+  if _from_libraries(args.exc_traceback):
+    _to_log_file(f"exception in thread {args.thread.name if args.thread else '?'}:\n"
+                 + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+  else:
+    _Quiet.saved["threading"](args)
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+  if category is RuntimeWarning and "was never awaited" in str(message):  # orbax's coroutines, cancelled
+    _to_log_file(warnings.formatwarning(message, category, filename, lineno, line))
+  else:
+    _Quiet.saved["showwarning"](message, category, filename, lineno, file, line)
+
+
+def quiet_libraries(on: bool) -> None:
+  """Routes orbax's, absl's and tensorstore's log records, their threads' tracebacks and the warnings
+  of their abandoned coroutines to log.txt only (`on`), or back (counted: the last `off` restores)."""
+  with _Quiet.lock:
+    if not on and _Quiet.depth == 0:
+      return
+    _Quiet.depth += 1 if on else -1
+    if on and _Quiet.depth == 1:
+      _Quiet.saved = {"unraisable": sys.unraisablehook, "threading": threading.excepthook,
+                      "showwarning": warnings.showwarning, "loggers": {}}
+      for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        _Quiet.saved["loggers"][name] = logger.propagate
+        logger.addHandler(_Quiet.handler)
+        logger.propagate = False
+      sys.unraisablehook, threading.excepthook, warnings.showwarning = _unraisablehook, _threading_excepthook, _showwarning
+    elif not on and _Quiet.depth == 0:
+      for name, propagate in _Quiet.saved["loggers"].items():
+        logging.getLogger(name).removeHandler(_Quiet.handler)
+        logging.getLogger(name).propagate = propagate
+      if sys.unraisablehook is _unraisablehook:  # unless replaced since
+        sys.unraisablehook = _Quiet.saved["unraisable"]
+      if threading.excepthook is _threading_excepthook:
+        threading.excepthook = _Quiet.saved["threading"]
+      if warnings.showwarning is _showwarning:
+        warnings.showwarning = _Quiet.saved["showwarning"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -116,23 +117,79 @@ def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
 
 
 def restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.Checkpointer,
-                     data) -> TrainState:
-  """The latest checkpoint, resharded onto this run's mesh, or a fresh initialisation; the data
-  iterator `data` (`pipeline.Batches`) is moved to the checkpoint's position."""
-  step = ckpt.latest_step()
+                    data) -> TrainState:
+  """The latest checkpoint that can be read, resharded onto this run's mesh, or a fresh
+  initialisation; the data iterator `data` (`pipeline.Batches`) is moved to the checkpoint's position.
+
+  Steps that cannot be read (a truncated array file, a missing manifest) are tried newest first and
+  moved aside to WORKDIR/checkpoints.corrupt/ (never deleted) once an earlier step restores, one
+  warning line each. If none restores, they are moved aside and the run starts afresh, unless a
+  step's error says its shapes or tree differ from this run's (a setup the resume checks did not
+  catch): then one CheckpointError, nothing moved. Our own checks' UserErrors pass as they are."""
+  abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
+  steps = ckpt.steps()
+  if not steps:
+    return init_state(cfg, s)
+  if jax.process_count() > 1:
+    # A restore is collective and a damaged file may be seen by one process only: falling back would
+    # need every process to agree on each step's verdict first. Several processes: one line, as ever.
+    return _restore_step(ckpt, abstract, steps[0], data, raise_unreadable=True)
+  unreadable: list[tuple[int, str]] = []
+  for step in steps:
+    state = _restore_step(ckpt, abstract, step, data)
+    if isinstance(state, str):
+      unreadable.append((step, state))
+      continue
+    _set_aside(ckpt, unreadable, f"resuming from step {step}")
+    return state
+  if any(re.search(OTHER_SETUP, reason) for _, reason in unreadable):
+    step, reason = unreadable[0]
+    raise errors.CheckpointError(
+        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {reason}; no step "
+        f"({', '.join(str(n) for n, _ in unreadable)}) fits this run's model and optimiser: resume with the "
+        "settings they were saved with, or use a new --workdir")
+  _set_aside(ckpt, unreadable, "starting afresh")
+  return init_state(cfg, s)
+
+
+# The errors of a checkpoint that is whole but of another model or optimiser (shapes, tree structure).
+OTHER_SETUP = r"is not compatible with the stored shape|tree structures do not match|Requested shape"
+
+
+def _restore_step(ckpt: checkpoint.Checkpointer, abstract, step: int, data, *, raise_unreadable: bool = False):
+  """The state at `step` (the data iterator moved to its position), or, if it cannot be read, the
+  reason in one line (a CheckpointError with `raise_unreadable`)."""
   try:
-    restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-    if restored is None:
-      return init_state(cfg, s)
-    state, data_state = restored
+    state, data_state = ckpt.restore(abstract, step)
     data.set_state(data_state)
+    return state
   except errors.UserError:
     raise
-  except Exception as e:  # noqa: BLE001 -- orbax and grain raise many types; the user needs one line
-    raise errors.CheckpointError(
-        f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {errors.one_line(e)}; "
-        "remove that step's folder to resume from an earlier one, or use a new --workdir") from None
-  return state
+  except Exception as e:  # noqa: BLE001 -- orbax, tensorstore and grain raise many types; one line
+    reason = _reason(e, os.path.join(ckpt.directory, str(step)))
+  if raise_unreadable:
+    raise errors.CheckpointError(_cannot_resume(ckpt, step, reason))
+  return reason
+
+
+def _cannot_resume(ckpt: checkpoint.Checkpointer, step: int, reason: str) -> str:
+  return (f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {reason}; "
+          "remove that step's folder to resume from an earlier one, or use a new --workdir")
+
+
+def _reason(e: Exception, folder: str) -> str:
+  """A library error in one short line: tensorstore's driver prefixes, its spec and the step's own
+  folder (`folder`, named by the line already) dropped."""
+  text = str(e).strip().split("\n")[0].replace(folder + os.sep, "")
+  text = re.sub(r'Error opening "\w+" driver: | in OCDBT database at local file "[^"]*"|\s*\[tensorstore_spec.*', "", text)
+  return f"{type(e).__name__}: {text[:300]}"
+
+
+def _set_aside(ckpt: checkpoint.Checkpointer, unreadable: list[tuple[int, str]], then: str) -> None:
+  """Moves the unreadable steps aside (a run of one process: `restore_or_init`), one warning line each."""
+  for step, reason in unreadable:
+    path = ckpt.set_aside(step)
+    print(f"checkpoint step {step} is unreadable ({reason}); moved to {path}; {then}", file=sys.stderr, flush=True)
 
 
 def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
