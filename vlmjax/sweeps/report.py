@@ -127,13 +127,13 @@ def collect(workdir: str) -> list[RunResult]:
   names = run_status.name_runs({d: cfg for d, (status, cfg, _, _) in loaded.items() if status is None})
   runs = []
   for d, (status, cfg, rows, unreadable) in loaded.items():
-    total = cfg.get("total_steps")
+    total = cfg["total_steps"] if cfg else None  # a run's config.json always has it; {}: no config.json
     if status is not None:
       runs.append(RunResult(d, status["group"], status["index"], status["seed"], status["state"],
                             status.get("error"), status.get("seconds"), total, rows, unreadable, d))
       continue
     state = run_status.state_without_sweep(rows[-1]["step"] if rows else None, total)
-    runs.append(RunResult(*names[d], math.inf, cfg.get("seed"), state, None, None, total, rows, unreadable, d))
+    runs.append(RunResult(*names[d], math.inf, cfg["seed"] if cfg else None, state, None, None, total, rows, unreadable, d))
   return sorted(runs, key=lambda r: (r.index, natural_key(r.name)))
 
 
