@@ -227,3 +227,27 @@ def test_a_workdir_url_is_refused_in_one_line(micro_cfg):
   with pytest.raises(config.ConfigError, match="use a path on this machine or on storage every host mounts"):
     train.train(micro_cfg(), "gs://bucket/run1")
   assert not os.path.exists("gs:")
+
+
+def test_two_processes_agree_to_fall_back_from_an_unreadable_checkpoint(tmp_path):
+  """Parameters sharded over both processes (FSDP). Step 4's merged data file is cut short: the processes
+  agree the step is unreadable (`train_state._agreed`: a step counts as read only where every process
+  read it), it is moved aside with one warning line, and both resume from step 2, redoing steps 3-4 bit
+  for bit. (Here both processes read the whole file; a failure on one process only cannot be staged.)"""
+  args = ("launch", "local", "-n", "2", "--devices-per-process", "2", "--logs", str(tmp_path / "logs"), "--",
+          "train", "--config", "configs/coca_tiny.py:steps=4,evals=0", "--workdir", str(tmp_path / "run"),
+          *_overrides(("ckpt_every", "2"), ("log_every", "1"), ("mesh.data", "1"), ("mesh.fsdp", "4")))
+  first = subprocess.run(_cli(*args), cwd=ROOT, env=_env(2), capture_output=True, text=True)
+  assert first.returncode == 0, first.stdout + first.stderr
+  before = _losses(tmp_path / "run")
+  folder = tmp_path / "run" / "checkpoints" / "4" / "state" / "d"
+  biggest = max(folder.iterdir(), key=lambda p: p.stat().st_size)
+  os.truncate(biggest, biggest.stat().st_size // 3)
+  again = subprocess.run(_cli(*args), cwd=ROOT, env=_env(2), capture_output=True, text=True)
+  out = again.stdout + again.stderr
+  assert again.returncode == 0, out
+  warnings = [line for line in out.splitlines() if line.startswith("checkpoint step 4 is unreadable")]
+  assert len(warnings) == 1 and "resuming from step 2" in warnings[0] and "TensorStore details" not in warnings[0], out
+  assert [p.name.split("-")[0] for p in (tmp_path / "run" / "checkpoints.corrupt").iterdir()] == ["4"]
+  assert _losses(tmp_path / "run") == before
+  assert [x["resumed_from_step"] for x in json.load(open(tmp_path / "run" / "run.json"))["launches"]] == [0, 2]

@@ -127,3 +127,46 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_whole_checkpoi
   finally:
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
   assert _resume(tmp_path / "moved") == reference  # resumed elsewhere from the last whole one: as if nothing happened
+
+
+def test_sigterm_while_waiting_for_a_batch_saves_the_last_step_and_resumes_exactly(tmp_path, monkeypatch, capsys,
+                                                                                   reference):
+  """The batch of step 6 never comes (a stalled store): SIGTERM stops the wait at once, step 5 (not a
+  checkpoint step) is saved at the data's position before the wait, and the resumed run equals the
+  uninterrupted one bitwise."""
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signals are handled in the main thread")
+  from vlmjax import config, train
+  from vlmjax.data import pipeline
+  workdir = tmp_path / "run"
+  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir), stop_after=4)
+  build = pipeline.build
+
+  class Stalls:
+    """The real batches, except that the second fetch waits up to 60 s (for a signal)."""
+
+    def __init__(self, batches):
+      self.batches, self.fetched = batches, 0
+
+    def __next__(self):
+      self.fetched += 1
+      if self.fetched == 2:
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        for _ in range(600):
+          time.sleep(0.1)
+      return next(self.batches)
+
+    def __getattr__(self, name):
+      return getattr(self.batches, name)
+
+  monkeypatch.setattr(pipeline, "build", lambda *a, **k: Stalls(build(*a, **k)))
+  capsys.readouterr()
+  start = time.monotonic()
+  summary = train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir))
+  assert time.monotonic() - start < 60, "the signal was not answered while waiting"
+  assert summary["preempted"] and not summary["finished"]
+  assert "preempted while waiting for data: saved step 5" in capsys.readouterr().out
+  assert sorted(os.listdir(workdir / "checkpoints"), key=int) == ["2", "4", "5"]
+  monkeypatch.setattr(pipeline, "build", build)
+  assert _resume(workdir) == reference

@@ -80,19 +80,25 @@ class Checkpointer:
 
   def set_aside(self, step: int) -> str:
     """Moves step `step`'s folder to WORKDIR/checkpoints.corrupt/<step>-<UTC time> (never deletes it) and
-    forgets it; returns the new path. A CheckpointError (one line) if it cannot be moved."""
+    forgets it; returns the new path. A CheckpointError (one line) if it cannot be moved. With several
+    processes, every one calls it: the primary moves the folder, all then agree on the outcome."""
     source = os.path.join(self.directory, str(step))
     aside = os.path.join(os.path.dirname(self.directory), "checkpoints.corrupt")
     stamp = os.path.join(aside, f"{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    target, n = stamp, 1
-    while os.path.exists(target):
-      target, n = f"{stamp}.{n}", n + 1
-    try:
-      os.makedirs(aside, exist_ok=True)
-      os.rename(source, target)
-    except OSError as e:
-      raise CheckpointError(f"cannot move the unreadable checkpoint {source} to {target}: {e.strerror or e}; "
-                            "move or remove it by hand to resume from an earlier step") from None
+    target, n, error = stamp, 1, ""
+    if jax.process_index() == 0:
+      while os.path.exists(target):
+        target, n = f"{stamp}.{n}", n + 1
+      try:
+        os.makedirs(aside, exist_ok=True)
+        os.rename(source, target)
+      except OSError as e:
+        error = f"cannot move the unreadable checkpoint {source} to {target}: {e.strerror or e}"
+    if jax.process_count() > 1:
+      failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+      error = error or (f"the primary process could not move the unreadable checkpoint {source}" if failed else "")
+    if error:
+      raise CheckpointError(f"{error}; move or remove it by hand to resume from an earlier step")
     self.manager.reload()
     return target
 

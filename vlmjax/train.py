@@ -192,13 +192,14 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   latest = ckpt.latest_step() or 0
   if jax.process_index() == 0:
     tee.attach(os.path.join(workdir, "log.txt"), header=" ".join(sys.argv))
-  workdirs.record_launch(workdir, resumed_from=latest)
-  if latest >= cfg.total_steps:
-    print(f"run in {workdir} already finished at step {latest} (total_steps={cfg.total_steps}); nothing to do")
-    return {"steps": (latest, latest), "finished": True, "preempted": False, "interrupted": False}
+  # `latest` is what is tried first: an unreadable step is set aside and an earlier one restored
   with progress.Task(f"restoring step {latest} from {ckpt_dir}" if latest else "initialising the parameters"):
     state = preemption.call(lambda: restore_or_init(cfg, s, ckpt, data))
   start = int(state.step)
+  workdirs.record_launch(workdir, resumed_from=start)
+  if start >= cfg.total_steps:
+    print(f"run in {workdir} already finished at step {start} (total_steps={cfg.total_steps}); nothing to do")
+    return {"steps": (start, start), "finished": True, "preempted": False, "interrupted": False}
   if start:
     print(f"resuming from step {start} in {workdir}")
   with progress.Task("compiling the train step"):
@@ -244,10 +245,12 @@ class Loop:
     self.pending: tuple[int, dict, dict] | None = None   # (step, device metrics, host facts) to log
     self.unchecked: tuple[int, jax.Array] | None = None  # (step, device `finite` flag) not yet read
     self.data_seconds = 0.0  # time spent waiting for batches
+    self.saved = -1  # the last step saved by this loop
 
   def next_batch(self) -> dict:
     start = time.perf_counter()
-    batch = next(self.data)
+    with self.preemption.interruptible():  # a batch slow to come (a stalled store) never delays a stop
+      batch = next(self.data)
     self.data_seconds += time.perf_counter() - start
     return batch
 
@@ -255,7 +258,13 @@ class Loop:
     cfg = self.cfg
     preempted = False
     for step in range(start + 1, last + 1):
-      batch = self.next_batch()
+      position = self.data.get_state()  # the data's position after step - 1 (a reference: no copy)
+      try:
+        batch = self.next_batch()
+      except Preempted:
+        self.stop_waiting(step - 1, state, position, first=start + 1)
+        preempted = True
+        break
       logged = step % cfg.log_every == 0 or step in (start + 1, last)
       # What the data pipeline says now describes the batches up to this step's (not the next one's).
       host = {"extra": self.data.stats(), "at": time.time(), "data_seconds": self.data_seconds} if logged else {}
@@ -290,7 +299,7 @@ class Loop:
       with self.preemption.interruptible():  # an evaluation may outlast the grace period before SIGKILL
         results = self.suite.run(self.s.graphdef, state.params, step=step, final=final)
     except Preempted:
-      if self.unchecked is not None:  # not saved at this step yet
+      if self.saved != step:
         self.save(step, state)
       self.ckpt.wait()
       print(f"{self.why()} during the evaluation at step {step}: saved step {step}; run the same command to "
@@ -299,9 +308,21 @@ class Loop:
     self.writer.write_evals(step, results)
     return True
 
-  def save(self, step: int, state: TrainState) -> None:
+  def stop_waiting(self, step: int, state: TrainState, position: dict, first: int) -> None:
+    """A signal came while waiting for the batch of step + 1: saves `step` at the data's `position`
+    before that wait (the wait may have moved the iterator) unless saved already."""
+    if step < first:
+      print(f"{self.why()} while waiting for the first batch: stopped; nothing new to save", flush=True)
+      return
+    if self.saved != step:
+      self.save(step, state, position)
+    self.ckpt.wait()
+    print(f"{self.why()} while waiting for data: saved step {step}; run the same command to resume", flush=True)
+
+  def save(self, step: int, state: TrainState, position: dict | None = None) -> None:
     self.check_finite()
-    self.ckpt.save(step, state, self.data.get_state())
+    self.ckpt.save(step, state, self.data.get_state() if position is None else position)
+    self.saved = step
 
   def check_finite(self) -> None:
     if self.unchecked is not None:

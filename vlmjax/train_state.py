@@ -18,8 +18,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from vlmjax import checkpoint, convert, errors, models, optim, sharding
 from vlmjax.data import tokenizers
@@ -125,18 +127,15 @@ def restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.C
   moved aside to WORKDIR/checkpoints.corrupt/ (never deleted) once an earlier step restores, one
   warning line each. If none restores, they are moved aside and the run starts afresh, unless a
   step's error says its shapes or tree differ from this run's (a setup the resume checks did not
-  catch): then one CheckpointError, nothing moved. Our own checks' UserErrors pass as they are."""
+  catch): then one CheckpointError, nothing moved. Our own checks' UserErrors pass as they are. With
+  several processes each verdict is agreed on first (`_agreed`)."""
   abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
   steps = ckpt.steps()
   if not steps:
     return init_state(cfg, s)
-  if jax.process_count() > 1:
-    # A restore is collective and a damaged file may be seen by one process only: falling back would
-    # need every process to agree on each step's verdict first. Several processes: one line, as ever.
-    return _restore_step(ckpt, abstract, steps[0], data, raise_unreadable=True)
   unreadable: list[tuple[int, str]] = []
   for step in steps:
-    state = _restore_step(ckpt, abstract, step, data)
+    state = _agreed(_restore_step(ckpt, abstract, step, data))
     if isinstance(state, str):
       unreadable.append((step, state))
       continue
@@ -152,13 +151,30 @@ def restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.C
   return init_state(cfg, s)
 
 
+def _agreed(restored):
+  """`restored` (a state, or why this process could not read it) as all processes see it: a damaged file
+  may be read by one process only, so a step counts as read only where every process read it, and a
+  state of another setup (OTHER_SETUP) on one process is one on all."""
+  if jax.process_count() == 1:
+    return restored
+  verdict = 0 if not isinstance(restored, str) else 2 if re.search(OTHER_SETUP, restored) else 1
+  verdicts = np.asarray(multihost_utils.process_allgather(np.int32(verdict))).reshape(-1)
+  if not verdicts.any():
+    return restored
+  if isinstance(restored, str):
+    return restored
+  bad = [str(i) for i, v in enumerate(verdicts) if v]
+  kind = "saved by another setup" if verdicts.max() == 2 else "unreadable"
+  return f"{kind} on process {', '.join(bad)} (its log says why)"
+
+
 # The errors of a checkpoint that is whole but of another model or optimiser (shapes, tree structure).
-OTHER_SETUP = r"is not compatible with the stored shape|tree structures do not match|Requested shape"
+OTHER_SETUP = r"is not compatible with the stored shape|tree structures do not match|Requested shape|another setup"
 
 
-def _restore_step(ckpt: checkpoint.Checkpointer, abstract, step: int, data, *, raise_unreadable: bool = False):
+def _restore_step(ckpt: checkpoint.Checkpointer, abstract, step: int, data):
   """The state at `step` (the data iterator moved to its position), or, if it cannot be read, the
-  reason in one line (a CheckpointError with `raise_unreadable`)."""
+  reason in one line."""
   try:
     state, data_state = ckpt.restore(abstract, step)
     data.set_state(data_state)
@@ -167,29 +183,23 @@ def _restore_step(ckpt: checkpoint.Checkpointer, abstract, step: int, data, *, r
     raise
   except Exception as e:  # noqa: BLE001 -- orbax, tensorstore and grain raise many types; one line
     reason = _reason(e, os.path.join(ckpt.directory, str(step)))
-  if raise_unreadable:
-    raise errors.CheckpointError(_cannot_resume(ckpt, step, reason))
   return reason
-
-
-def _cannot_resume(ckpt: checkpoint.Checkpointer, step: int, reason: str) -> str:
-  return (f"cannot resume from {os.path.join(ckpt.directory, str(step))}: {reason}; "
-          "remove that step's folder to resume from an earlier one, or use a new --workdir")
 
 
 def _reason(e: Exception, folder: str) -> str:
   """A library error in one short line: tensorstore's driver prefixes, its spec and the step's own
   folder (`folder`, named by the line already) dropped."""
   text = str(e).strip().split("\n")[0].replace(folder + os.sep, "")
-  text = re.sub(r'Error opening "\w+" driver: | in OCDBT database at local file "[^"]*"|\s*\[tensorstore_spec.*', "", text)
+  text = re.sub(r'Error opening "\w+" driver: | in OCDBT database at local file "[^"]*"|\s*\[tensorstore_spec.*|\.? See full TensorStore details.*', "", text)
   return f"{type(e).__name__}: {text[:300]}"
 
 
 def _set_aside(ckpt: checkpoint.Checkpointer, unreadable: list[tuple[int, str]], then: str) -> None:
-  """Moves the unreadable steps aside (a run of one process: `restore_or_init`), one warning line each."""
+  """Moves the unreadable steps aside (`restore_or_init`), one warning line each (the primary's)."""
   for step, reason in unreadable:
     path = ckpt.set_aside(step)
-    print(f"checkpoint step {step} is unreadable ({reason}); moved to {path}; {then}", file=sys.stderr, flush=True)
+    if jax.process_index() == 0:
+      print(f"checkpoint step {step} is unreadable ({reason}); moved to {path}; {then}", file=sys.stderr, flush=True)
 
 
 def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
