@@ -241,8 +241,9 @@ def test_cli_convert_load_and_reverse(tmp_path, capsys):
   original = io.read(os.path.join(FIX, "hf_clip"))
   again = io.read(exported)
   assert set(again) == set(original)
-  for k in original:
-    np.testing.assert_array_equal(again[k], original[k].reshape(again[k].shape), err_msg=k)
+  for k in original:  # shapes as the reference's: a 0-d logit_scale stays 0-d (formerly written as (1,))
+    assert again[k].shape == original[k].shape, (k, again[k].shape, original[k].shape)
+    np.testing.assert_array_equal(again[k], original[k], err_msg=k)
 
 
 def test_openclip_timm_tower_without_map_head_is_refused():

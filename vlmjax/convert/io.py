@@ -84,7 +84,9 @@ def hf_model_type(path: str) -> str | None:
 def write_safetensors(state: dict[str, np.ndarray], path: str) -> None:
   from safetensors.numpy import save_file
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+  # np.ascontiguousarray turns a 0-d array into shape (1,): logit_scale must stay 0-d (transformers' CLIPModel
+  # refuses a (1,) one)
+  save_file({k: np.require(v, requirements="C") for k, v in state.items()}, path)
 
 
 def find_tokenizer_json(path: str) -> str | None:
