@@ -5,7 +5,7 @@
         --tokenizer open_clip:bpe_simple_vocab_16e6.txt.gz --out ckpt/coca_l14
     vlmjax train --config configs/openclip_coca_l14.py:batch=1024,steps=10000 --workdir runs/coca_l14_ft \
         --config.model.text.vocab_size=49409 --config.init_from=ckpt/coca_l14 \
-        --config.data.train.tokenizer=hf:ckpt/coca_l14/tokenizer.json \
+        --config.data.train.tokenizer=open_clip:ckpt/coca_l14/tokenizer.json \
         --config.data.train.source='tar:/data/mscoco/{00000..00059}.tar'
 
 The vocabulary override adds the padding row that vlmjax's copy of open_clip's BPE

@@ -6,7 +6,7 @@
         --tokenizer open_clip:bpe_simple_vocab_16e6.txt.gz --out ckpt/vit_b32_openai
     vlmjax train --config configs/openclip_vit_b32.py:act=quick_gelu,batch=4096,steps=10000 \
         --workdir runs/vit_b32_ft --config.model.text.vocab_size=49409 \
-        --config.init_from=ckpt/vit_b32_openai --config.data.train.tokenizer=hf:ckpt/vit_b32_openai/tokenizer.json \
+        --config.init_from=ckpt/vit_b32_openai --config.data.train.tokenizer=open_clip:ckpt/vit_b32_openai/tokenizer.json \
         --config.data.train.source='tar:/data/laion/{00000..09999}.tar'
     # LAION weights (e.g. laion2b_s34b_b79k): act=gelu (the default), same commands.
 

@@ -6,7 +6,7 @@
         --tokenizer open_clip:bpe_simple_vocab_16e6.txt.gz --out ckpt/vit_l14_openai
     vlmjax train --config configs/openclip_vit_l14.py:act=quick_gelu,batch=4096,steps=10000 \
         --workdir runs/vit_l14_ft --config.model.text.vocab_size=49409 \
-        --config.init_from=ckpt/vit_l14_openai --config.data.train.tokenizer=hf:ckpt/vit_l14_openai/tokenizer.json \
+        --config.init_from=ckpt/vit_l14_openai --config.data.train.tokenizer=open_clip:ckpt/vit_l14_openai/tokenizer.json \
         --config.data.train.source='tar:/data/laion/{00000..09999}.tar'
     # LAION weights (e.g. laion2b_s32b_b82k): act=gelu (the default), same commands.
 

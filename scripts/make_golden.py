@@ -24,6 +24,10 @@ and writes under tests/fixtures/convert/:
             ViT-B-16-SigLIP state dict (built on the meta device; no download).
   bpe_tiny.txt.gz / bpe_tiny.npz: a made-up merges file in open_clip's BPE format and the
             ids open_clip's SimpleTokenizer gives a few texts with it (context 16).
+  openclip_clean.npz: the ids open_clip's SimpleTokenizer gives web-style captions (CLEAN_TEXTS: entities,
+            curly quotes, ligatures, fullwidth, mojibake, control characters, Greek final sigma, ...)
+            with the same merges file (context 24): its text cleaning, which vlmjax's `open_clip:`
+            tokenizer reproduces.
 
 Text rows: row 0 fills the context (no padding); row 1 is padded with 0 after its EOS.
 EOS is the largest id (open_clip CLIP pools at the argmax id).
@@ -229,10 +233,31 @@ def openclip_bpe() -> None:
   np.savez_compressed(os.path.join(OUT, "bpe_tiny.npz"), ids=ids, texts=np.array(TEXTS))
 
 
+# Web captions as they come: HTML entities (double-escaped too), curly quotes, ligatures, fullwidth, mojibake,
+# control characters, a byte-order mark, mixed scripts and emoji, Greek final sigma, runs of odd whitespace,
+# and text longer than the context (truncated with the end-of-text id kept).
+CLEAN_TEXTS = [
+    "Tom &amp; Jerry&#39;s &quot;house&quot;", "rock &amp;amp; roll", "don\u2019t \u201cquote\u201d me",
+    "the \ufb01ne \ufb02ower", "\uff21\uff22\uff23 \uff11\uff12\uff13 fullwidth", "caf\u00c3\u00a9 mojibake",
+    "tab\there\x00nul\x07bell\x1b[31mred", "\ufeffbyte order mark", "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3",
+    "\u0391\u03b8\u03ae\u03bd\u03b1 \u03ba\u03b1\u03b9 \u03a3\u03bf\u03c6\u03af\u03b1\u03a3",
+    "\u65e5\u672c\u8a9e \u0440\u0443\u0441\u0441\u043a\u0438\u0439 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 mixed",
+    "emoji \U0001F600\U0001F44D\U0001F3FD ok", "  lots \u00a0 of\u2003\u2029spaces\n\n ",
+    "e\u0301 combining, \u212b angstrom", "A PHOTO of the Cat " * 12, ""]
+
+
+def openclip_clean() -> None:
+  """open_clip's SimpleTokenizer (default `lower` cleaning) on CLEAN_TEXTS, with the tiny merges file."""
+  from open_clip.tokenizer import SimpleTokenizer
+  tok = SimpleTokenizer(bpe_path=os.path.join(OUT, "bpe_tiny.txt.gz"))
+  ids = tok(CLEAN_TEXTS, context_length=24).numpy().astype(np.int32)
+  np.savez_compressed(os.path.join(OUT, "openclip_clean.npz"), ids=ids, texts=np.array(CLEAN_TEXTS))
+
+
 def main() -> None:
   os.makedirs(OUT, exist_ok=True)
   torch.manual_seed(0)
-  makers = (openclip_clip, openclip_coca, openclip_siglip, hf_clip, hf_siglip, openclip_bpe)
+  makers = (openclip_clip, openclip_coca, openclip_siglip, hf_clip, hf_siglip, openclip_bpe, openclip_clean)
   names = sys.argv[1:] or [m.__name__ for m in makers]
   unknown = set(names) - {m.__name__ for m in makers}
   if unknown:

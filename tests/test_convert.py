@@ -277,6 +277,21 @@ def test_openclip_bpe_tokenizer(tmp_path):
     assert not ours[n:].any()
 
 
+@pytest.mark.parametrize("form", ["bpe_gz", "converted_json"])
+def test_openclip_tokenizer_cleans_web_captions_as_open_clip_does(tmp_path, form):
+  """Golden ids from open_clip 3.3's SimpleTokenizer (scripts/make_golden.py openclip_clean): entities,
+  curly quotes, ligatures, fullwidth, mojibake, control characters, a BOM, Greek final sigma, mixed
+  scripts, emoji, odd whitespace, the empty caption and one truncated at the context."""
+  bpe = os.path.join(FIX, "bpe_tiny.txt.gz")
+  path = bpe if form == "bpe_gz" else tokenizer.openclip_tokenizer_json(bpe, str(tmp_path / "tok.json"))
+  tok = tokenizers.build(f"open_clip:{path}")
+  golden = np.load(os.path.join(FIX, "openclip_clean.npz"))
+  assert golden["ids"][:, -1].any() and tok.shift == 1  # one caption fills the context
+  for text, ref in zip(golden["texts"], golden["ids"]):
+    ours = tok.encode(str(text), len(ref))
+    np.testing.assert_array_equal(np.where(ours > 0, ours - 1, 0), ref, err_msg=repr(str(text)))
+
+
 # open_clip 3.3.0's parameter counts (49,408-token vocabulary), computed once with /work/torchenv:
 # sum(p.numel() for p in open_clip.CLIP|CoCa(**open_clip.get_model_config(NAME)).parameters());
 # openclip_coca_b16 is coca_ViT-B-32 with vision_cfg.patch_size=16. Activation changes no count.

@@ -114,7 +114,8 @@ def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
     return
   if not tokenizers.reads_hf_file(cfg.data.train.tokenizer, path):
     raise errors.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
-                             f"--config.data.train.tokenizer=hf:{path} (data.train.tokenizer is "
+                             f"--config.data.train.tokenizer={converted_tokenizer(cfg.init_from, path)} "
+                             f"(data.train.tokenizer is "
                              f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
 
 
@@ -200,6 +201,17 @@ def _set_aside(ckpt: checkpoint.Checkpointer, unreadable: list[tuple[int, str]],
     path = ckpt.set_aside(step)
     if jax.process_index() == 0:
       print(f"checkpoint step {step} is unreadable ({reason}); moved to {path}; {then}", file=sys.stderr, flush=True)
+
+
+def converted_tokenizer(init_from: str, path: str) -> str:
+  """The tokenizer spec `vlmjax convert` recorded in INIT_FROM/config.json (`hf:PATH` if none)."""
+  import json
+  try:
+    with open(os.path.join(init_from, "config.json")) as f:
+      spec = json.load(f)["data"]["train"]["tokenizer"]
+  except (OSError, ValueError, KeyError, TypeError):
+    spec = ""
+  return spec if tokenizers.reads_hf_file(spec, path) else f"hf:{path}"
 
 
 def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):

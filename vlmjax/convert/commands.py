@@ -37,8 +37,8 @@ def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None,
     tokenizer.openclip_tokenizer_json(path, target)
   else:
     shutil.copyfile(path, target)
-  tok = tokenizers.build(f"hf:{target}")
-  return f"hf:{target}", tok.shift
+  spec = f"{kind}:{target}"  # open_clip: its text cleaning goes with the file (`tokenizers.OpenClipTokenizer`)
+  return spec, tokenizers.build(spec).shift
 
 
 def _load_config(spec: str, overrides):
@@ -149,7 +149,7 @@ examples:
   vlmjax convert --from hf --checkpoint ./siglip-base-patch16-224 --config configs/siglip_b16.py \\
       --out weights/siglip_b16
   vlmjax train --config configs/clip_b16.py --workdir runs/ft --config.model.text.vocab_size=49409 \\
-      --config.init_from=weights/clip_b16 --config.data.train.tokenizer=hf:weights/clip_b16/tokenizer.json
+      --config.init_from=weights/clip_b16 --config.data.train.tokenizer=open_clip:weights/clip_b16/tokenizer.json
   vlmjax eval --workdir weights/clip_b16 --config.evals.zs=zero_shot:tfds:cifar10:test
   vlmjax convert --from open_clip --reverse --checkpoint weights/clip_b16 --config configs/clip_b16.py \\
       --config.model.text.vocab_size=49409 --out back.safetensors"""

@@ -1,4 +1,6 @@
-"""Tokenizers named by spec: `bytes`, `sentencepiece:MODEL_PATH`, `hf:TOKENIZER_JSON_PATH`.
+"""Tokenizers named by spec: `bytes`, `sentencepiece:MODEL_PATH`, `hf:TOKENIZER_JSON_PATH`,
+`open_clip:PATH` (open_clip's BPE: `vlmjax convert`'s tokenizer.json for it, or open_clip's own
+bpe_simple_vocab_16e6.txt.gz, with open_clip's text cleaning: ftfy, HTML entities, whitespace, `str.lower`).
 
 Every tokenizer maps text to int32 [L] with 0 = pad: [bos?] ids... eos, truncated
 with the eos kept, zero-padded. A vocabulary whose id 0 is not padding (most
@@ -15,7 +17,7 @@ import numpy as np
 from vlmjax.errors import ConfigError
 
 PAD, BOS, EOS = 0, 1, 2
-SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH"
+SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH, open_clip:TOKENIZER_JSON_OR_BPE_GZ"
 
 
 def _pack(ids: list[int], length: int, eos: int | None) -> np.ndarray:
@@ -93,7 +95,7 @@ class HFTokenizer(_VocabTokenizer):
 
   def __init__(self, path: str):
     from tokenizers import Tokenizer
-    self._tok = Tokenizer.from_file(path)
+    self._tok = self._load(path) if hasattr(self, "_load") else Tokenizer.from_file(path)
     find = lambda names: next((i for n in names if (i := self._tok.token_to_id(n)) is not None), None)
     self._setup(self._tok.get_vocab_size(), find(self.SPECIAL["pad"]), find(self.SPECIAL["bos"]),
                 find(self.SPECIAL["eos"]))
@@ -105,17 +107,48 @@ class HFTokenizer(_VocabTokenizer):
     return self._tok.decode(ids)
 
 
-TOKENIZERS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
+class OpenClipTokenizer(HFTokenizer):
+  """open_clip's SimpleTokenizer (its default `lower` cleaning), exactly: the text is cleaned in Python as
+  open_clip does (ftfy.fix_text, html.unescape twice, whitespace collapsed by `str.split`, `str.lower`,
+  which lower-cases a Greek final sigma to ς where per-character lowering gives σ), then split and
+  merged by the `tokenizers` BPE with its own normalizer switched off."""
+
+  def _load(self, path: str):
+    from tokenizers import Tokenizer, normalizers
+    if path.endswith(".gz"):
+      import tempfile
+      from vlmjax.convert import tokenizer as bpe
+      with tempfile.TemporaryDirectory() as tmp:
+        tok = Tokenizer.from_file(bpe.openclip_tokenizer_json(path, os.path.join(tmp, "tokenizer.json")))
+    else:
+      tok = Tokenizer.from_file(path)
+    tok.normalizer = normalizers.Sequence([])
+    return tok
+
+  def _ids(self, text: str) -> list[int]:
+    return self._tok.encode(openclip_clean(text), add_special_tokens=False).ids
+
+
+def openclip_clean(text: str) -> str:
+  """open_clip's `_clean_lower`: ftfy, HTML entities (twice), whitespace, lower case."""
+  import html
+  import ftfy
+  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+  return " ".join(text.split()).lower()
+
+
+TOKENIZERS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer,
+              "open_clip": OpenClipTokenizer}
 
 
 def reads_hf_file(spec: str, path: str) -> bool:
-  """Whether the tokenizer `spec` reads the Hugging Face tokenizer.json at `path`."""
+  """Whether the tokenizer `spec` reads the tokenizer.json at `path` (as `hf:` or `open_clip:`)."""
   kind, _, given = spec.partition(":")
-  return kind == "hf" and os.path.abspath(given) == os.path.abspath(path)
+  return kind in ("hf", "open_clip") and os.path.abspath(given) == os.path.abspath(path)
 
 
 def build(spec: str):
-  """`bytes` | `sentencepiece:PATH` | `hf:PATH` -> a tokenizer; a ConfigError names a bad spec or file."""
+  """`bytes` | `sentencepiece:PATH` | `hf:PATH` | `open_clip:PATH` -> a tokenizer; a ConfigError names a bad spec or file."""
   kind, _, path = spec.partition(":")
   if kind not in TOKENIZERS or (kind == "bytes") != (not path):
     raise ConfigError(f"data tokenizer {spec!r} is unknown; valid: {SPECS}")
