@@ -198,10 +198,30 @@ def test_vocab_offset_inserts_pad_row():
   _, abstract = abstract_params(cfg)
   ours = params.to_ours(state, "open_clip", cfg.model, abstract, vocab_offset=1)
   emb = ours["text"]["token_embed"]["embedding"]
-  assert not emb[0].any() and np.array_equal(emb[1:], state["text.token_embedding.weight"])
+  assert np.array_equal(emb[0], emb[1]) and np.array_equal(emb[1:], state["text.token_embedding.weight"])
   assert not ours["decoder"]["head"]["kernel"][:, 0].any()
   back = params.to_ref(ours, "open_clip", cfg.model, vocab_offset=1)
   np.testing.assert_array_equal(back["text.token_embedding.weight"], state["text.token_embedding.weight"])
+
+
+def test_coca_with_the_vocabulary_shift_equals_open_clip_on_padded_captions():
+  """open_clip CoCa converted with vocab_offset=1 (ids shifted up by one, 0 = padding, as the open_clip
+  tokenizer route writes them) equals open_clip's text embedding and caption logits on a caption that
+  fills the context and on a padded one: the legacy CLS mask shows the class token the first padding
+  position, which must embed as open_clip's id 0 (formerly an all-zero row: off by 2-3e-2)."""
+  ref = np.load(os.path.join(FIX, "openclip_coca.npz"))
+  cfg = load_cfg("openclip_coca", ("model.text.vocab_size", "101"))
+  graphdef, abstract = abstract_params(cfg)
+  p = params.to_ours(io.read(os.path.join(FIX, "openclip_coca.safetensors")), "open_clip", cfg.model, abstract,
+                     vocab_offset=1)
+  text = ref["text"]
+  after_eos = np.cumsum(np.cumsum(text == text.max(), axis=1), axis=1) > 1
+  assert after_eos[1].any() and not after_eos[0].any()  # row 1 is padded, row 0 fills the context
+  ours = np.where(after_eos, 0, text + 1)
+  out = nnx.merge(graphdef, p)(jnp.asarray(ref["image"]), jnp.asarray(ours))
+  assert rel(out.text_emb, ref["text_emb"]) < 1e-5 and rel(out.image_emb, ref["image_emb"]) < 1e-5
+  logits = np.asarray(out.caption_logits)[:, :ref["logits"].shape[1], 1:]  # id 0 (padding) has no reference logit
+  assert rel(logits, ref["logits"]) < 1e-5
 
 
 def test_cli_convert_load_and_reverse(tmp_path, capsys):

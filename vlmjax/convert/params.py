@@ -6,7 +6,10 @@ they are unrolled for mapping and stacked again after.
 
 `vocab_offset=1` inserts a padding row at id 0 of the token embedding (and a zero
 column in a CoCa vocabulary head): vlmjax tokenizers shift a vocabulary whose id 0 is
-not padding up by one (see `vlmjax.data.tokenizers`), and the model must follow.
+not padding up by one (see `vlmjax.data.tokenizers`), and the model must follow. The
+padding row is a copy of the reference's row 0, the token open_clip pads with: padded
+positions then embed as in the reference, which open_clip CoCa's legacy CLS mask lets the
+class token see (an all-zero row changed its text embedding by 2-3e-2).
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def _shift_vocab(key: str, x: np.ndarray, offset: int) -> np.ndarray:
   if key not in VOCAB_ROWS or not offset:
     return x
   axis = VOCAB_ROWS[key]
-  pad = np.zeros_like(np.take(x, [0], axis=axis))
+  pad = np.take(x, [0] * offset, axis=axis)  # the embedding: what the reference embeds at its padding (id 0)
+  if key != "text.token_embed.embedding":
+    pad = np.zeros_like(pad)  # a vocabulary head: no logit for padding
   return np.concatenate([pad, x], axis=axis)
 
 
