@@ -119,11 +119,11 @@ def test_convert_reverse_of_a_training_run_or_an_unmapped_layout_is_one_line(tmp
   (run / "config.json").write_text("{}")
   reverse = ["convert", "--from", "open_clip", "--reverse", "--config", f"{ROOT}/configs/coca_tiny.py:evals=0",
              "--out", str(tmp_path / "back.safetensors"), "--checkpoint"]
-  for where in (run, run / "checkpoints" / "8"):
-    _one_line_error(capsys, [*reverse, str(where)], "exporting a training run is not supported yet",
-                    "--reverse reads the output directory of `vlmjax convert`")
+  _one_line_error(capsys, [*reverse, str(run)], "has no place in open_clip checkpoints", "cannot be exported")
+  _one_line_error(capsys, [*reverse, str(run / "checkpoints" / "8")], "pass the workdir itself and --step N")
   _one_line_error(capsys, [*reverse, str(tmp_path)], "is not a `vlmjax convert` output")
   _one_line_error(capsys, [*reverse, str(tmp_path / "missing")], "does not exist")
+  assert not (tmp_path / "back.safetensors").exists()
   converted = tmp_path / "converted"
   (converted / "params").mkdir(parents=True)
   reverse[2] = "hf"  # HF has no CoCa

@@ -224,6 +224,33 @@ def test_coca_with_the_vocabulary_shift_equals_open_clip_on_padded_captions():
   assert rel(logits, ref["logits"]) < 1e-5
 
 
+def test_a_trained_run_exports_to_open_clip_names(tmp_path, capsys):
+  """`convert --reverse --checkpoint WORKDIR [--step N]`: a run trained from converted open_clip weights
+  exports the step's parameters under open_clip's names and shapes (0-d logit_scale included); a
+  missing step is one line and writes nothing."""
+  from vlmjax import train
+  from conftest import ROOT
+  spec = f"{CONFIGS}:name=openclip_clip"
+  cfg = config.load(spec, (("total_steps", "2"), ("ckpt_every", "1"), ("batch_size", "8"),
+                           ("model.text.vocab_size", "259")))  # the `bytes` tokenizer's 259 ids
+  train.train(cfg, str(tmp_path / "run"))
+  out = str(tmp_path / "back.safetensors")
+  argv = ["convert", "--from", "open_clip", "--reverse", "--checkpoint", str(tmp_path / "run"), "--config",
+          str(tmp_path / "run" / "config.json"), "--out", out]
+  assert cli.main([*argv, "--step", "5"]) == 2 and "no checkpoint at step 5" in capsys.readouterr().err
+  assert not os.path.exists(out)
+  assert cli.main([*argv, "--step", "1"]) == 0 and "from step 1 of" in capsys.readouterr().out
+  original = io.read(os.path.join(FIX, "openclip_clip.safetensors"))
+  exported = io.read(out)
+  assert exported["token_embedding.weight"].shape == (259, 64) and exported["logit_scale"].shape == ()
+  exported.pop("token_embedding.weight"), original.pop("token_embedding.weight")
+  assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in original.items()}
+  from vlmjax import train_state
+  _, ours, _ = train_state.restore_params(str(tmp_path / "run"), cfg, 1)
+  np.testing.assert_array_equal(exported["logit_scale"], np.asarray(ours["logit_scale"]))
+  np.testing.assert_array_equal(exported["ln_final.weight"], np.asarray(ours["text"]["ln"]["scale"]))
+
+
 def test_cli_convert_load_and_reverse(tmp_path, capsys):
   out = str(tmp_path / "hf_clip")
   spec = f"{CONFIGS}:name=hf_clip"

@@ -88,21 +88,54 @@ def _reverse(args, cfg) -> int:
   from vlmjax.convert import io, mapping, params as conv
   if not args.out.endswith(".safetensors"):
     raise ConfigError(f"--reverse writes a .safetensors file; got --out {args.out!r}")
-  _check_converted(args.checkpoint)
+  import jax
+  run = _training_run(args.checkpoint)
+  if run is None:
+    _check_converted(args.checkpoint)
+    if args.step is not None:
+      raise ConfigError(f"--step {args.step} is for a training run's workdir; {args.checkpoint!r} is a `vlmjax "
+                        "convert` output (one step)")
+  elif args.step is None and os.path.abspath(args.checkpoint) != run:
+    raise ConfigError(f"--checkpoint {args.checkpoint!r} is inside the training run {run!r}: pass the workdir "
+                      "itself and --step N (default: its latest step)")
   family = convert.export_family(args.source, cfg.model)  # the family follows from the architecture
   try:
-    mapping.rules(family, cfg.model.name)
+    rules = mapping.rules(family, cfg.model.name)
   except KeyError as e:
     raise _no_map(e) from None
-  ours = convert.load_params(args.checkpoint, _abstract_params(cfg))
-  offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
+  for key in conv.unroll(conv.flatten(_abstract_params(cfg))):  # every parameter has a place, before reading
+    try:
+      mapping.match(rules, key)
+    except KeyError:
+      raise ConfigError(f"parameter {key} of this model has no place in {family} checkpoints: this layout "
+                        f"(model.name={cfg.model.name!r}) cannot be exported to {args.source}") from None
+  if run is None:
+    ours, what = convert.load_params(args.checkpoint, _abstract_params(cfg)), args.checkpoint
+    offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
+  else:
+    from vlmjax import train_state
+    _, ours, step = train_state.restore_params(run, cfg, args.step)
+    ours, what = jax.device_get(ours), f"step {step} of {run}"
+    offset = _run_offset(cfg) if args.vocab_offset is None else args.vocab_offset
   state = conv.to_ref(ours, family, cfg.model, vocab_offset=offset)
   io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, args.out)
-  print(f"wrote {args.out} ({len(state)} tensors, {family} names)")
+  print(f"wrote {args.out} ({len(state)} tensors, {family} names) from {what}")
   return 0
 
 
-REVERSE_READS = "--reverse reads the output directory of `vlmjax convert` (DIR with params/ and convert.json)"
+def _run_offset(cfg) -> int:
+  """The pad rows a run's tokenizer added (its ids shifted up so 0 is padding): 0 for `bytes`."""
+  from vlmjax.data import tokenizers
+  spec = cfg.data.train.tokenizer
+  try:
+    return tokenizers.build(spec).shift if spec != "bytes" else 0
+  except ConfigError as e:
+    raise ConfigError(f"cannot tell the run's vocabulary offset from its tokenizer ({e}); pass --vocab-offset "
+                      "0 or 1 (1 drops a pad row at id 0)") from None
+
+
+REVERSE_READS = ("--reverse reads the output directory of `vlmjax convert` (DIR with params/ and convert.json) "
+                 "or a training run's workdir (config.json, checkpoints/)")
 
 
 def _training_run(path: str) -> str | None:
@@ -121,11 +154,6 @@ def _check_converted(path: str) -> None:
   if os.path.isdir(os.path.join(path, PARAMS_DIR)) or os.path.isfile(os.path.join(os.path.dirname(
       os.path.abspath(path)), META)):
     return
-  run = _training_run(path)
-  if run is not None:
-    where = "is" if run == os.path.abspath(path) else f"is in {run!r},"
-    raise ConfigError(f"--checkpoint {path!r} {where} a training run (a workdir: config.json, checkpoints/); "
-                      f"exporting a training run is not supported yet: {REVERSE_READS}")
   if not os.path.exists(path):
     raise ConfigError(f"--checkpoint {path!r} does not exist; {REVERSE_READS}")
   raise ConfigError(f"--checkpoint {path!r} is not a `vlmjax convert` output (it has no {PARAMS_DIR}/); "
@@ -165,13 +193,15 @@ def add_parsers(sub) -> None:
   p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf"),
                  help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel directory")
   p.add_argument("--checkpoint", required=True, metavar="PATH",
-                 help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory (a "
-                 "training run's workdir cannot be exported yet)")
+                 help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory or a "
+                 "training run's workdir")
   p.add_argument("--config", required=True, metavar="FILE[:k=v,...]",
                  help="config of the matching architecture: a config file, or a resolved config.json")
   p.add_argument("--out", required=True, metavar="PATH", help="output directory; with --reverse, a .safetensors file")
   p.add_argument("--reverse", action="store_true", help="export vlmjax params to the reference's state dict")
   p.add_argument("--tokenizer", default=None, metavar="SPEC", help=TOKENIZER_HELP)
+  p.add_argument("--step", type=int, default=None, metavar="N",
+                 help="with --reverse of a training run: the checkpoint step (default: the latest)")
   p.add_argument("--vocab-offset", type=int, choices=(0, 1), default=None,
                  help="with --reverse: pad rows to drop (default: what convert.json recorded)")
   p.takes_overrides("Change the config before converting, e.g. --config.model.text.vocab_size=49409 "
