@@ -94,11 +94,14 @@ class HFTokenizer(_VocabTokenizer):
              "eos": ("</s>", "[SEP]", "<|endoftext|>", "<eos>")}
 
   def __init__(self, path: str):
-    from tokenizers import Tokenizer
-    self._tok = self._load(path) if hasattr(self, "_load") else Tokenizer.from_file(path)
+    self._tok = self._load(path)
     find = lambda names: next((i for n in names if (i := self._tok.token_to_id(n)) is not None), None)
     self._setup(self._tok.get_vocab_size(), find(self.SPECIAL["pad"]), find(self.SPECIAL["bos"]),
                 find(self.SPECIAL["eos"]))
+
+  def _load(self, path: str):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
 
   def _ids(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
