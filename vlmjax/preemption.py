@@ -100,8 +100,9 @@ class PreemptionWatcher:
   def call(self, fn: Callable[[], Any]) -> Any:
     """`fn()` run in a helper thread while this one waits in short steps, so that a signal is handled
     within a fraction of a second even while `fn` is inside C++ (XLA compiling for minutes). Inside
-    `startup()`, a signal then raises `Preempted` here and `fn`, which must write nothing to disk, is
-    left to finish in the background (a daemon thread, abandoned: `vlmjax train` ends with os._exit)."""
+    `startup()`, a signal then raises `Preempted` here and `fn`, which must leave the disk whole at every
+    moment (no writes, or atomic renames only), is left to finish in the background (a daemon thread,
+    abandoned: `vlmjax train` ends with os._exit)."""
     if not self._catching:
       return fn()
     box: dict[str, Any] = {}

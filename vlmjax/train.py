@@ -192,7 +192,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   latest = ckpt.latest_step() or 0
   if jax.process_index() == 0:
     tee.attach(os.path.join(workdir, "log.txt"), header=" ".join(sys.argv))
-  # `latest` is what is tried first: an unreadable step is set aside and an earlier one restored
+  # `latest` is what is tried first: an unreadable step is set aside (one atomic rename, the only disk
+  # effect inside `preemption.call`) and an earlier one restored
   with progress.Task(f"restoring step {latest} from {ckpt_dir}" if latest else "initialising the parameters"):
     state = preemption.call(lambda: restore_or_init(cfg, s, ckpt, data))
   start = int(state.step)

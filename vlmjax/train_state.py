@@ -205,11 +205,10 @@ def _set_aside(ckpt: checkpoint.Checkpointer, unreadable: list[tuple[int, str]],
 
 def converted_tokenizer(init_from: str, path: str) -> str:
   """The tokenizer spec `vlmjax convert` recorded in INIT_FROM/config.json (`hf:PATH` if none)."""
-  import json
+  from vlmjax import workdir
   try:
-    with open(os.path.join(init_from, "config.json")) as f:
-      spec = json.load(f)["data"]["train"]["tokenizer"]
-  except (OSError, ValueError, KeyError, TypeError):
+    spec = workdir.read_config_file(os.path.join(init_from, "config.json")).data.train.tokenizer
+  except (errors.ConfigError, AttributeError):
     spec = ""
   return spec if tokenizers.reads_hf_file(spec, path) else f"hf:{path}"
 

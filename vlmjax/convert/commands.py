@@ -103,14 +103,15 @@ def _reverse(args, cfg) -> int:
     rules = mapping.rules(family, cfg.model.name)
   except KeyError as e:
     raise _no_map(e) from None
-  for key in conv.unroll(conv.flatten(_abstract_params(cfg))):  # every parameter has a place, before reading
+  abstract = _abstract_params(cfg)
+  for key in conv.unroll(conv.flatten(abstract)):  # every parameter has a place, before reading
     try:
       mapping.match(rules, key)
     except KeyError:
       raise ConfigError(f"parameter {key} of this model has no place in {family} checkpoints: this layout "
                         f"(model.name={cfg.model.name!r}) cannot be exported to {args.source}") from None
   if run is None:
-    ours, what = convert.load_params(args.checkpoint, _abstract_params(cfg)), args.checkpoint
+    ours, what = convert.load_params(args.checkpoint, abstract), args.checkpoint
     offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
   else:
     from vlmjax import train_state
