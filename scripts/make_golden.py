@@ -17,6 +17,8 @@ and writes under tests/fixtures/convert/:
             tanh gelu + LayerNorm eps 1e-6 (SigLIP), the legacy CLS mask (open_clip CoCa);
             `gelu_*` (open_clip CLIP): the same weights with exact gelu, as LAION-trained models;
             `correct_*` (open_clip CoCa): with `correct_cls_mask=True`.
+  openclip_coca_lengths.npz: the openclip_coca weights on 11 captions, one of every length (EOS at
+            position 1 .. 11, padded with 0 after it).
             open_clip's ViT-B-16-SigLIP (MLP ratio 2, weights stored as float16, to stay small) runs as released: exact gelu in both towers (timm's and
             open_clip's default), LayerNorm eps 1e-6, text padded with id 1 (its tokenizer's
             pad = eos), which the last-token pooling reads as it is.
@@ -106,8 +108,8 @@ def openclip_clip() -> None:
            gelu_image_emb=gelu[0], gelu_text_emb=gelu[1])
 
 
-def openclip_coca() -> None:
-  cfg = dict(embed_dim=W,
+def coca_cfg() -> dict:
+  return dict(embed_dim=W,
              vision_cfg=dict(image_size=IMG, patch_size=PATCH, width=48, layers=DEPTH, head_width=16,
                              attentional_pool=True, attn_pooler_queries=9, attn_pooler_heads=HEADS,
                              output_tokens=True),
@@ -115,7 +117,10 @@ def openclip_coca() -> None:
                            output_tokens=True),
              multimodal_cfg=dict(context_length=L, vocab_size=V, width=W, heads=HEADS, layers=DEPTH,
                                  attn_pooler_heads=HEADS))
-  model = open_clip.CoCa(**cfg).eval()
+
+
+def openclip_coca() -> None:
+  model = open_clip.CoCa(**coca_cfg()).eval()
   randomise(model, 2)
   image, text = inputs(3)
   assert not model.text.correct_cls_mask  # released CoCa weights: CLS mask shifted by one position
@@ -127,6 +132,23 @@ def openclip_coca() -> None:
   save_npz("openclip_coca", image, text, image_emb=out["image_features"], text_emb=out["text_features"],
            logit_scale=out["logit_scale"], logits=out["logits"], correct_text_emb=correct["text_features"],
            correct_logits=correct["logits"])
+
+
+def openclip_coca_lengths() -> None:
+  """The committed openclip_coca weights on captions of every length (EOS at position 1 .. L-1)."""
+  from safetensors.torch import load_file
+  model = open_clip.CoCa(**coca_cfg()).eval()
+  model.load_state_dict(load_file(os.path.join(OUT, "openclip_coca.safetensors")))
+  g = torch.Generator().manual_seed(4)
+  image = torch.randn(L - 1, 3, IMG, IMG, generator=g)
+  text = torch.randint(1, SOT, (L - 1, L), generator=g)
+  text[:, 0] = SOT
+  for row, eos in enumerate(range(1, L)):
+    text[row, eos], text[row, eos + 1:] = EOS, 0
+  with torch.no_grad():
+    out = model(image, text)
+  save_npz("openclip_coca_lengths", image, text, image_emb=out["image_features"], text_emb=out["text_features"],
+           logits=out["logits"])
 
 
 SIGLIP = "ViT-B-16-SigLIP"
@@ -257,7 +279,7 @@ def openclip_clean() -> None:
 def main() -> None:
   os.makedirs(OUT, exist_ok=True)
   torch.manual_seed(0)
-  makers = (openclip_clip, openclip_coca, openclip_siglip, hf_clip, hf_siglip, openclip_bpe, openclip_clean)
+  makers = (openclip_clip, openclip_coca, openclip_coca_lengths, openclip_siglip, hf_clip, hf_siglip, openclip_bpe, openclip_clean)
   names = sys.argv[1:] or [m.__name__ for m in makers]
   unknown = set(names) - {m.__name__ for m in makers}
   if unknown:

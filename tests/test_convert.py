@@ -204,19 +204,20 @@ def test_vocab_offset_inserts_pad_row():
   np.testing.assert_array_equal(back["text.token_embedding.weight"], state["text.token_embedding.weight"])
 
 
-def test_coca_with_the_vocabulary_shift_equals_open_clip_on_padded_captions():
+@pytest.mark.parametrize("fixture", ["openclip_coca", "openclip_coca_lengths"])
+def test_coca_with_the_vocabulary_shift_equals_open_clip_on_captions_of_every_length(fixture):
   """open_clip CoCa converted with vocab_offset=1 (ids shifted up by one, 0 = padding, as the open_clip
-  tokenizer route writes them) equals open_clip's text embedding and caption logits on a caption that
-  fills the context and on a padded one: the legacy CLS mask shows the class token the first padding
-  position, which must embed as open_clip's id 0 (formerly an all-zero row: off by 2-3e-2)."""
-  ref = np.load(os.path.join(FIX, "openclip_coca.npz"))
+  tokenizer route writes them) equals open_clip's text embedding and caption logits on captions of every
+  length (EOS at each position, the full context included): the legacy CLS mask shows the class token the
+  first padding position, which must embed as open_clip's id 0 (formerly an all-zero row: off by 2-3e-2)."""
+  ref = np.load(os.path.join(FIX, f"{fixture}.npz"))
   cfg = load_cfg("openclip_coca", ("model.text.vocab_size", "101"))
   graphdef, abstract = abstract_params(cfg)
   p = params.to_ours(io.read(os.path.join(FIX, "openclip_coca.safetensors")), "open_clip", cfg.model, abstract,
                      vocab_offset=1)
   text = ref["text"]
   after_eos = np.cumsum(np.cumsum(text == text.max(), axis=1), axis=1) > 1
-  assert after_eos[1].any() and not after_eos[0].any()  # row 1 is padded, row 0 fills the context
+  assert not after_eos[0].any() if fixture == "openclip_coca" else after_eos.sum(1).tolist() == list(range(10, -1, -1))
   ours = np.where(after_eos, 0, text + 1)
   out = nnx.merge(graphdef, p)(jnp.asarray(ref["image"]), jnp.asarray(ours))
   assert rel(out.text_emb, ref["text_emb"]) < 1e-5 and rel(out.image_emb, ref["image_emb"]) < 1e-5
