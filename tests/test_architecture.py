@@ -23,7 +23,8 @@ LAYERS = (
     ("state", ("vlmjax.train_state", "vlmjax.workdir", "vlmjax.info")),
     ("loop", ("vlmjax.train", "vlmjax.evals")),
     ("commands", ("vlmjax.cli", "vlmjax.sweeps", "vlmjax.launch", "vlmjax.data.commands",
-                  "vlmjax.evals.commands", "vlmjax.convert.commands")),
+                  "vlmjax.evals.commands", "vlmjax.convert.commands",
+                  "vlmjax.convert.export")),
 )
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
 

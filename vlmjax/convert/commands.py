@@ -11,12 +11,6 @@ TOKENIZER_HELP = ("tokenizer that goes with the checkpoint: hf:TOKENIZER_JSON, o
                   "bpe_simple_vocab_16e6.txt.gz), or none; default: an HF directory's tokenizer.json, else none")
 
 
-def _abstract_params(cfg):
-  from flax import nnx
-  from vlmjax import models
-  return nnx.to_pure_dict(nnx.split(models.abstract(cfg.model))[1])
-
-
 def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None, int]:
   """(the `hf:` spec the data config should use, vocabulary offset); writes OUT/tokenizer.json."""
   from vlmjax.convert import io, tokenizer
@@ -44,10 +38,8 @@ def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None,
 def _load_config(spec: str, overrides):
   """`FILE.py[:ARG]`, or a resolved config.json (a `vlmjax convert` output's, or a run's)."""
   from vlmjax import config
-  if spec.endswith(".json"):
-    from vlmjax.evals import commands as eval_commands
-    return eval_commands.load_config_file(spec, overrides)
-  return config.load(spec, overrides)
+  from vlmjax.convert import export
+  return export.load_config(spec, overrides) if spec.endswith(".json") else config.load(spec, overrides)
 
 
 def _no_map(e: KeyError) -> ConfigError:
@@ -58,10 +50,18 @@ def _no_map(e: KeyError) -> ConfigError:
 def _convert(args, overrides) -> int:
   from vlmjax import config
   import vlmjax.convert as convert
+  from vlmjax.convert import export
+  if args.to or args.workdir:
+    return _export(args, overrides)
+  missing = [flag for flag, value in (("--from", args.source), ("--checkpoint", args.checkpoint),
+                                      ("--config", args.config)) if value is None]
+  if missing:
+    raise ConfigError(f"convert needs {', '.join(missing)} (import, or --reverse), or --to open_clip|hf "
+                      "--workdir RUN (export a run)")
   cfg = _load_config(args.config, overrides)
   if args.reverse:
     return _reverse(args, cfg)
-  abstract = _abstract_params(cfg)
+  abstract = export.abstract_params(cfg)
   spec, offset = _tokenizer(args.tokenizer, args.checkpoint, args.out)
   try:
     params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
@@ -82,10 +82,25 @@ def _convert(args, overrides) -> int:
   return 0
 
 
+def _export(args, overrides) -> int:
+  from vlmjax.convert import export
+  if not (args.to and args.workdir):
+    raise ConfigError("--to open_clip|hf and --workdir RUN go together (export a run's step as the reference "
+                      "library's model directory)")
+  given = [flag for flag, value in (("--from", args.source), ("--checkpoint", args.checkpoint), ("--config",
+           args.config), ("--tokenizer", args.tokenizer), ("--vocab-offset", args.vocab_offset)) if value is not None]
+  if given or args.reverse or overrides:
+    what = given[0] if given else "--reverse" if args.reverse else "--config.* overrides"
+    raise ConfigError(f"{what} is not used with --to: the export reads the model config, tokenizer and vocabulary "
+                      "offset from the run's config.json")
+  print(export.export(args.to, args.workdir, args.step, args.out))
+  return 0
+
+
 def _reverse(args, cfg) -> int:
   import numpy as np
   import vlmjax.convert as convert
-  from vlmjax.convert import io, mapping, params as conv
+  from vlmjax.convert import export, io, params as conv
   if not args.out.endswith(".safetensors"):
     raise ConfigError(f"--reverse writes a .safetensors file; got --out {args.out!r}")
   import jax
@@ -99,17 +114,8 @@ def _reverse(args, cfg) -> int:
     raise ConfigError(f"--checkpoint {args.checkpoint!r} is inside the training run {run!r}: pass the workdir "
                       "itself and --step N (default: its latest step)")
   family = convert.export_family(args.source, cfg.model)  # the family follows from the architecture
-  try:
-    rules = mapping.rules(family, cfg.model.name)
-  except KeyError as e:
-    raise _no_map(e) from None
-  abstract = _abstract_params(cfg)
-  for key in conv.unroll(conv.flatten(abstract)):  # every parameter has a place, before reading
-    try:
-      mapping.match(rules, key)
-    except KeyError:
-      raise ConfigError(f"parameter {key} of this model has no place in {family} checkpoints: this layout "
-                        f"(model.name={cfg.model.name!r}) cannot be exported to {args.source}") from None
+  abstract = export.abstract_params(cfg)
+  export.mapped(family, cfg, abstract)  # every parameter has a place, before reading
   if run is None:
     ours, what = convert.load_params(args.checkpoint, abstract), args.checkpoint
     offset = _stored_offset(args.checkpoint) if args.vocab_offset is None else args.vocab_offset
@@ -117,22 +123,11 @@ def _reverse(args, cfg) -> int:
     from vlmjax import train_state
     _, ours, step = train_state.restore_params(run, cfg, args.step)
     ours, what = jax.device_get(ours), f"step {step} of {run}"
-    offset = _run_offset(cfg) if args.vocab_offset is None else args.vocab_offset
+    offset = export.run_offset(cfg) if args.vocab_offset is None else args.vocab_offset
   state = conv.to_ref(ours, family, cfg.model, vocab_offset=offset)
   io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, args.out)
   print(f"wrote {args.out} ({len(state)} tensors, {family} names) from {what}")
   return 0
-
-
-def _run_offset(cfg) -> int:
-  """The pad rows a run's tokenizer added (its ids shifted up so 0 is padding): 0 for `bytes`."""
-  from vlmjax.data import tokenizers
-  spec = cfg.data.train.tokenizer
-  try:
-    return tokenizers.build(spec).shift if spec != "bytes" else 0
-  except ConfigError as e:
-    raise ConfigError(f"cannot tell the run's vocabulary offset from its tokenizer ({e}); pass --vocab-offset "
-                      "0 or 1 (1 drops a pad row at id 0)") from None
 
 
 REVERSE_READS = ("--reverse reads the output directory of `vlmjax convert` (DIR with params/ and convert.json) "
@@ -181,7 +176,9 @@ examples:
       --config.init_from=weights/clip_b16 --config.data.train.tokenizer=open_clip:weights/clip_b16/tokenizer.json
   vlmjax eval --workdir weights/clip_b16 --config.evals.zs=zero_shot:tfds:cifar10:test
   vlmjax convert --from open_clip --reverse --checkpoint weights/clip_b16 --config configs/clip_b16.py \\
-      --config.model.text.vocab_size=49409 --out back.safetensors"""
+      --config.model.text.vocab_size=49409 --out back.safetensors
+  vlmjax convert --to hf --workdir runs/siglip --out exported/siglip_hf          # SiglipModel.from_pretrained
+  vlmjax convert --to open_clip --workdir runs/ft --step 10000 --out exported/ft  # create_model("local-dir:...")"""
 
 
 def add_parsers(sub) -> None:
@@ -189,20 +186,27 @@ def add_parsers(sub) -> None:
                      description="Converts a public checkpoint into vlmjax params (OUT/params, OUT/convert.json, "
                      "OUT/config.json\nand the tokenizer), to train from (--config.init_from=OUT) or evaluate "
                      "(vlmjax eval --workdir OUT);\nwith --reverse, exports such params back to the "
-                     "reference's state dict. A config that does not\nmatch the checkpoint fails naming the "
-                     "first mismatching tensor.", epilog=CONVERT_EPILOG)
-  p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf"),
+                     "reference's state dict; with --to, writes a run's step\nas a model directory the other "
+                     "library loads. A config that does not match the checkpoint\nfails naming the first "
+                     "mismatching tensor.", epilog=CONVERT_EPILOG)
+  p.add_argument("--to", choices=("open_clip", "hf"), default=None,
+                 help="export a run (--workdir) as a directory open_clip (`create_model('local-dir:OUT')`) or "
+                 "transformers (`from_pretrained(OUT)`) loads")
+  p.add_argument("--workdir", default=None, metavar="RUN",
+                 help="with --to: a training run's workdir (--step N, default its latest) or a convert output")
+  p.add_argument("--from", dest="source", default=None, choices=("open_clip", "hf"),
                  help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel directory")
-  p.add_argument("--checkpoint", required=True, metavar="PATH",
+  p.add_argument("--checkpoint", default=None, metavar="PATH",
                  help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory or a "
                  "training run's workdir")
-  p.add_argument("--config", required=True, metavar="FILE[:k=v,...]",
+  p.add_argument("--config", default=None, metavar="FILE[:k=v,...]",
                  help="config of the matching architecture: a config file, or a resolved config.json")
-  p.add_argument("--out", required=True, metavar="PATH", help="output directory; with --reverse, a .safetensors file")
+  p.add_argument("--out", required=True, metavar="PATH",
+                 help="output directory (with --to: new or empty); with --reverse, a .safetensors file")
   p.add_argument("--reverse", action="store_true", help="export vlmjax params to the reference's state dict")
   p.add_argument("--tokenizer", default=None, metavar="SPEC", help=TOKENIZER_HELP)
   p.add_argument("--step", type=int, default=None, metavar="N",
-                 help="with --reverse of a training run: the checkpoint step (default: the latest)")
+                 help="with --to or --reverse of a training run: the checkpoint step (default: the latest)")
   p.add_argument("--vocab-offset", type=int, choices=(0, 1), default=None,
                  help="with --reverse: pad rows to drop (default: what convert.json recorded)")
   p.takes_overrides("Change the config before converting, e.g. --config.model.text.vocab_size=49409 "
