@@ -307,6 +307,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert cli.main(args) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "logit_bias" in err  # SigLIP's layout, CLIP's weights
+  tokenized = [*args, "--tokenizer", f"open_clip:{os.path.join(FIX, 'bpe_tiny.txt.gz')}"]
+  assert cli.main(tokenized) == 2 and capsys.readouterr().err.count("\n") == 1
+  assert os.listdir(tmp_path) == []  # the tokenizer it had written went with the rest: nothing half-written
   args[4] = str(tmp_path / "missing.pt")
   assert cli.main(args) == 2
   assert "does not exist" in capsys.readouterr().err

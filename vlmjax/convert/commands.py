@@ -11,8 +11,9 @@ TOKENIZER_HELP = ("tokenizer that goes with the checkpoint: hf:TOKENIZER_JSON, o
                   "bpe_simple_vocab_16e6.txt.gz), or none; default: an HF directory's tokenizer.json, else none")
 
 
-def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None, int]:
-  """(the `hf:` spec the data config should use, vocabulary offset); writes OUT/tokenizer.json."""
+def _tokenizer(spec: str | None, checkpoint: str, stage: str, out: str) -> tuple[str | None, int]:
+  """(the spec the data config should use, naming OUT/tokenizer.json, vocabulary offset); writes
+  STAGE/tokenizer.json (STAGE becomes OUT)."""
   from vlmjax.convert import io, tokenizer
   from vlmjax.data import tokenizers
   if spec is None:
@@ -25,14 +26,14 @@ def _tokenizer(spec: str | None, checkpoint: str, out: str) -> tuple[str | None,
     raise ConfigError(f"--tokenizer {spec!r} is not valid; {TOKENIZER_HELP}")
   if not os.path.exists(path):
     raise ConfigError(f"--tokenizer {spec!r}: file {path!r} does not exist")
-  os.makedirs(out, exist_ok=True)
-  target = os.path.join(os.path.abspath(out), "tokenizer.json")
+  target = os.path.join(stage, "tokenizer.json")
   if kind == "open_clip":
     tokenizer.openclip_tokenizer_json(path, target)
   else:
     shutil.copyfile(path, target)
-  spec = f"{kind}:{target}"  # open_clip: its text cleaning goes with the file (`tokenizers.OpenClipTokenizer`)
-  return spec, tokenizers.build(spec).shift
+  shift = tokenizers.build(f"{kind}:{target}").shift
+  # open_clip: its text cleaning goes with the file (`tokenizers.OpenClipTokenizer`)
+  return f"{kind}:{os.path.join(os.path.abspath(out), 'tokenizer.json')}", shift
 
 
 def _load_config(spec: str, overrides):
@@ -50,7 +51,7 @@ def _no_map(e: KeyError) -> ConfigError:
 def _convert(args, overrides) -> int:
   from vlmjax import config
   import vlmjax.convert as convert
-  from vlmjax.convert import export
+  from vlmjax.convert import export, io
   if args.to or args.workdir:
     return _export(args, overrides)
   missing = [flag for flag, value in (("--from", args.source), ("--checkpoint", args.checkpoint),
@@ -62,18 +63,19 @@ def _convert(args, overrides) -> int:
   if args.reverse:
     return _reverse(args, cfg)
   abstract = export.abstract_params(cfg)
-  spec, offset = _tokenizer(args.tokenizer, args.checkpoint, args.out)
-  try:
-    params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
-  except KeyError as e:
-    raise _no_map(e) from None
-  path = convert.save_params(args.out, params, dict(
-      source=args.source, checkpoint=os.path.abspath(args.checkpoint), config=args.config,
-      overrides=[f"{k}={v}" for k, v in overrides], tokenizer=spec, vocab_offset=offset))
-  if spec is not None:
-    cfg.data.train.tokenizer = spec
-  config.dump(cfg, os.path.join(args.out, "config.json"))  # so `vlmjax eval --workdir OUT` evaluates it
-  print(f"wrote {path}")
+  with io.staged_dir(args.out) as stage:  # OUT appears whole or not at all
+    spec, offset = _tokenizer(args.tokenizer, args.checkpoint, stage, args.out)
+    try:
+      params = convert.convert(args.source, args.checkpoint, cfg.model, abstract, vocab_offset=offset)
+    except KeyError as e:
+      raise _no_map(e) from None
+    convert.save_params(stage, params, dict(
+        source=args.source, checkpoint=os.path.abspath(args.checkpoint), config=args.config,
+        overrides=[f"{k}={v}" for k, v in overrides], tokenizer=spec, vocab_offset=offset))
+    if spec is not None:
+      cfg.data.train.tokenizer = spec
+    config.dump(cfg, os.path.join(stage, "config.json"))  # so `vlmjax eval --workdir OUT` evaluates it
+  print(f"wrote {os.path.join(os.path.abspath(args.out), convert.PARAMS_DIR)}")
   print(f"train from it: --config.init_from={os.path.abspath(args.out)}")
   print(f"evaluate it: vlmjax eval --workdir {args.out} --config.evals.NAME=TYPE:SOURCE")
   if spec is not None:

@@ -221,8 +221,7 @@ def export(to: str, workdir: str, step: int | None, out: str) -> str:
   from vlmjax.convert import io, params as conv
   if to not in TARGETS:
     raise ConfigError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise ConfigError(f"--out {out!r} already exists and is not an empty directory; choose a new one")
+  io.check_new_dir(out)
   cfg = _run_config(workdir)
   family = check(to, cfg.model)
   mapped(family, cfg, abstract_params(cfg))
@@ -234,10 +233,7 @@ def export(to: str, workdir: str, step: int | None, out: str) -> str:
                       "export to open_clip, or train with an hf:/open_clip: tokenizer")
   _, ours, step = train_state.restore_params(workdir, cfg, step)
   state = conv.to_ref(jax.device_get(ours), family, cfg.model, vocab_offset=offset)
-  tmp = f"{os.path.abspath(out).rstrip(os.sep)}.partial-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with io.staged_dir(out) as tmp:
     m = cfg.model
     weights = "model.safetensors" if to == "hf" else "open_clip_model.safetensors"
     io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, os.path.join(tmp, weights))
@@ -247,12 +243,6 @@ def export(to: str, workdir: str, step: int | None, out: str) -> str:
     files = write_tokenizer(tok, tmp, to, m.text.context_length, max(m.text.pad_id - offset, 0))
     if to == "hf":
       _write_preprocessor(family, m, tmp)
-    if os.path.isdir(out):
-      os.rmdir(out)  # empty, checked above
-    os.rename(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   toks = f", tokenizer {'+'.join(files)}" if files else ", no tokenizer (the run's is `bytes`)"
   return f"wrote {out} ({to}: {family}, {len(state)} tensors{toks}) from step {step} of {workdir}"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -82,11 +84,40 @@ def hf_model_type(path: str) -> str | None:
 
 
 def write_safetensors(state: dict[str, np.ndarray], path: str) -> None:
+  """Writes `path` whole or not at all (a temporary file beside it, then renamed)."""
   from safetensors.numpy import save_file
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # np.ascontiguousarray turns a 0-d array into shape (1,): logit_scale must stay 0-d (transformers' CLIPModel
-  # refuses a (1,) one)
-  save_file({k: np.require(v, requirements="C") for k, v in state.items()}, path)
+  tmp = f"{path}.partial-{os.getpid()}"
+  try:
+    # np.ascontiguousarray turns a 0-d array into shape (1,): logit_scale must stay 0-d (transformers'
+    # CLIPModel refuses a (1,) one)
+    save_file({k: np.require(v, requirements="C") for k, v in state.items()}, tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def check_new_dir(out: str) -> None:
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise ConfigError(f"--out {out!r} already exists and is not an empty directory; choose a new one")
+
+
+@contextlib.contextmanager
+def staged_dir(out: str):
+  """Yields a fresh directory beside `out` (new or empty, else a ConfigError) that becomes `out` when the
+  block ends; on any error it is removed, so `out` appears whole or not at all."""
+  check_new_dir(out)
+  tmp = f"{os.path.abspath(out).rstrip(os.sep)}.partial-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.isdir(out):
+      os.rmdir(out)  # empty, checked above
+    os.rename(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_tokenizer_json(path: str) -> str | None:
