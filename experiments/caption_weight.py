@@ -8,7 +8,7 @@ examples), greedy captioning (64). Compare train/contrastive_loss and the evals 
 
     vlmjax sweep experiments/caption_weight.py --workdir runs/caption_weight
     vlmjax report runs/caption_weight --last 3 --metric train/contrastive_loss \
-      --metric train/caption_loss --metric eval/zs/top1 --metric eval/ret/i2t@1 --metric eval/cap/cider
+      --metric train/caption_loss --metric eval/zs/top1 --metric eval/ret/i2t_r1 --metric eval/cap/cider
 
 6 runs of 30 steps (batch 32), each then evaluated; about 10 minutes on 2 busy CPU cores, one run
 at a time. Results: experiments/README.md.

@@ -9,7 +9,7 @@ image-text retrieval on 512 validation examples), not by train/loss.
 
     vlmjax sweep experiments/contrastive_loss.py --workdir runs/contrastive_loss
     vlmjax report runs/contrastive_loss --last 3 --metric train/contrastive_loss \
-      --metric eval/zs/top1 --metric eval/ret/i2t@1 --metric eval/ret/t2i@1
+      --metric eval/zs/top1 --metric eval/ret/i2t_r1 --metric eval/ret/t2i_r1
 
 4 runs of 80 steps (batch 32), each then evaluated; about 6 minutes on 2 busy CPU cores, one run
 at a time. Results: experiments/README.md.

@@ -8,7 +8,7 @@ classification and retrieval (512 validation examples), greedy captioning (64).
 
     vlmjax sweep experiments/pooler.py --workdir runs/pooler
     vlmjax report runs/pooler --last 3 --metric train/loss --metric train/contrastive_loss \
-      --metric eval/zs/top1 --metric eval/ret/i2t@1 --metric eval/cap/cider
+      --metric eval/zs/top1 --metric eval/ret/i2t_r1 --metric eval/cap/cider
 
 4 runs of 60 steps (batch 32), each then evaluated; about 8 minutes on 2 busy CPU cores, one run
 at a time. Results: experiments/README.md.

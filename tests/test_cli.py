@@ -39,7 +39,13 @@ def test_synth_then_train_on_tar_shards_then_finished(tmp_path):
   assert len(evals) == 3 and any(line.startswith("eval        4/4 | zero_shot: top1 ") for line in evals)
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2, 4, 4]
-  assert {"eval/zero_shot/top5", "eval/retrieval/i2t@1", "eval/captioning/cider"} <= set(rows[-1])
+  assert {"eval/zero_shot/top5", "eval/retrieval/i2t_r1", "eval/captioning/cider"} <= set(rows[-1])
+  at4 = json.load(open(workdir / "eval" / "4.json"))  # one home: the evaluation's file, its captions kept
+  assert at4["step"] == 4 and at4["eval/retrieval/i2t_r1"] == rows[-1]["eval/retrieval/i2t_r1"]
+  assert not [k for r in rows for k in r if "@" in k]  # TensorBoard keeps every name as it is
+  captions = [json.loads(line) for line in open(workdir / "eval" / "4" / "captions.jsonl")]
+  assert [(c["eval"], c["index"]) for c in captions] == [("captioning", i) for i in range(4)]
+  assert all(isinstance(c["caption"], str) and c["references"] for c in captions)
   assert {"train/loss", "train/caption_loss", "train/contrastive_loss", "train/lr"} <= set(rows[0])
   assert {"train/samples_per_sec", "train/step_time", "train/data_time"} <= set(rows[1])
   assert "train/mfu" not in rows[1]  # no known peak on CPU

@@ -59,7 +59,7 @@ def test_run_all_reports_every_metric_of_the_due_evaluators(micro):
   cfg, s, _, params, metrics = micro
   assert set(_values(metrics)) == {
       "eval/zs/top1", "eval/zs/top5", "eval/cap/cider", "eval/cap/bleu4", "eval/cap/rouge_l",
-      *(f"eval/ret/{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
+      *(f"eval/ret/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
   assert all(0 <= v <= 1 for k, v in _values(metrics).items() if "/zs/" in k or "/ret/" in k)
   assert metrics["eval/zs/top1"] <= metrics["eval/zs/top5"]
   assert common.due(cfg.evals, 2) == ["zs"] and set(common.due(cfg.evals, 3)) == {"ret", "cap"}

@@ -26,7 +26,7 @@ def brute_recall(image, text, text_image_ids, ks):
   image_ids = np.arange(len(image))
   i2t = brute_ranks(image, image_ids, text, text_image_ids)
   t2i = brute_ranks(text, text_image_ids, image, image_ids)
-  return {**{f"i2t@{k}": np.mean(i2t < k) for k in ks}, **{f"t2i@{k}": np.mean(t2i < k) for k in ks}}
+  return {**{f"i2t_r{k}": np.mean(i2t < k) for k in ks}, **{f"t2i_r{k}": np.mean(t2i < k) for k in ks}}
 
 
 def _captions_per_image(rng, num_images, max_per_image):
@@ -47,7 +47,7 @@ def test_recall_matches_brute_force_with_several_captions(seed):
   assert got.keys() == want.keys()
   for k in want:
     assert got[k] == pytest.approx(want[k], abs=1e-12), k
-  assert 0 < got["i2t@1"] < got["i2t@10"] < 1 and 0 < got["t2i@1"] < 1
+  assert 0 < got["i2t_r1"] < got["i2t_r10"] < 1 and 0 < got["t2i_r1"] < 1
 
 
 def test_recall_ties_are_pessimistic_and_match_brute_force(monkeypatch):
@@ -68,9 +68,9 @@ def test_recall_ties_are_pessimistic_and_match_brute_force(monkeypatch):
 def test_recall_of_constant_embeddings_is_zero_not_one():
   ones = np.ones((4, 2), np.float32) / np.sqrt(2)
   got = retrieval.recall_at_k(ones, ones[[0, 1, 2, 3, 0]], np.array([0, 1, 2, 3, 0]), ks=(1, 2))
-  assert got["t2i@1"] == 0 and got["i2t@1"] == 0
+  assert got["t2i_r1"] == 0 and got["i2t_r1"] == 0
   # i2t: image 0 has 2 captions; with 3 wrong ties ahead it needs k > 3.
-  assert retrieval.recall_at_k(ones, ones[[0, 1, 2, 3, 0]], np.array([0, 1, 2, 3, 0]), ks=(4,))["i2t@4"] == 1 / 4
+  assert retrieval.recall_at_k(ones, ones[[0, 1, 2, 3, 0]], np.array([0, 1, 2, 3, 0]), ks=(4,))["i2t_r4"] == 1 / 4
 
 
 def test_identical_caption_strings_and_class_names_do_not_count_against_each_other():
@@ -80,9 +80,9 @@ def test_identical_caption_strings_and_class_names_do_not_count_against_each_oth
   emb = {t: v for t, v in zip(["a cat", "a dog", "a bird"], np.eye(3, dtype=np.float32))}
   text = np.stack([emb[t] for t in texts])
   image = text.copy()
-  assert retrieval.recall_at_k(image, text, ids, ks=(1,))["i2t@1"] == 0.5  # by index: both cats miss
+  assert retrieval.recall_at_k(image, text, ids, ks=(1,))["i2t_r1"] == 0.5  # by index: both cats miss
   got = retrieval.recall_at_k(image, text, ids, ks=(1,), texts=texts)
-  assert got["i2t@1"] == 1.0 and got["t2i@1"] == 0.5  # a "cat" text still cannot tell its image
+  assert got["i2t_r1"] == 1.0 and got["t2i_r1"] == 0.5  # a "cat" text still cannot tell its image
   # Zero-shot: a class listed twice under one name (ImageNet's "sunglasses").
   cls = np.eye(3, dtype=np.float32)[[0, 1, 1]]
   labels = np.array([0, 1, 2])

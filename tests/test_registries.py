@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 
 from conftest import ROOT
@@ -134,6 +135,30 @@ def test_toy_encoder_loss_source_and_evaluator_train_and_evaluate(tmp_path, monk
   step, metrics, path = eval_commands.evaluate_workdir(run, [("evals.toy.scale", "2.0")])
   assert step == 4 and os.path.isfile(path)
   assert abs(metrics["eval/toy/similarity"] - 2 * evals_row["eval/toy/similarity"]) < 1e-5  # scale overridden
+  # One home: the training run's evaluation and `vlmjax eval`'s both in metrics.jsonl and eval/4.json (the
+  # later one replacing the earlier's keys there), and in TensorBoard.
+  rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+  assert [r["eval/toy/similarity"] for r in rows if "eval/toy/similarity" in r] == [
+      evals_row["eval/toy/similarity"], metrics["eval/toy/similarity"]]
+  assert json.load(open(path))["eval/toy/similarity"] == metrics["eval/toy/similarity"]
+  assert [v for s, v in tb_scalars(os.path.join(run, "tb"), "eval/toy/similarity")] == pytest.approx(
+      [evals_row["eval/toy/similarity"], metrics["eval/toy/similarity"]])
+
+
+def tb_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of `tag` in every TensorBoard event file of `folder` (TFRecord framing, Event protos)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for name in sorted(os.listdir(folder)):
+    data = open(os.path.join(folder, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  return out
 
 
 def test_unknown_parts_are_one_line_errors_naming_the_valid_ones(monkeypatch):

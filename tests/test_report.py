@@ -38,7 +38,7 @@ def _train_rows(losses, every=10):
 
 
 def _eval_row(step, value=0.5):
-  return {"step": step, "eval/ret/i2t@10": value, "eval/ret/i2t@1": value, "eval/ret/i2t@5": value,
+  return {"step": step, "eval/ret/i2t_r10": value, "eval/ret/i2t_r1": value, "eval/ret/i2t_r5": value,
           "eval/ret/seconds": 3.0}
 
 
@@ -47,21 +47,21 @@ def _header(text, section="## Groups"):
 
 
 def test_natural_order_and_compact_default_columns(tmp_path):
-  assert sorted(["i2t@10", "i2t@5", "i2t@1", "t2i@2"], key=report.natural_key) == ["i2t@1", "i2t@5", "i2t@10", "t2i@2"]
+  assert sorted(["i2t_r10", "i2t_r5", "i2t_r1", "t2i_r2"], key=report.natural_key) == ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r2"]
   for d, lr in (("a", 0.001), ("b", 0.01)):
     _run(tmp_path, d, _cfg(lr=lr, name=d), _train_rows([3.0, 2.0, 1.0]) + [_eval_row(30)])
   text = report.write_report(str(tmp_path))
-  metrics = ["loss", "contrastive_loss", "caption_loss", "eval/ret/i2t@1", "eval/ret/i2t@5", "eval/ret/i2t@10"]
+  metrics = ["loss", "contrastive_loss", "caption_loss", "eval/ret/i2t_r1", "eval/ret/i2t_r5", "eval/ret/i2t_r10"]
   best = {m: "best (min)" if "loss" in m else "best (max)" for m in metrics}
   assert _header(text) == ["group", "runs", "status"] + [f"{m} {c}" for m in metrics for c in ("final", best[m])]
   assert _header(text, "## Runs") == ["run", "status", "steps", "time"] + [f"{m} final / best" for m in metrics]
   for noise in ("lr final", "grad_norm", "data/skipped", "samples_per_sec", "step_time", "data_time", "mfu", "seconds"):
     assert noise not in text.split("## Plots")[0], noise
-  assert (tmp_path / "eval_ret_i2t_10.png").is_file() and not (tmp_path / "train_lr.png").exists()
+  assert (tmp_path / "eval_ret_i2t_r10.png").is_file() and not (tmp_path / "train_lr.png").exists()
   # --metric still picks any logged metric, in the order given
-  text = report.write_report(str(tmp_path), ["train/lr", "eval/ret/i2t@10:min"])
-  assert _header(text) == ["group", "runs", "status", "lr final", "lr best (max)", "eval/ret/i2t@10 final",
-                           "eval/ret/i2t@10 best (min)"]
+  text = report.write_report(str(tmp_path), ["train/lr", "eval/ret/i2t_r10:min"])
+  assert _header(text) == ["group", "runs", "status", "lr final", "lr best (max)", "eval/ret/i2t_r10 final",
+                           "eval/ret/i2t_r10 best (min)"]
 
 
 def test_runs_outside_a_sweep_are_named_by_their_differing_config_keys(tmp_path):
@@ -157,7 +157,7 @@ def test_plot_has_integer_steps_and_one_legend_entry_per_group(groups_dir):
 
 def test_eval_points_at_the_same_step_stay_visible(groups_dir):
   runs = [r for r in report.collect(str(groups_dir)) if r.finished]  # all evaluated at step 30 only
-  fig = report.figure(str(groups_dir), runs, "eval/ret/i2t@1")
+  fig = report.figure(str(groups_dir), runs, "eval/ret/i2t_r1")
   ax = fig.axes[0]
   handles, labels = ax.get_legend_handles_labels()
   assert len(labels) == 2
@@ -173,5 +173,5 @@ def test_report_command_on_a_folder_of_runs(groups_dir, capsys):
   assert cli.main(["report", str(groups_dir)]) == 0
   text = capsys.readouterr().out
   assert "| optim.lr=0.3 | 1 | 1 stopped |" in text and "unknown" not in text
-  assert "![eval_ret_i2t_10.png](eval_ret_i2t_10.png)" in text
+  assert "![eval_ret_i2t_r10.png](eval_ret_i2t_r10.png)" in text
   assert (groups_dir / "train_loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -27,6 +27,7 @@ from flax import nnx
 from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, models, optim, progress
 from vlmjax import sharding, workdir as workdirs, xla_options
 from vlmjax.data import pipeline
+from vlmjax.evals import results as eval_results
 from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
 from vlmjax.train_state import Setup, TrainState, check_init, restore_or_init, setup
@@ -307,6 +308,8 @@ class Loop:
             f"resume, and `vlmjax eval --workdir {self.workdir} --step {step}` for that evaluation", flush=True)
       return False
     self.writer.write_evals(step, results)
+    if jax.process_index() == 0:
+      eval_results.write(self.workdir, step, results, self.suite.outputs)  # eval/<step>.json, captions
     return True
 
   def stop_waiting(self, step: int, state: TrainState, position: dict, first: int) -> None:

@@ -185,6 +185,8 @@ class Captioning:
   def evaluate(self, graphdef, params) -> dict[str, float]:
     captions = caption_images(self.ds, graphdef, params, self.options, self.seed)
     refs = self.ds.captions()
+    self.outputs = [{"index": i, "key": str(m.get("key", i)), "caption": c, "references": r}
+                    for i, (m, c, r) in enumerate(zip(self.ds.meta(), captions, refs))]  # eval/<step>/captions.jsonl
     return score(dict(enumerate(captions)), dict(enumerate(refs)), meteor=self.meteor)
 
 

@@ -36,21 +36,21 @@ def _updated(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.Config
 
 
 def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
-  """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json`. Returns (step, metrics, path)."""
+  """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json` (and the captions), appends to
+  metrics.jsonl and TensorBoard (`results`). Returns (step, metrics, path)."""
   import jax  # noqa: PLC0415
-  from vlmjax import metrics as metric_rows, train_state  # noqa: PLC0415
-  from vlmjax.evals import suite  # noqa: PLC0415
+  from vlmjax import train_state  # noqa: PLC0415
+  from vlmjax.evals import results, suite  # noqa: PLC0415
   cfg = load_config(workdir, overrides)
   if not cfg.evals:
     raise ConfigError(f"{workdir}/config.json defines no evaluators (cfg.evals is empty)")
   s, params, step = train_state.restore_params(workdir, cfg, step)
-  metrics = suite.prepare_all(cfg, s.mesh).run(s.graphdef, params, step=step, final=True)
+  prepared = suite.prepare_all(cfg, s.mesh)
+  metrics = prepared.run(s.graphdef, params, step=step, final=True)
   path = os.path.join(workdir, "eval", f"{step}.json")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(metric_rows.strict({"step": step, **metrics}), f, indent=2, sort_keys=True)  # strict JSON
-      f.write("\n")
+    results.write(workdir, step, metrics, prepared.outputs)
+    results.append_to_logs(workdir, step, metrics)  # one home: metrics.jsonl and TensorBoard too
   return step, metrics, path
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 10), *,
                 texts: Sequence[str] | None = None, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
-  """{"i2t@k", "t2i@k"} recall as fractions in [0, 1] for L2-normalised embeddings.
+  """{"i2t_rK", "t2i_rK"} (recall at K) as fractions in [0, 1] for L2-normalised embeddings.
 
   image_emb [I, E], text_emb [T, E], text_image_ids [T]: the image index (0..I-1) of each
   caption; every image needs at least one caption. `texts` [T]: the caption strings, so that
@@ -60,8 +60,8 @@ def recall_at_k(image_emb, text_emb, text_image_ids, ks: Sequence[int] = (1, 5, 
       sids_IxM[i, :len(sids)] = sids
     i2t = ranking.ranks(image_IxE, sids_IxM, text_TxE, text_sid_T, mesh=mesh)
   t2i = ranking.ranks(text_TxE, ids_T, image_IxE, image_ids_I, mesh=mesh)
-  out = {f"i2t@{k}": float(np.mean(i2t < k)) for k in ks}
-  out.update({f"t2i@{k}": float(np.mean(t2i < k)) for k in ks})
+  out = {f"i2t_r{k}": float(np.mean(i2t < k)) for k in ks}  # no '@': TensorBoard would rename it
+  out.update({f"t2i_r{k}": float(np.mean(t2i < k)) for k in ks})
   return out
 
 

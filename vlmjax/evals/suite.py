@@ -22,6 +22,7 @@ class Suite:
 
   def __init__(self, evals: ml_collections.ConfigDict, eval_every: int, prepared: dict):
     self.evals, self.eval_every, self.prepared = evals, eval_every, prepared
+    self.outputs: dict[str, list[dict]] = {}  # of the last `run`: rows an evaluator keeps (captions)
 
   def due(self, step: int, final: bool = False) -> list[str]:
     return common.due(self.evals, step, final, self.eval_every)
@@ -29,12 +30,15 @@ class Suite:
   def run(self, graphdef, params, *, step: int, final: bool = False) -> dict[str, float]:
     """{"eval/<name>/<metric>": value, "eval/<name>/seconds": s} for the evaluators due at `step`
     (every one when `final`); `params` as sharded for training."""
-    out = {}
+    out, self.outputs = {}, {}
     for name in self.due(step, final):
       start = time.perf_counter()
       metrics = self.prepared[name].evaluate(graphdef, params)
       out.update({f"eval/{name}/{k}": float(v) for k, v in metrics.items()})
       out[f"eval/{name}/seconds"] = time.perf_counter() - start
+      rows = getattr(self.prepared[name], "outputs", None)  # optional: what the evaluator produced
+      if rows:
+        self.outputs[name] = rows
     return out
 
 

@@ -92,7 +92,7 @@ REPORT_EPILOG = """\
 examples:
   vlmjax report runs/caption_weight
   vlmjax report runs/caption_weight --last 3 --metric train/contrastive_loss --metric eval/zs/top1
-  vlmjax report runs/lr_tries --metric eval/retrieval/i2t@1:max   # runs/lr_tries/<run>/ from vlmjax train"""
+  vlmjax report runs/lr_tries --metric eval/retrieval/i2t_r1:max   # runs/lr_tries/<run>/ from vlmjax train"""
 
 
 def add_parsers(sub) -> None:

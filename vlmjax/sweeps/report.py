@@ -98,7 +98,7 @@ def read_metrics(rundir: str) -> tuple[list[dict], int]:
 
 
 def natural_key(name: str) -> list:
-  """Sort key comparing the numbers inside names as numbers: i2t@1 < i2t@5 < i2t@10."""
+  """Sort key comparing the numbers inside names as numbers: i2t_r1 < i2t_r5 < i2t_r10."""
   return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
 
 
