@@ -1,4 +1,4 @@
-"""Public checkpoints in and out: open_clip and Hugging Face CLIP / SigLIP / CoCa <-> vlmjax params.
+"""Public checkpoints in and out: open_clip and Hugging Face CLIP / SigLIP / SigLIP 2 / CoCa <-> vlmjax params.
 
     vlmjax convert --from open_clip --checkpoint coca.safetensors --config configs/openclip_coca_b16.py --out DIR
     params = vlmjax.convert.load_params(DIR, abstract_params)   # what `cfg.init_from` does
@@ -12,6 +12,7 @@ the source, family, config and tokenizer. Modules: `io` (read/write state dicts)
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -23,9 +24,24 @@ PARAMS_DIR, META = "params", "convert.json"
 SIGLIP_KEYS = ("visual.trunk.attn_pool.latent", "text.text_projection.bias")  # open_clip ViT-B-16-SigLIP
 
 
+HF_KINDS = {"clip": "clip (CLIPModel)", "siglip": "siglip (SiglipModel)",
+            "siglip2": "siglip2 (Siglip2Model at its native square grid)"}
+SIGLIP2_POSEMB, SIGLIP2_PATCH = ("vision_model.embeddings.position_embedding.weight",
+                                 "vision_model.embeddings.patch_embedding.weight")
+
+
+def _hf_kind(checkpoint: str, state: dict) -> str:
+  """config.json's `model_type`, else guessed from the keys (Siglip2's patch embedding is a 2-D Linear)."""
+  from vlmjax.convert import io
+  kind = io.hf_model_type(checkpoint)
+  if kind is None and "vision_model.head.probe" in state:
+    kind = "siglip2" if getattr(state.get(SIGLIP2_PATCH), "ndim", 4) == 2 else "siglip"
+  return kind or "clip"
+
+
 def family_of(source: str, checkpoint: str, state: dict) -> str:
-  """`open_clip` | `open_clip_siglip` | `hf_clip` | `hf_siglip` from `--from` and the checkpoint's
-  config.json or keys."""
+  """`open_clip` | `open_clip_siglip` | `hf_clip` | `hf_siglip` | `hf_siglip2` from `--from` and the
+  checkpoint's config.json or keys."""
   if source == "open_clip":
     if any(k.startswith("text.transformer.embeddings") for k in state):
       raise ConfigError(f"{checkpoint!r} has a Hugging Face text tower inside open_clip; not supported "
@@ -39,11 +55,32 @@ def family_of(source: str, checkpoint: str, state: dict) -> str:
     return "open_clip"
   if source != "hf":
     raise ConfigError(f"--from must be open_clip or hf, got {source!r}")
-  from vlmjax.convert import io
-  kind = io.hf_model_type(checkpoint) or ("siglip" if "vision_model.head.probe" in state else "clip")
-  if kind not in ("clip", "siglip"):
-    raise ConfigError(f"{checkpoint!r} is an HF {kind!r} model; supported: clip (CLIPModel), siglip (SiglipModel)")
+  kind = _hf_kind(checkpoint, state)
+  if kind not in HF_KINDS:
+    raise ConfigError(f"{checkpoint!r} is an HF {kind!r} model; supported: {', '.join(HF_KINDS.values())}")
+  if kind == "siglip2" and SIGLIP2_POSEMB in state:
+    n = state[SIGLIP2_POSEMB].shape[0]
+    if math.isqrt(n) ** 2 != n:
+      raise ConfigError(f"{checkpoint!r} is a Siglip2 (NaFlex) checkpoint with num_patches={n}, not a square grid; "
+                        "supported: square images at the checkpoint's square native grid (the NaFlex encoder's "
+                        "variable grids are not supported yet)")
   return f"hf_{kind}"
+
+
+def check_siglip2(checkpoint: str, state: dict, model_cfg) -> None:
+  """A Siglip2 (NaFlex) checkpoint converts for square images at its native grid only: there its
+  per-image bilinear resize of the position embedding is the identity, and our ViT is that model."""
+  if SIGLIP2_POSEMB not in state or SIGLIP2_PATCH not in state:
+    return  # params.to_ours names the missing tensor
+  grid = math.isqrt(state[SIGLIP2_POSEMB].shape[0])
+  patch = math.isqrt(state[SIGLIP2_PATCH].shape[1] // 3)
+  ours = model_cfg.image_size // model_cfg.vision.patch_size
+  if ours != grid or model_cfg.vision.patch_size != patch:
+    raise ConfigError(f"{checkpoint!r} is a Siglip2 (NaFlex) checkpoint with a {grid}x{grid} native grid of "
+                      f"{patch}-px patches; model.image_size={model_cfg.image_size} with patch "
+                      f"{model_cfg.vision.patch_size} makes a {ours}x{ours} grid. Supported: square images at the "
+                      f"native grid (model.image_size={grid * patch}, model.vision.patch_size={patch}); other grids "
+                      "need the NaFlex encoder (not supported yet)")
 
 
 def export_family(source: str, model_cfg) -> str:
@@ -59,6 +96,8 @@ def convert(source: str, checkpoint: str, model_cfg, abstract_params: Any, *, vo
   from vlmjax.convert import io, params
   state = io.read(checkpoint)
   family = family_of(source, checkpoint, state)
+  if family == "hf_siglip2":
+    check_siglip2(checkpoint, state, model_cfg)
   return params.to_ours(state, family, model_cfg, abstract_params, where=f"checkpoint {checkpoint!r}",
                         vocab_offset=vocab_offset)
 

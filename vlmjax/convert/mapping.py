@@ -15,6 +15,10 @@ tensor's layout differs:
 
 `open_clip_siglip` is open_clip's ViT-B-16-SigLIP layout: a timm ViT (`visual.trunk.*`, MAP
 head `attn_pool`) and open_clip's text tower pooled at the last token with a biased projection.
+`hf_siglip2` is HF's Siglip2Model (NaFlex): SiglipModel's names, but the patch embedding is an
+nn.Linear over patches flattened row, column, channel (its image processor's order, and ours),
+so it maps as `linear`; its position embedding is a square grid's table, used as is (see
+`vlmjax.convert.check_siglip2`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 import numpy as np
 
 Rule = tuple[str, str, str]
-FAMILIES = ("open_clip", "open_clip_siglip", "hf_clip", "hf_siglip")
+FAMILIES = ("open_clip", "open_clip_siglip", "hf_clip", "hf_siglip", "hf_siglip2")
 QKV = "qkv"
 FUSED = {"qkv_w": "qkv", "qkv_b": "qkv", "kv_w": "kv", "kv_b": "kv"}  # kind -> the parts, in order
 
@@ -146,12 +150,17 @@ HF_SIGLIP: list[Rule] = [
     *_linear(r"text_proj", "text_model.head"), (r"logit_scale", "logit_scale", "scalar1"),
     (r"logit_bias", "logit_bias", "scalar1")]
 
+HF_SIGLIP2: list[Rule] = [  # the patch embedding is an nn.Linear [D, p*p*3] over (row, column, channel)
+    (r"vision\.embed\.kernel", "vision_model.embeddings.patch_embedding.weight", "linear"),
+    *[rule for rule in HF_SIGLIP if rule[0] != r"vision\.embed\.kernel"]]
+
 
 def rules(family: str, model_name: str) -> list[Rule]:
   """The rule list for a reference family and our model family (`two_tower` | `coca`)."""
   table = {("open_clip", "two_tower"): OPEN_CLIP_CLIP, ("open_clip", "coca"): OPEN_CLIP_COCA,
            ("open_clip_siglip", "two_tower"): OPEN_CLIP_SIGLIP,
-           ("hf_clip", "two_tower"): HF_CLIP, ("hf_siglip", "two_tower"): HF_SIGLIP}
+           ("hf_clip", "two_tower"): HF_CLIP, ("hf_siglip", "two_tower"): HF_SIGLIP,
+           ("hf_siglip2", "two_tower"): HF_SIGLIP2}
   if (family, model_name) not in table:
     valid = ", ".join(f"{f} -> {m}" for f, m in table)
     raise KeyError(f"no map from {family} checkpoints to model.name={model_name!r}; valid: {valid}")

@@ -1,6 +1,16 @@
 """Tokenizers named by spec: `bytes`, `sentencepiece:MODEL_PATH`, `hf:TOKENIZER_JSON_PATH`,
 `open_clip:PATH` (open_clip's BPE: `vlmjax convert`'s tokenizer.json for it, or open_clip's own
-bpe_simple_vocab_16e6.txt.gz, with open_clip's text cleaning: ftfy, HTML entities, whitespace, `str.lower`).
+bpe_simple_vocab_16e6.txt.gz, with open_clip's text cleaning: ftfy, HTML entities, whitespace, `str.lower`),
+`gemma:MODEL_PATH` (a Gemma sentencepiece model as SigLIP 2 uses it, below).
+
+`gemma:` is SigLIP 2's text preprocessing (big_vision's `lower|tok(model="gemma", bos="no",
+eos="sticky")`, pad 0): A-Z lower-cased (big_vision's `lower` is `tf.strings.lower`, ASCII only),
+no bos, eos appended and kept when truncated, padded with <pad> = 0. It equals transformers'
+`GemmaTokenizer(add_bos_token=False, add_eos_token=True)` on the same .model, padding="max_length"
+and truncation, fed the ASCII-lower-cased text (HF's docs leave lower-casing to the user);
+transformers' `Siglip2Tokenizer` lower-cases all of Unicode, so non-ASCII capitals differ. Like
+big_vision (sentencepiece itself), literal control-token text ("<eos>") stays text, where
+transformers turns it into the special id. `sentencepiece:` on a Gemma model adds <bos>.
 
 Every tokenizer maps text to int32 [L] with 0 = pad: [bos?] ids... eos, truncated
 with the eos kept, zero-padded. A vocabulary whose id 0 is not padding (most
@@ -17,7 +27,8 @@ import numpy as np
 from vlmjax.errors import ConfigError
 
 PAD, BOS, EOS = 0, 1, 2
-SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH, open_clip:TOKENIZER_JSON_OR_BPE_GZ"
+SPECS = "bytes, sentencepiece:MODEL_PATH, hf:TOKENIZER_JSON_PATH, open_clip:TOKENIZER_JSON_OR_BPE_GZ, gemma:MODEL_PATH"
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _pack(ids: list[int], length: int, eos: int | None) -> np.ndarray:
@@ -77,7 +88,10 @@ class SentencePieceTokenizer(_VocabTokenizer):
 
   def __init__(self, path: str):
     import sentencepiece as spm
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:
+      raise ConfigError(f"sentencepiece model {path!r} could not be read: {str(e).splitlines()[0]}") from None
     self._setup(self._sp.get_piece_size(), self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id())
 
   def _ids(self, text: str) -> list[int]:
@@ -85,6 +99,17 @@ class SentencePieceTokenizer(_VocabTokenizer):
 
   def _detok(self, ids: list[int]) -> str:
     return self._sp.decode(ids)
+
+
+class GemmaTokenizer(SentencePieceTokenizer):
+  """A Gemma sentencepiece `.model` as SigLIP 2 tokenizes: ASCII lower-case, no bos, eos, pad 0."""
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self.bos = None
+
+  def _ids(self, text: str) -> list[int]:
+    return self._sp.encode(text.translate(ASCII_LOWER))
 
 
 class HFTokenizer(_VocabTokenizer):
@@ -141,7 +166,7 @@ def openclip_clean(text: str) -> str:
 
 
 TOKENIZERS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer,
-              "open_clip": OpenClipTokenizer}
+              "open_clip": OpenClipTokenizer, "gemma": GemmaTokenizer}
 
 
 def reads_hf_file(spec: str, path: str) -> bool:
@@ -151,7 +176,8 @@ def reads_hf_file(spec: str, path: str) -> bool:
 
 
 def build(spec: str):
-  """`bytes` | `sentencepiece:PATH` | `hf:PATH` | `open_clip:PATH` -> a tokenizer; a ConfigError names a bad spec or file."""
+  """`bytes` | `sentencepiece:PATH` | `hf:PATH` | `open_clip:PATH` | `gemma:PATH` -> a tokenizer; a ConfigError
+  names a bad spec or file."""
   kind, _, path = spec.partition(":")
   if kind not in TOKENIZERS or (kind == "bytes") != (not path):
     raise ConfigError(f"data tokenizer {spec!r} is unknown; valid: {SPECS}")

@@ -1,0 +1,51 @@
+"""SigLIP 2 B/16 at 256 px (Tschannen et al., 2025) as released: google/siglip2-base-patch16-256.
+
+    vlmjax convert --from hf --checkpoint ./siglip2-base-patch16-256 --config configs/siglip2_b16.py \
+        --tokenizer none --out w/siglip2_b16
+    vlmjax train --config configs/siglip2_b16.py:batch=4096,steps=10000 --workdir runs/siglip2_ft \
+        --config.init_from=w/siglip2_b16 \
+        --config.data.train.tokenizer=gemma:./siglip2-base-patch16-256/tokenizer.model \
+        --config.data.train.source='tar:/data/webli/{00000..09999}.tar'
+
+The released fixed-resolution SigLIP 2 is SigLIP's architecture (HF `SiglipModel`, big_vision's
+two_towers) with the Gemma vocabulary: a B/16 ViT at 256 px (16x16 patches, learned position
+embedding, patch bias, final LayerNorm, MAP head; its output is the embedding), a B-sized
+bidirectional text tower over 64 tokens with 256,000 ids pooled at the last position and a
+biased projection to 768; tanh GELU, LayerNorm eps 1e-6; t' = log 10, b = -10 at init.
+375,234,050 parameters, as transformers' SiglipModel of that checkpoint (and Siglip2Model, the
+NaFlex layout, at 256 patches: its Linear patch embedding has the conv's parameters).
+
+Tokenizer: `gemma:PATH` on the Gemma sentencepiece model (the checkpoint's tokenizer.model, or
+big_vision's gemma tokenizer): text lower-cased (A-Z, as big_vision's `lower`), no <bos>, <eos>
+appended and kept when truncated, padded with <pad> = 0 to 64 (HF: GemmaTokenizer with
+add_bos_token=False, add_eos_token=True, padding="max_length", max_length=64, on lower-cased
+text). The tower attends to padding and embeds id 0 there, as vlmjax batches pad: pad_id=0.
+`vlmjax convert` would copy the directory's tokenizer.json as `hf:`, which adds <bos>, hence
+`--tokenizer none` and the `gemma:` spec. The NaFlex checkpoints (HF Siglip2Model) convert
+through the same config at their native square grid (`--from hf` recognises model_type siglip2).
+Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe). Config argument: batch, steps.
+"""
+
+from vlmjax import presets
+from vlmjax.config import base, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, batch=32_768, steps=100_000)
+  c = base(batch_size=a.batch, total_steps=a.steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
+  c.optim.warmup_steps = min(5_000, a.steps // 5)
+
+  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False,
+                                   act="gelu_tanh", norm_eps=1e-6)  # as big_vision / HF SiglipModel
+  m.image_size = 256
+  m.embed_dim = 768
+  m.init_logit_scale = 10.0
+  m.max_logit_scale = 0.0       # not clamped (big_vision)
+  m.init_logit_bias = -10.0
+  m.vision = presets.vit("B/16", pool="map")
+  m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
+  m.text = presets.text("siglip", vocab_size=256_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
+                        pad_id=0)  # Gemma's <pad> is 0, what batches hold at padding
+  c.loss = presets.loss("siglip")
+  return c
