@@ -1,4 +1,5 @@
-"""Evaluation: zero-shot classification, image-text retrieval, captioning, and any evaluator registered
+"""Evaluation: zero-shot classification, image-text retrieval, captioning, few-shot linear probes, and any
+evaluator registered
 in `registry.EVALUATORS` (the protocol is in `registry.py`).
 
 `prepare_all(cfg, mesh)` -> a `Suite` (suite.py): every evaluator of `cfg.evals` checked and

@@ -80,6 +80,11 @@ class EvalSet:
     self.num_examples = ev.num_examples or len(self.source)
     self._meta: list[dict] | None = None
 
+  def restrict(self, indices: np.ndarray) -> None:
+    """From now on the set is the records `indices` of its source, in that order (few-shot: only the
+    drawn examples are embedded)."""
+    self.source, self.num_examples, self._meta = _Rows(self.source, indices), len(indices), None
+
   def require_field(self, field: str, needed_by: str) -> None:
     """A one-line ConfigError unless the first record has `field` ("caption" also accepts "captions")."""
     rec = self.source[0] if self.num_examples else {}
@@ -178,12 +183,30 @@ def counter(ds: EvalSet, what: str, total: int, unit: str) -> progress.Counter:
                                  primary=jax.process_index() == 0)
 
 
-def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params) -> np.ndarray:
-  """L2-normalised image embeddings [num_examples, E] (float32, host)."""
-  require(ds, "encode_image")
-  bar, out = counter(ds, "embedding images", ds.num_examples, "images"), []
+class _Rows:
+  """The records `indices` of a random-access source."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(self.indices[i])]
+
+  def __repr__(self) -> str:
+    return f"{self.source!r}[{len(self.indices)} rows]"
+
+
+def embed_images(ds: EvalSet, graphdef: nnx.GraphDef, params, method: str = "encode_image",
+                 what: str = "images") -> np.ndarray:
+  """The model's `method` of every image [num_examples, ...] (float32, host): `encode_image` gives
+  L2-normalised embeddings [num_examples, E]."""
+  require(ds, method)
+  bar, out = counter(ds, f"embedding {what}", ds.num_examples, "images"), []
   for x, n in ds.image_batches():
-    out.append(gather(apply_model(params, x, graphdef=graphdef, method="encode_image"), n))
+    out.append(gather(apply_model(params, x, graphdef=graphdef, method=method), n))
     bar.update(n)
   bar.close()
   return np.concatenate(out).astype(np.float32)
