@@ -1,6 +1,5 @@
 """Evaluation: zero-shot classification, image-text retrieval, captioning, few-shot linear probes, and any
-evaluator registered
-in `registry.EVALUATORS` (the protocol is in `registry.py`).
+evaluator registered in `registry.EVALUATORS` (the protocol is in `registry.py`).
 
 `prepare_all(cfg, mesh)` -> a `Suite` (suite.py): every evaluator of `cfg.evals` checked and
 prepared once; `suite.due(step, final)` names the ones due; `suite.run(graphdef, params, step=...)`
