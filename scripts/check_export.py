@@ -30,6 +30,7 @@ CASES = (  # (name, import from, checkpoint, tokenizer, vocab override, export t
     ("openclip_coca", "open_clip", "openclip_coca.safetensors", "clip", 101, "open_clip", 0),
     ("hf_siglip", None, None, "siglip", None, "hf", 2),
     ("openclip_clip", None, None, "clip", 101, "open_clip", 2),
+    ("hf_siglip", None, None, "gemma", 400, "hf", 2),  # SigLIP 2's tokenizer: GemmaTokenizer
 )
 TEXTS = ["w5 w7 w9", "w3 " * 20, ""]
 
@@ -44,9 +45,10 @@ def _vlmjax_side(work: str) -> list[dict]:
   from vlmjax.evals import commands as ev
   toks = {"clip": word_tokenizer(os.path.join(work, "clip_tok.json"), {98: "<|startoftext|>", 99: "<|endoftext|>"}),
           "siglip": word_tokenizer(os.path.join(work, "siglip_tok.json"), {0: "<pad>", 1: "</s>"})}
+  toks["gemma"] = os.path.join(FIX, "gemma_tiny.model")
   cases = []
   for i, (name, source, ckpt, tok, vocab, to, steps) in enumerate(CASES):
-    spec, run = f"hf:{toks[tok]}", os.path.join(work, f"run{i}")
+    spec, run = f"{'gemma' if tok == 'gemma' else 'hf'}:{toks[tok]}", os.path.join(work, f"run{i}")
     overrides = [f"--config.model.text.vocab_size={vocab}"] if vocab else []
     if steps:
       cfg = config.load(f"{CONFIGS}:name={name}", (("total_steps", str(steps)), ("batch_size", "8"),

@@ -54,7 +54,7 @@ def family_of(source: str, checkpoint: str, state: dict) -> str:
       return "open_clip_siglip"
     return "open_clip"
   if source != "hf":
-    raise ConfigError(f"--from must be open_clip or hf, got {source!r}")
+    raise ConfigError(f"--from must be open_clip, hf or big_vision, got {source!r}")
   kind = _hf_kind(checkpoint, state)
   if kind not in HF_KINDS:
     raise ConfigError(f"{checkpoint!r} is an HF {kind!r} model; supported: {', '.join(HF_KINDS.values())}")
@@ -94,8 +94,12 @@ def export_family(source: str, model_cfg) -> str:
 def convert(source: str, checkpoint: str, model_cfg, abstract_params: Any, *, vocab_offset: int = 0) -> Any:
   """Reads `checkpoint` and returns our pure param dict (NumPy) shaped like `abstract_params`."""
   from vlmjax.convert import io, params
-  state = io.read(checkpoint)
-  family = family_of(source, checkpoint, state)
+  if source == "big_vision":  # read as SiglipModel's state dict (names and layouts)
+    from vlmjax.convert import big_vision
+    state, family = big_vision.read(checkpoint), "hf_siglip"
+  else:
+    state = io.read(checkpoint)
+    family = family_of(source, checkpoint, state)
   if family == "hf_siglip2":
     check_siglip2(checkpoint, state, model_cfg)
   return params.to_ours(state, family, model_cfg, abstract_params, where=f"checkpoint {checkpoint!r}",

@@ -8,7 +8,10 @@ import shutil
 from vlmjax.errors import ConfigError
 
 TOKENIZER_HELP = ("tokenizer that goes with the checkpoint: hf:TOKENIZER_JSON, open_clip:BPE_GZ (open_clip's "
-                  "bpe_simple_vocab_16e6.txt.gz), or none; default: an HF directory's tokenizer.json, else none")
+                  "bpe_simple_vocab_16e6.txt.gz), gemma:TOKENIZER_MODEL (SigLIP 2), sentencepiece:MODEL, or "
+                  "none; default: an HF directory's tokenizer.json, else none")
+COPIED_AS = {"hf": "tokenizer.json", "open_clip": "tokenizer.json", "gemma": "tokenizer.model",
+             "sentencepiece": "spiece.model"}
 
 
 def _tokenizer(spec: str | None, checkpoint: str, stage: str, out: str) -> tuple[str | None, int]:
@@ -22,18 +25,18 @@ def _tokenizer(spec: str | None, checkpoint: str, stage: str, out: str) -> tuple
   if spec == "none":
     return None, 0
   kind, _, path = spec.partition(":")
-  if kind not in ("hf", "open_clip") or not path:
+  if kind not in COPIED_AS or not path:
     raise ConfigError(f"--tokenizer {spec!r} is not valid; {TOKENIZER_HELP}")
   if not os.path.exists(path):
     raise ConfigError(f"--tokenizer {spec!r}: file {path!r} does not exist")
-  target = os.path.join(stage, "tokenizer.json")
+  target = os.path.join(stage, COPIED_AS[kind])
   if kind == "open_clip":
     tokenizer.openclip_tokenizer_json(path, target)
   else:
     shutil.copyfile(path, target)
   shift = tokenizers.build(f"{kind}:{target}").shift
   # open_clip: its text cleaning goes with the file (`tokenizers.OpenClipTokenizer`)
-  return f"{kind}:{os.path.join(os.path.abspath(out), 'tokenizer.json')}", shift
+  return f"{kind}:{os.path.join(os.path.abspath(out), COPIED_AS[kind])}", shift
 
 
 def _load_config(spec: str, overrides):
@@ -61,6 +64,9 @@ def _convert(args, overrides) -> int:
                       "--workdir RUN (export a run)")
   cfg = _load_config(args.config, overrides)
   if args.reverse:
+    if args.source == "big_vision":
+      raise ConfigError("--reverse writes open_clip or HF names, not a big_vision .npz; use --from hf to write "
+                        "SiglipModel's state dict")
     return _reverse(args, cfg)
   abstract = export.abstract_params(cfg)
   with io.staged_dir(args.out) as stage:  # OUT appears whole or not at all
@@ -174,6 +180,8 @@ examples:
       --out weights/clip_b16
   vlmjax convert --from hf --checkpoint ./siglip-base-patch16-224 --config configs/siglip_b16.py \\
       --out weights/siglip_b16
+  vlmjax convert --from big_vision --checkpoint webli_en_b16_224_63724782.npz --config configs/siglip_b16.py \\
+      --out weights/siglip_bv
   vlmjax train --config configs/clip_b16.py --workdir runs/ft --config.model.text.vocab_size=49409 \\
       --config.init_from=weights/clip_b16 --config.data.train.tokenizer=open_clip:weights/clip_b16/tokenizer.json
   vlmjax eval --workdir weights/clip_b16 --config.evals.zs=zero_shot:tfds:cifar10:test
@@ -196,8 +204,9 @@ def add_parsers(sub) -> None:
                  "transformers (`from_pretrained(OUT)`) loads")
   p.add_argument("--workdir", default=None, metavar="RUN",
                  help="with --to: a training run's workdir (--step N, default its latest) or a convert output")
-  p.add_argument("--from", dest="source", default=None, choices=("open_clip", "hf"),
-                 help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel directory")
+  p.add_argument("--from", dest="source", default=None, choices=("open_clip", "hf", "big_vision"),
+                 help="open_clip: a state dict (.safetensors/.pt/.bin); hf: a CLIPModel/SiglipModel/Siglip2Model "
+                 "directory; big_vision: a two-towers SigLIP .npz (unrolled or scanned blocks)")
   p.add_argument("--checkpoint", default=None, metavar="PATH",
                  help="the reference checkpoint; with --reverse, a `vlmjax convert` output directory or a "
                  "training run's workdir")

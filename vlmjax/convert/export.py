@@ -177,8 +177,8 @@ def open_clip_config(m, offset: int, tok: dict) -> dict:
     cfg.update(custom_text=True, multimodal_cfg=dict(
         context_length=t.context_length, vocab_size=vocab, width=t.width, heads=d.heads, layers=d.depth,
         mlp_ratio=d.mlp_dim / t.width, attn_pooler_heads=m.pooler.heads))
-  if tok["kind"] in ("hf", "sentencepiece"):
-    text["hf_tokenizer_name"] = "local-dir"  # open_clip then reads tokenizer.json from the directory
+  if tok["kind"] in ("hf", "gemma"):
+    text["hf_tokenizer_name"] = "local-dir"  # open_clip then reads the tokenizer files from the directory
   return dict(model_cfg=cfg, preprocess_cfg=_preprocess(m))
 
 
@@ -193,9 +193,8 @@ def write_tokenizer(tok: dict, out: str, to: str, context: int, pad_id: int) -> 
   itself), tokenizer_config.json and special_tokens_map.json; a sentencepiece model as spiece.model."""
   if tok["kind"] == "bytes":
     return []
-  if tok["kind"] == "sentencepiece":
-    shutil.copyfile(tok["path"], os.path.join(out, "spiece.model"))
-    return ["spiece.model"]
+  if tok["kind"] in ("sentencepiece", "gemma"):
+    return _write_sentencepiece(tok, out, context, pad_id)
   from tokenizers import Tokenizer, processors
   t = Tokenizer.from_file(tok["path"])
   pieces = [p for p in ("bos", "eos") if tok[p] is not None]
@@ -212,6 +211,22 @@ def write_tokenizer(tok: dict, out: str, to: str, context: int, pad_id: int) -> 
     json.dump(dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=context, padding_side="right",
                    **special), f, indent=1)
   return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def _write_sentencepiece(tok: dict, out: str, context: int, pad_id: int) -> list[str]:
+  """A sentencepiece model as transformers loads it: Gemma's (`gemma:`, SigLIP 2) as GemmaTokenizer without
+  bos and with eos, as vlmjax encodes; another as the model file alone (SiglipTokenizer's spiece.model)."""
+  import sentencepiece as spm
+  if tok["kind"] == "sentencepiece":
+    shutil.copyfile(tok["path"], os.path.join(out, "spiece.model"))
+    return ["spiece.model"]
+  shutil.copyfile(tok["path"], os.path.join(out, "tokenizer.model"))
+  sp = spm.SentencePieceProcessor(model_file=tok["path"])
+  special = dict(eos_token=tok["eos"], pad_token=sp.id_to_piece(pad_id), unk_token=sp.id_to_piece(sp.unk_id()))
+  with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump(dict(tokenizer_class="GemmaTokenizer", add_bos_token=False, add_eos_token=True,
+                   model_max_length=context, padding_side="right", **special), f, indent=1)
+  return ["tokenizer.model", "tokenizer_config.json"]
 
 
 def export(to: str, workdir: str, step: int | None, out: str) -> str:
