@@ -1,10 +1,9 @@
 """SigLIP 2 B/16 at 256 px (Tschannen et al., 2025) as released: google/siglip2-base-patch16-256.
 
     vlmjax convert --from hf --checkpoint ./siglip2-base-patch16-256 --config configs/siglip2_b16.py \
-        --tokenizer none --out w/siglip2_b16
+        --tokenizer gemma:./siglip2-base-patch16-256/tokenizer.model --out w/siglip2_b16
     vlmjax train --config configs/siglip2_b16.py:batch=4096,steps=10000 --workdir runs/siglip2_ft \
-        --config.init_from=w/siglip2_b16 \
-        --config.data.train.tokenizer=gemma:./siglip2-base-patch16-256/tokenizer.model \
+        --config.init_from=w/siglip2_b16 --config.data.train.tokenizer=gemma:w/siglip2_b16/tokenizer.model \
         --config.data.train.source='tar:/data/webli/{00000..09999}.tar'
 
 The released fixed-resolution SigLIP 2 is SigLIP's architecture (HF `SiglipModel`, big_vision's
@@ -20,8 +19,8 @@ big_vision's gemma tokenizer): text lower-cased (A-Z, as big_vision's `lower`), 
 appended and kept when truncated, padded with <pad> = 0 to 64 (HF: GemmaTokenizer with
 add_bos_token=False, add_eos_token=True, padding="max_length", max_length=64, on lower-cased
 text). The tower attends to padding and embeds id 0 there, as vlmjax batches pad: pad_id=0.
-`vlmjax convert` would copy the directory's tokenizer.json as `hf:`, which adds <bos>, hence
-`--tokenizer none` and the `gemma:` spec. The NaFlex checkpoints (HF Siglip2Model) convert
+Without `--tokenizer`, `vlmjax convert` would take the directory's tokenizer.json as `hf:`, which adds
+<bos>: pass `--tokenizer gemma:...` (it then trains and evaluates with `gemma:OUT/tokenizer.model`). The NaFlex checkpoints (HF Siglip2Model) convert
 through the same config at their native square grid (`--from hf` recognises model_type siglip2).
 Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe). Config argument: batch, steps.
 """

@@ -1,10 +1,9 @@
 """SigLIP So400m/14 at 384 px (Alabdulmohsin et al., 2023) as released: google/siglip-so400m-patch14-384.
 
     vlmjax convert --from hf --checkpoint ./siglip-so400m-patch14-384 --config configs/siglip_so400m14.py \
-        --tokenizer none --out w/siglip_so400m14
+        --tokenizer sentencepiece:./siglip-so400m-patch14-384/spiece.model --out w/siglip_so400m14
     vlmjax train --config configs/siglip_so400m14.py:batch=4096,steps=10000 --workdir runs/so400m_ft \
-        --config.init_from=w/siglip_so400m14 \
-        --config.data.train.tokenizer=sentencepiece:./siglip-so400m-patch14-384/spiece.model \
+        --config.init_from=w/siglip_so400m14 --config.data.train.tokenizer=sentencepiece:w/siglip_so400m14/spiece.model \
         --config.data.train.source='tar:/data/webli/{00000..09999}.tar'
 
 Shape-optimised ViT So400m/14 (width 1152, 27 layers, 16 heads, MLP 4304; learned position
