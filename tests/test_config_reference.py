@@ -49,7 +49,7 @@ INVALID = {
 EVALUATOR = {"batch_size": "0", "beam_size": "0", "data.data_dir": "/tmp", "data.source": "nosuch:x", "every": "-1",
              "image_mode": "x", "length_penalty": "-1", "max_len": "0", "meteor": "maybe", "method": "x",
              "num_examples": "-1", "seed": "-1", "temperature": "-1", "top_k": "-1", "top_p": "1.5", "type": "x",
-             "ks": "0", "class_names": "/nonexistent.txt", "templates": "nosuch"}
+             "ks": "0", "class_names": "/nonexistent.txt", "templates": "nosuch", "merge_same_names": "maybe"}
 FREE = {"wandb.entity", "wandb.name"}  # any text is a valid value
 
 

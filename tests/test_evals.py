@@ -58,14 +58,15 @@ def _values(metrics):
 def test_run_all_reports_every_metric_of_the_due_evaluators(micro):
   cfg, s, _, params, metrics = micro
   assert set(_values(metrics)) == {
-      "eval/zs/top1", "eval/zs/top5", "eval/cap/cider", "eval/cap/bleu4", "eval/cap/rouge_l",
+      "eval/zs/top1", "eval/zs/top5", "eval/zs/mean_per_class_recall", "eval/cap/cider", "eval/cap/bleu4",
+      "eval/cap/rouge_l",
       *(f"eval/ret/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
   assert all(0 <= v <= 1 for k, v in _values(metrics).items() if "/zs/" in k or "/ret/" in k)
   assert metrics["eval/zs/top1"] <= metrics["eval/zs/top5"]
   assert common.due(cfg.evals, 2) == ["zs"] and set(common.due(cfg.evals, 3)) == {"ret", "cap"}
   assert run_all(cfg, s.graphdef, params, s.mesh, step=5) == {}
-  assert set(run_all(cfg, s.graphdef, params, s.mesh, step=4)) == {"eval/zs/top1", "eval/zs/top5",
-                                                                          "eval/zs/seconds"}
+  assert set(run_all(cfg, s.graphdef, params, s.mesh, step=4)) == {
+      "eval/zs/top1", "eval/zs/top5", "eval/zs/mean_per_class_recall", "eval/zs/seconds"}
 
 
 def test_evaluators_on_8_devices_equal_1_device(micro):

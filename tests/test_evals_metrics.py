@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from vlmjax.errors import ConfigError
 from vlmjax.evals import captioning, ptb, ranking, retrieval, zero_shot
 
 JAVA = shutil.which("java") is not None
@@ -105,8 +106,26 @@ def test_zero_shot_classifier_and_accuracy_match_numpy():
   labels = rng.integers(0, 6, 40)
   got = zero_shot.accuracy(image, labels, cls, ks=(1, 5))
   ranks = brute_ranks(image, labels, cls, np.arange(6))
-  assert got == {"top1": np.mean(ranks < 1), "top5": np.mean(ranks < 5)}
-  assert got["top1"] == np.mean(np.argmax(image @ cls.T, 1) == labels)
+  pred = np.argmax(image @ cls.T, 1)
+  recall = np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)])  # balanced accuracy
+  assert got == {"top1": np.mean(ranks < 1), "top5": np.mean(ranks < 5), "mean_per_class_recall": recall}
+  assert got["top1"] == np.mean(pred == labels) and got["mean_per_class_recall"] != got["top1"]
+
+
+def test_the_papers_prompts_are_shipped_and_named():
+  """OpenAI's 80 ImageNet templates and curated class names (CLIP_benchmark's lists, with `{}`), the
+  per-dataset sets, and one-line errors naming the valid sets."""
+  imagenet = zero_shot.templates("openai_imagenet", "t")
+  assert len(imagenet) == 80 and imagenet == zero_shot.templates("imagenet1k", "t")
+  assert all(t.count("{}") == 1 for t in imagenet) and "a bad photo of a {}." in imagenet
+  assert len(zero_shot.templates("cifar10", "t")) == 18 and len(zero_shot.templates("sun397", "t")) == 2
+  names = zero_shot.class_names("", "", "imagenet1k", "c")
+  assert len(names) == 1000 and names[0] == "tench" and names.count("sunglasses") == 2
+  with pytest.raises(ConfigError, match=r"t='imagenet' is not a template set; valid: shapes, photo, plain, "
+                                        r"openai_imagenet, dataset, caltech101"):
+    zero_shot.templates("imagenet", "t")
+  with pytest.raises(ConfigError, match=r"neither a file .* nor a shipped list \(caltech101, "):
+    zero_shot.class_names("", "", "imagenet", "c")
 
 
 PTB_SENTENCES = [

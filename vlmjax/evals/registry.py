@@ -63,7 +63,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "ove
       config.apply_override(cfg, key, raw, where)
 
 
-OLD_BEHAVIOUR = {"image_mode": "resize"}  # evaluators resized whole images before center_crop
+# evaluators resized whole images before center_crop; zero-shot counted same-named classes as one
+OLD_BEHAVIOUR = {"image_mode": "resize", "merge_same_names": True}
 
 
 def add_new_fields(cfg: ml_collections.ConfigDict) -> None:

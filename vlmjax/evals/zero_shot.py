@@ -1,20 +1,29 @@
-"""Zero-shot classification: class names x prompt templates -> a text classifier; top-1/top-5.
+"""Zero-shot classification: class names x prompt templates -> a text classifier; top-1/top-5 and
+mean per-class recall, as CLIP and CLIP_benchmark report them.
 
-Each class's prompts are embedded, averaged and renormalised into one class
-embedding; an image is classified by its highest-scoring class. Ties are
-pessimistic (see `ranking`): a wrong class scoring equal to the true one counts
-as ranked ahead of it.
+Each class's prompts are embedded, averaged and renormalised into one class embedding (prompt
+ensembling); an image is classified by its highest-scoring class. Ties are pessimistic (see
+`ranking`): a wrong class scoring equal to the true one counts as ranked ahead of it. Classes
+are the source's labels as they are: ImageNet's curated names list "missile" and "sunglasses"
+twice, and choosing the other one is wrong, as in the papers (`merge_same_names=True` counts
+either as right).
 
-Class names come from the source: the shapes set's colour x shape classes, or a
-TFDS set's `label` feature (cifar10/100; underscores become spaces). ImageNet's
-TFDS names are WordNet ids, so `class_names` must then name a file with one
-readable name per line, in label order.
+Templates: a named set (`shapes`, `photo`, `plain`, `openai_imagenet` = `imagenet1k`: OpenAI's
+80; every dataset of CLIP_benchmark's English lists, e.g. `cifar10`, `sun397`), `dataset` (the
+source's own file, e.g. a CLIP_benchmark webdataset's zeroshot_classification_templates.txt), or
+a sequence of strings with one `{}`. Class names: from the source (its metadata: TFDS label
+names, a webdataset's classnames.txt, folder names), a shipped list by dataset name
+(`imagenet1k`: OpenAI's curated ImageNet names, and CLIP_benchmark's per-dataset lists), or a
+file with one name per line. The shipped lists are vlmjax/evals/prompts.json
+(scripts/make_prompts.py writes it from CLIP_benchmark).
 
 Shape legend: I images, K classes, P prompt templates, E embedding dim.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from typing import Sequence
@@ -34,15 +43,38 @@ TEMPLATES = {
               "a bright photo of a {}.", "a drawing of a {}."),
     "plain": ("{}",),
 }
+ALIASES = {"openai_imagenet": "imagenet1k"}
+DATASET = "dataset"  # the source's own templates
 
 
-def templates(spec: str | Sequence[str], where: str) -> tuple[str, ...]:
-  """A named template set (`shapes`, `photo`, `plain`) or a sequence of strings with one `{}`."""
+@functools.cache
+def shipped() -> dict:
+  """prompts.json: {"class_names": {dataset: [...]}, "templates": {dataset: [...]}}."""
+  with open(os.path.join(os.path.dirname(__file__), "prompts.json")) as f:
+    return json.load(f)
+
+
+def template_sets() -> list[str]:
+  return [*TEMPLATES, *ALIASES, DATASET, *sorted(shipped()["templates"])]
+
+
+def templates(spec: str | Sequence[str], where: str, source_spec: str = "") -> tuple[str, ...]:
+  """A named template set, `dataset` (the source's own), or a sequence of strings with one `{}`."""
   if isinstance(spec, str):
-    if spec not in TEMPLATES:
-      raise ConfigError(f"{where}={spec!r} is not a template set; valid: {', '.join(TEMPLATES)} "
+    if spec == DATASET:
+      from vlmjax.data import sources  # noqa: PLC0415
+      found = sources.templates(source_spec)
+      if not found:
+        raise ConfigError(f"{where}='dataset': {source_spec!r} has no templates of its own (a CLIP_benchmark "
+                          f"webdataset's zeroshot_classification_templates.txt); name a set instead")
+      return tuple(found)
+    name = ALIASES.get(spec, spec)
+    if name in TEMPLATES:
+      return TEMPLATES[name]
+    if name not in shipped()["templates"]:
+      raise ConfigError(f"{where}={spec!r} is not a template set; valid: {', '.join(template_sets())} "
                         f"or a tuple of strings containing '{{}}'")
-    return TEMPLATES[spec]
+    return tuple(shipped()["templates"][name])
   out = tuple(spec)
   bad = [t for t in out if not isinstance(t, str) or t.count("{}") != 1]
   if not out or bad:
@@ -51,10 +83,14 @@ def templates(spec: str | Sequence[str], where: str) -> tuple[str, ...]:
 
 
 def class_names(source_spec: str, data_dir: str, class_names_file: str, where: str) -> tuple[str, ...]:
-  """Class names in label order: from `class_names_file` when set, else from the source's metadata."""
+  """Class names in label order: a shipped list (by dataset name) or a file when set, else from the
+  source's metadata."""
+  if class_names_file and class_names_file in shipped()["class_names"] and not os.path.exists(class_names_file):
+    return tuple(shipped()["class_names"][class_names_file])
   if class_names_file:
     if not os.path.isfile(class_names_file):
-      raise ConfigError(f"{where}={class_names_file!r} is not a file (one class name per line)")
+      raise ConfigError(f"{where}={class_names_file!r} is neither a file (one class name per line) nor a "
+                        f"shipped list ({', '.join(sorted(shipped()['class_names']))})")
     with open(class_names_file) as f:
       names = tuple(line.strip() for line in f if line.strip())
     if not names:
@@ -67,10 +103,10 @@ def class_names(source_spec: str, data_dir: str, class_names_file: str, where: s
     raise DataError(f"{where}: {e}") from None
   if names is None:
     raise ConfigError(f"{where}: {source_spec!r} does not provide class names; set it to a file "
-                      f"with one class name per line")
+                      f"with one class name per line, or a shipped list (e.g. imagenet1k)")
   if names and all(re.fullmatch(r"n\d{8}", n) for n in names):
-    raise ConfigError(f"{where}: {source_spec!r} names its classes by WordNet id; set it to a file "
-                      f"with one readable class name per line")
+    raise ConfigError(f"{where}: {source_spec!r} names its classes by WordNet id; set it to imagenet1k "
+                      f"(OpenAI's curated names, shipped) or a file with one readable class name per line")
   return names
 
 
@@ -94,22 +130,33 @@ def accuracy(image_IxE: np.ndarray, labels_I: np.ndarray, classes_KxE: np.ndarra
     first = {}
     ids_K = np.asarray([first.setdefault(n, k) for k, n in enumerate(names)])
   r = ranking.ranks(image_IxE, ids_K[labels_I], classes_KxE, ids_K, mesh=mesh)
-  return {f"top{k}": float(np.mean(r < k)) for k in ks}
+  out = {f"top{k}": float(np.mean(r < k)) for k in ks}
+  hit = r < 1  # mean per-class recall (balanced accuracy): top-1 within each true class, averaged
+  present = np.unique(ids_K[labels_I])
+  out["mean_per_class_recall"] = float(np.mean([hit[ids_K[labels_I] == c].mean() for c in present])) if len(
+      present) else 0.0
+  return out
 
 
 def config(source: str, *, batch_size: int = 256, every: int = 0, num_examples: int = 0,
-           image_mode: str = "center_crop", templates="photo", class_names: str = "") -> ml_collections.ConfigDict:
-  """templates: a named set (shapes | photo | plain) or a tuple of strings with one '{}'.
-  class_names: '' (from the source) or a file with one name per line, in label order."""
+           image_mode: str = "center_crop", templates="photo", class_names: str = "",
+           merge_same_names: bool = False) -> ml_collections.ConfigDict:
+  """templates: a named set (shapes | photo | plain | openai_imagenet | a CLIP_benchmark dataset name),
+  `dataset` (the source's own) or a tuple of strings with one '{}'.
+  class_names: '' (from the source), a shipped list (imagenet1k, ...) or a file with one name per line,
+  in label order. merge_same_names: classes listed under one name count as one."""
   c = common.fields("zero_shot", source, batch_size=batch_size, every=every, num_examples=num_examples,
                     image_mode=image_mode)
   c.templates = templates
   c.class_names = class_names
+  c.merge_same_names = merge_same_names
   return c
 
 
 def check(where: str, ev) -> None:
-  """Nothing beyond the common fields: templates and class names are checked by `prepare`."""
+  """Templates and class names are checked by `prepare` (they may need the source)."""
+  if not isinstance(ev.merge_same_names, bool):
+    raise ConfigError(f"{where}.merge_same_names must be true or false, got {ev.merge_same_names!r}")
 
 
 class ZeroShot:
@@ -122,7 +169,8 @@ class ZeroShot:
       data.require(self.ds, method)
     self.ds.require_field("label", data.NEEDS_LABELS)
     self.names = class_names(ev.data.source, ev.data.data_dir, ev.class_names, f"evals.{name}.class_names")
-    prompts = templates(ev.templates, f"evals.{name}.templates")
+    prompts = templates(ev.templates, f"evals.{name}.templates", ev.data.source)
+    self.merge = ev.merge_same_names
     self.prompt_tokens = self.ds.tokenize([t.format(c) for c in self.names for t in prompts])  # class-major
 
   def evaluate(self, graphdef, params) -> dict[str, float]:
@@ -130,7 +178,8 @@ class ZeroShot:
     ds = self.ds
     text_emb = data.embed_texts(ds, graphdef, params, self.prompt_tokens)
     image_emb = data.embed_images(ds, graphdef, params)
-    return accuracy(image_emb, ds.labels(), classifier(text_emb, len(self.names)), names=self.names, mesh=ds.mesh)
+    return accuracy(image_emb, ds.labels(), classifier(text_emb, len(self.names)),
+                    names=self.names if self.merge else None, mesh=ds.mesh)
 
 
 prepare = ZeroShot
