@@ -82,7 +82,7 @@ def test_two_processes_evaluate_a_checkpoint_as_one_does(micro_cfg, tmp_path):
   assert "step 3: wrote" in proc.stdout and "wrote" not in open(tmp_path / "logs" / "1.log").read()  # one run of 2
   with open(os.path.join(workdir, "eval", "3.json")) as f:
     multi = json.load(f)
-  _, single, _ = commands.evaluate_workdir(workdir, [tuple(a.removeprefix("--config.").split("=", 1)) for a in evaluator])
+  _, single, _, _ = commands.evaluate_workdir(workdir, [tuple(a.removeprefix("--config.").split("=", 1)) for a in evaluator])
   assert multi["eval/zs/top1"] == pytest.approx(single["eval/zs/top1"]) and "eval/zs/top5" in multi
 
 

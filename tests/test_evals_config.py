@@ -124,7 +124,7 @@ def _empty_file(tmp_path):
     ("coca", lambda _: defaults.zero_shot("synthetic:shapes:test", templates="photos"),
      "evals.e.templates='photos' is not a template set"),
     ("coca", lambda _: defaults.zero_shot("synthetic:shapes:test", class_names="/nonexistent/names.txt"),
-     "evals.e.class_names='/nonexistent/names.txt' is not a file"),
+     "evals.e.class_names='/nonexistent/names.txt' is neither a file"),
     ("coca", lambda tmp: defaults.zero_shot("synthetic:shapes:test", class_names=_empty_file(tmp)),
      "holds no class name"),
     ("coca", lambda _: defaults.zero_shot("synthetic:shapes:valdation"), "synthetic:shapes:valdation"),

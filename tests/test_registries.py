@@ -132,7 +132,7 @@ def test_toy_encoder_loss_source_and_evaluator_train_and_evaluate(tmp_path, monk
   params = jax.eval_shape(lambda: nnx.state(models.build(cfg.model, nnx.Rngs(0))))
   assert "embed" in params["vision"]
   # `vlmjax eval` on the workdir: the toy evaluator again, from config.json, on the checkpoint.
-  step, metrics, path = eval_commands.evaluate_workdir(run, [("evals.toy.scale", "2.0")])
+  step, metrics, path, _ = eval_commands.evaluate_workdir(run, [("evals.toy.scale", "2.0")])
   assert step == 4 and os.path.isfile(path)
   assert abs(metrics["eval/toy/similarity"] - 2 * evals_row["eval/toy/similarity"]) < 1e-5  # scale overridden
   # One home: the training run's evaluation and `vlmjax eval`'s both in metrics.jsonl and eval/4.json (the

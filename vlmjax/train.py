@@ -309,7 +309,7 @@ class Loop:
       return False
     self.writer.write_evals(step, results)
     if jax.process_index() == 0:
-      eval_results.write(self.workdir, step, results, self.suite.outputs)  # eval/<step>.json, captions
+      eval_results.write(self.workdir, step, results, self.suite.outputs, self.suite.tables)  # eval/<step>*
     return True
 
   def stop_waiting(self, step: int, state: TrainState, position: dict, first: int) -> None:

@@ -2,7 +2,7 @@
 
 `expand_pattern` turns `shards/{00000..00127}.tar`, globs and URLs into a list of paths;
 `sample_key` groups tar members into samples as img2dataset and webdataset do; `caption_of`
-decides whether caption bytes are usable. Imports no other data module, so the tar readers
+decides whether caption bytes are usable and `captions_of` reads a sample's caption(s). Imports no other data module, so the tar readers
 (`tar_source.TarSource`, `tar_stream.TarStream`) and the ArrayRecord / TFDS readers share it
 without importing each other.
 """
@@ -10,6 +10,7 @@ without importing each other.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 
@@ -17,6 +18,7 @@ from vlmjax.errors import DataError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "caption")
+META_EXTS = ("json",)  # img2dataset's per-sample metadata; read for its "captions" list
 
 
 def is_url(path: str) -> bool:
@@ -39,6 +41,37 @@ def caption_of(text: bytes | None) -> tuple[str | None, str | None]:
   except UnicodeDecodeError:
     return None, "bad_text"
   return (caption, None) if caption else (None, "no_caption")
+
+
+def captions_of(group: dict[str, bytes]) -> tuple[str | None, list[str] | None, str | None]:
+  """A sample's text members (extension -> bytes) -> (caption, captions, None), or (None, None, skip reason).
+
+  The captions are a `.json` member's "captions" list (non-empty strings) when it has one, else the
+  non-empty lines of the `.txt` (or `.caption`) member: one caption per line, as CLIP_benchmark's
+  retrieval sets store them. `caption` is the first; `captions` is all of them when there are
+  several, else None. Training draws one of `captions` per visit (`batcher`)."""
+  listed = _json_captions(group.get("json"))
+  if listed:
+    lines = listed
+  else:
+    text, reason = caption_of(next((group[e] for e in TEXT_EXTS if e in group), None))
+    if reason:
+      return None, None, reason
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+  return lines[0], (lines if len(lines) > 1 else None), None
+
+
+def _json_captions(data: bytes | None) -> list[str] | None:
+  if not data or b'"captions"' not in data:  # img2dataset's metadata: parsed only when it lists captions
+    return None
+  try:
+    meta = json.loads(data)
+  except ValueError:  # also not UTF-8: metadata, not worth skipping the sample for
+    return None
+  listed = meta.get("captions") if isinstance(meta, dict) else None
+  if not isinstance(listed, list):
+    return None
+  return [c.strip() for c in listed if isinstance(c, str) and c.strip()] or None
 
 
 def require_filesystem(path: str, pattern: str) -> None:

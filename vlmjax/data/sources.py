@@ -5,9 +5,13 @@
                                     (`shards/{00000..00127}.tar`) or a URL (http(s)://, gs://, s3://)
   arrayrecord:PATTERN               ArrayRecord files of serialised examples (random access)
   tfds:NAME[/CONFIG][:SPLIT]        a TFDS dataset prepared as ArrayRecord, read without TensorFlow
+  wds:ROOT[:SPLIT]                  a CLIP_benchmark webdataset set, downloaded (ROOT/SPLIT/*.tar,
+                                    ROOT/classnames.txt; SPLIT defaults to test): `bench_sources`
+  folder:ROOT                       ImageNet-style class folders ROOT/<class>/*.jpg (random access)
 
 Every record is {"key", "image" (encoded bytes or uint8 [H, W, 3]), "caption"} (plus "label"
-for classification sets, "captions" for sets with several references per image).
+for classification sets, where "caption" may be None, and "captions" for images with several
+references: "caption" is then the first of them, and training draws one of "captions" per visit).
 
 `open_source(spec, mode=...)` is the only place a spec is parsed:
   random   a random-access source (`__len__`, `__getitem__`): evaluation sets; remote tar
@@ -19,7 +23,8 @@ for classification sets, "captions" for sets with several references per image).
            shuffle; random-access kinds as a fresh permutation per epoch, every
            `host_count`-th index for this host
 `class_names(spec)` gives a labelled set's class names in label order (its metadata, read
-without loading the data); split sizes are `len(open_source(spec))`.
+without loading the data); `templates(spec)` the zero-shot prompt templates a set ships with
+(`{}` where the class name goes), or None; split sizes are `len(open_source(spec))`.
 
 A new kind is one opener and one registry line: `SOURCES.register("mine", Kind("mine:ARGS",
 open_mine))` where `open_mine(rest, opts: Open)` returns a random-access source (streaming
@@ -58,10 +63,12 @@ class Open:
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-  """A kind of source: its spec syntax (for messages), the opener, and optionally its class names."""
+  """A kind of source: its spec syntax (for messages), the opener, and optionally its class names and
+  prompt templates (functions of the spec after `kind:` and the data_dir)."""
   usage: str
   open: Callable[[str, Open], Any]
   class_names: Callable[[str, str | None], tuple[str, ...] | None] | None = None
+  templates: Callable[[str, str | None], tuple[str, ...] | None] | None = None
 
 
 def open_source(spec: str, *, mode: str = "random", image_size: int = 64, data_dir: str | None = None,
@@ -76,7 +83,7 @@ def open_source(spec: str, *, mode: str = "random", image_size: int = 64, data_d
   random_access = hasattr(src, "__getitem__")
   if mode == "random" and not random_access:
     raise DataError(f"{spec!r} is a stream; evaluators need a random-access source (local tar shards, "
-                    "arrayrecord, tfds, synthetic)")
+                    "arrayrecord, tfds, wds, folder, synthetic)")
   if mode == "stream" and random_access:
     ds = EpochShuffle(grain.MapDataset.source(src), seed=seed)[host_index::host_count]  # this host's share
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
@@ -93,6 +100,13 @@ def class_names(spec: str, *, data_dir: str | None = None) -> tuple[str, ...] | 
   """The class names of a labelled source in label order; None when its kind names none."""
   kind, rest = _parse(spec)
   return kind.class_names(rest, data_dir) if kind.class_names else None
+
+
+def templates(spec: str, *, data_dir: str | None = None) -> tuple[str, ...] | None:
+  """The zero-shot prompt templates a source ships with, each with one `{}` where the class name goes
+  (`template.format(name)`); None when its kind or this set has none."""
+  kind, rest = _parse(spec)
+  return kind.templates(rest, data_dir) if kind.templates else None
 
 
 def _parse(spec: str) -> tuple[Kind, str]:
@@ -176,9 +190,19 @@ def _tfds_label_names(name: str, data_dir: str | None) -> list[str] | None:
   return list(label.names) if label is not None and hasattr(label, "names") else None
 
 
+def _bench(name: str) -> Callable:
+  """A function of `bench_sources` (imported when first used) taking the spec's rest."""
+  def call(rest: str, _opts_or_data_dir):
+    from vlmjax.data import bench_sources  # noqa: PLC0415
+    return getattr(bench_sources, name)(rest)
+  return call
+
+
 SOURCES = Registry("data source kind", {
     "synthetic": Kind("synthetic:shapes[:SPLIT]", _open_synthetic, _synthetic_class_names),
     "tar": Kind("tar:PATTERN", _open_tar),
     "arrayrecord": Kind("arrayrecord:PATTERN", _open_arrayrecord),
     "tfds": Kind("tfds:NAME[/CONFIG][:SPLIT]", _open_tfds, _tfds_class_names),
+    "wds": Kind("wds:ROOT[:SPLIT]", _bench("open_wds"), _bench("wds_class_names"), _bench("wds_templates")),
+    "folder": Kind("folder:ROOT", _bench("open_folder"), _bench("folder_class_names")),
 })

@@ -1,7 +1,10 @@
 """Random access over local tar shards in the img2dataset layout, for evaluation sets.
 
 Training streams tar shards instead (`tar_stream.TarStream`: no index, exact resume by byte
-offset); both group members and skip bad samples the same way (`shards`).
+offset); both group members, read captions and skip bad samples the same way (`shards`).
+`TarSource` is also the base of other indexed tar layouts (`bench_sources.WdsSource`): a
+subclass names the members it reads while indexing (`READ`) and turns them into record
+fields (`_fields`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import tarfile
 import threading
 import weakref
 
-from vlmjax.data.shards import IMAGE_EXTS, TEXT_EXTS, caption_of, expand_pattern, is_url, sample_key
+from vlmjax.data.shards import IMAGE_EXTS, META_EXTS, TEXT_EXTS, captions_of, expand_pattern, is_url, sample_key
 from vlmjax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,23 +31,29 @@ class TarSource:
 
   Samples are grouped and checked exactly as `tar_stream.TarStream` does (consecutive
   members with the same `sample_key`; a missing image, a blank or non-UTF-8 caption
-  is skipped; a truncated shard keeps its samples before the break). What was
+  is skipped; a truncated shard keeps its samples before the break). A sample with
+  several captions (a `.txt` of several lines, or a `.json` "captions" list) has
+  "captions" (all of them) and "caption" (the first). What was
   skipped is counted in `skipped`, shown by `repr` and logged once when opened.
   For evaluation sets; training streams tar shards instead (no index, exact resume by byte offset).
   Reads share one descriptor per shard (`os.pread` has no file position), closed by
   `close()` or when the source is garbage collected.
   """
 
-  def __init__(self, pattern: str):
-    self.pattern, self.paths = pattern, expand_pattern(pattern)
+  NAMED = "tar pattern"                  # how messages name `pattern`
+  WANTED = "image-caption pairs"         # what a usable sample is, for messages
+  READ = TEXT_EXTS + META_EXTS           # the members read while indexing (images: only their place)
+
+  def __init__(self, pattern: str, paths: list[str] | None = None):
+    self.pattern, self.paths = pattern, expand_pattern(pattern) if paths is None else list(paths)
     if any(is_url(p) for p in self.paths):
-      raise DataError(f"tar pattern {pattern!r}: random access needs local shards; stream URLs instead")
-    self.index: list[tuple[int, str, int, int, str]] = []  # path idx, key, image offset, image size, caption
+      raise DataError(f"{self.NAMED} {pattern!r}: random access needs local shards; stream URLs instead")
+    self.index: list[tuple[int, str, int, int, dict]] = []  # path idx, key, image offset, image size, fields
     self.skipped: dict[str, int] = {}
     for p, path in enumerate(self.paths):
       self._index_shard(p, path)
     if not self.index:
-      raise DataError(f"tar pattern {pattern!r}: no image-caption pairs in {len(self.paths)} shard(s)"
+      raise DataError(f"{self.NAMED} {pattern!r}: no {self.WANTED} in {len(self.paths)} shard(s)"
                       f"{'; skipped ' + self._skip_summary() if self.skipped else ''}")
     if self.skipped:
       log.warning("data: %s: skipped %s while indexing", self, self._skip_summary())
@@ -86,7 +95,7 @@ class TarSource:
             raise EOFError("member data past the end of the shard")
           if ext in IMAGE_EXTS:
             group[ext] = (member.offset_data, member.size)
-          elif ext in TEXT_EXTS:
+          elif ext in self.READ:
             group[ext] = tar.extractfile(member).read()
       except (tarfile.TarError, OSError, EOFError):
         return self._skip("truncated_shard")  # the sample being read at the break is dropped, as TarStream does
@@ -97,10 +106,17 @@ class TarSource:
     image = next((group[e] for e in IMAGE_EXTS if e in group), None)
     if image is None:
       return self._skip("no_image")
-    caption, reason = caption_of(next((group[e] for e in TEXT_EXTS if e in group), None))
+    fields = self._fields(p, key, group)
+    if isinstance(fields, str):
+      return self._skip(fields)
+    self.index.append((p, key, *image, fields))
+
+  def _fields(self, p: int, key: str, group: dict) -> dict | str:
+    """The record fields of a sample from its `READ` members, or the reason it is skipped."""
+    caption, captions, reason = captions_of(group)
     if reason:
-      return self._skip(reason)
-    self.index.append((p, key, *image, caption))
+      return reason
+    return {"caption": caption, **({"captions": captions} if captions else {})}
 
   def _fd(self, p: int) -> int:
     fd = self._fds.get(p)
@@ -115,9 +131,8 @@ class TarSource:
     return len(self.index)
 
   def __getitem__(self, i: int) -> dict:
-    p, key, offset, size, caption = self.index[int(i)]
-    return {"key": key, "image": os.pread(self._fd(p), size, offset), "caption": caption,
-            "_shard": self.paths[p]}
+    p, key, offset, size, fields = self.index[int(i)]
+    return {"key": key, "image": os.pread(self._fd(p), size, offset), **fields, "_shard": self.paths[p]}
 
   def close(self) -> None:
     """Closes the shards' descriptors (a later read reopens them)."""
@@ -142,4 +157,4 @@ class TarSource:
 
   def __repr__(self) -> str:
     skipped = f"; skipped {self._skip_summary()}" if self.skipped else ""
-    return f"TarSource({self.pattern!r}: {len(self.paths)} shards, {len(self.index)} examples{skipped})"
+    return f"{type(self).__name__}({self.pattern!r}: {len(self.paths)} shards, {len(self.index)} examples{skipped})"

@@ -29,7 +29,8 @@ import urllib.request
 import grain
 import numpy as np
 
-from vlmjax.data.shards import IMAGE_EXTS, TEXT_EXTS, caption_of, is_url, require_filesystem, sample_key
+from vlmjax.data.shards import (IMAGE_EXTS, META_EXTS, TEXT_EXTS, captions_of, is_url, require_filesystem,
+                                sample_key)
 from vlmjax.errors import DataError
 
 _CHUNK = 1 << 20
@@ -132,7 +133,8 @@ def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> np.
 
 
 class TarStream(grain.IterDataset):
-  """Raw records {"key", "image" (bytes), "caption", "_shard", "_skips"} from tar shards."""
+  """Raw records {"key", "image" (bytes), "caption", "_shard", "_skips"} from tar shards, plus "captions"
+  for a sample with several (`shards.captions_of`: a multi-line `.txt` or a `.json` "captions" list)."""
 
   def __init__(self, paths: list[str], *, seed: int, host_index: int = 0, host_count: int = 1,
                shuffle_shards: bool = True, repeat: bool = True):
@@ -281,7 +283,7 @@ class TarStreamIterator(grain.DatasetIterator):
         if not member.isfile():
           continue
         key = member_key
-        if ext in IMAGE_EXTS or ext in TEXT_EXTS:
+        if ext in IMAGE_EXTS or ext in TEXT_EXTS or ext in META_EXTS:
           group[ext] = self._tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, ValueError):
       self._skip("truncated_shard")
@@ -294,11 +296,12 @@ class TarStreamIterator(grain.DatasetIterator):
     if image is None:
       self._skip("no_image")
       return None
-    caption, reason = caption_of(next((group[e] for e in TEXT_EXTS if e in group), None))
+    caption, captions, reason = captions_of(group)
     if reason:
       self._skip(reason)
       return None
-    return {"key": key, "image": image, "caption": caption, "_shard": self._shards[self._pos]}
+    return {"key": key, "image": image, "caption": caption, **({"captions": captions} if captions else {}),
+            "_shard": self._shards[self._pos]}
 
   def close(self) -> None:
     self._close()

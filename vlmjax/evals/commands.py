@@ -35,9 +35,9 @@ def _updated(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.Config
   return cfg
 
 
-def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tuple[int, dict[str, float], str]:
+def evaluate_workdir(workdir: str, overrides=(), step: int | None = None):
   """Runs every evaluator on a checkpoint; writes `<workdir>/eval/<step>.json` (and the captions), appends to
-  metrics.jsonl and TensorBoard (`results`). Returns (step, metrics, path)."""
+  metrics.jsonl and TensorBoard (`results`). Returns (step, metrics, path, tables)."""
   import jax  # noqa: PLC0415
   from vlmjax import train_state  # noqa: PLC0415
   from vlmjax.evals import results, suite  # noqa: PLC0415
@@ -49,21 +49,30 @@ def evaluate_workdir(workdir: str, overrides=(), step: int | None = None) -> tup
   metrics = prepared.run(s.graphdef, params, step=step, final=True)
   path = os.path.join(workdir, "eval", f"{step}.json")
   if jax.process_index() == 0:
-    results.write(workdir, step, metrics, prepared.outputs)
+    results.write(workdir, step, metrics, prepared.outputs, prepared.tables)
     results.append_to_logs(workdir, step, metrics)  # one home: metrics.jsonl and TensorBoard too
-  return step, metrics, path
+  return step, metrics, path, prepared.tables
 
 
 def _eval(args, overrides) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  step, metrics, path = evaluate_workdir(args.workdir, overrides, args.step)
+  if (args.suite is None) != (args.suite_root is None):
+    raise ConfigError("--suite NAME and --suite-root DIR go together (the named task list, and the folder "
+                      "holding its datasets)")
+  if args.suite is not None:  # the suite as one more evaluator, named after it
+    overrides = [(f"evals.{args.suite}", f"suite:{args.suite_root}"), (f"evals.{args.suite}.suite", args.suite),
+                 *overrides]  # then --config.evals.NAME.FIELD=V may change it
+  step, metrics, path, tables = evaluate_workdir(args.workdir, overrides, args.step)
   import jax  # noqa: PLC0415
   if jax.process_index():  # process 0 prints (and wrote the file)
     return 0
   width = max(map(len, metrics))
   for key, value in metrics.items():
     print(f"{key:<{width}}  {value:.4f}")
-  print(f"step {step}: wrote {path}")
+  for filename, text in tables.items():
+    if filename.endswith(".md"):
+      print(f"\n{text}", end="")
+  print(f"step {step}: wrote {path}" + (f" and eval/{step}/{', '.join(tables)}" if tables else ""))
   return 0
 
 
@@ -117,6 +126,7 @@ EVAL_EPILOG = """\
 examples:
   vlmjax eval --workdir runs/demo                  # every evaluator of the run, last checkpoint
   vlmjax eval --workdir runs/demo --step 160
+  vlmjax eval --workdir runs/clip --suite datacomp --suite-root /data/evalsets   # the DataComp table
   vlmjax eval --workdir runs/demo --config.evals.zs=zero_shot:synthetic:shapes:validation \\
       --config.evals.zs.num_examples=512
   vlmjax launch local -n 2 -- eval --workdir runs/demo   # two processes, as two hosts"""
@@ -135,6 +145,12 @@ def add_parsers(sub) -> None:
                      epilog=EVAL_EPILOG)
   p.add_argument("--workdir", required=True, metavar="DIR", help=WORKDIR_HELP)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--suite", default=None, metavar="NAME",
+                 help="also run a benchmark suite (datacomp | imagenet | vtab | retrieval) on the tasks found "
+                 "under --suite-root; prints its table, writes eval/STEP/NAME.md and .json")
+  p.add_argument("--suite-root", default=None, metavar="DIR",
+                 help="the folder holding the suite's datasets in CLIP_benchmark's webdataset layout "
+                 "(wds_imagenet1k/, wds_vtab-cifar100/, ...)")
   distributed.add_flags(p)  # several hosts evaluate together, as they train
   p.takes_overrides(EVAL_OVERRIDES_HELP)
   p.set_defaults(run=_eval)

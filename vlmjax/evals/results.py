@@ -25,9 +25,10 @@ def _replace(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write(workdir: str, step: int, metrics: dict[str, float], outputs: dict[str, list[dict]] | None = None) -> str:
-  """Merges `metrics` into eval/<step>.json and writes the evaluators' `outputs` (captions); returns
-  the JSON's path. Process 0 only (the caller checks)."""
+def write(workdir: str, step: int, metrics: dict[str, float], outputs: dict[str, list[dict]] | None = None,
+          tables: dict[str, str] | None = None) -> str:
+  """Merges `metrics` into eval/<step>.json, writes the evaluators' `outputs` (captions) and `tables`
+  (file name -> text, under eval/<step>/); returns the JSON's path. Process 0 only (the caller checks)."""
   from vlmjax import metrics as metric_rows  # noqa: PLC0415
   path = os.path.join(workdir, "eval", f"{step}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -43,6 +44,9 @@ def write(workdir: str, step: int, metrics: dict[str, float], outputs: dict[str,
     row.pop("nonfinite", None)
   row.update({"step": step, **metrics})
   _replace(path, json.dumps(metric_rows.strict(row), indent=2, sort_keys=True) + "\n")  # strict JSON
+  for filename, text in (tables or {}).items():
+    os.makedirs(os.path.join(workdir, "eval", str(step)), exist_ok=True)
+    _replace(os.path.join(workdir, "eval", str(step), filename), text)
   rows = [{"eval": name, **r} for name, rs in (outputs or {}).items() for r in rs]
   if rows:
     folder = os.path.join(workdir, "eval", str(step))

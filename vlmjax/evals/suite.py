@@ -23,6 +23,7 @@ class Suite:
   def __init__(self, evals: ml_collections.ConfigDict, eval_every: int, prepared: dict):
     self.evals, self.eval_every, self.prepared = evals, eval_every, prepared
     self.outputs: dict[str, list[dict]] = {}  # of the last `run`: rows an evaluator keeps (captions)
+    self.tables: dict[str, str] = {}  # of the last `run`: file name -> text (a benchmark suite's table)
 
   def due(self, step: int, final: bool = False) -> list[str]:
     return common.due(self.evals, step, final, self.eval_every)
@@ -30,7 +31,7 @@ class Suite:
   def run(self, graphdef, params, *, step: int, final: bool = False) -> dict[str, float]:
     """{"eval/<name>/<metric>": value, "eval/<name>/seconds": s} for the evaluators due at `step`
     (every one when `final`); `params` as sharded for training."""
-    out, self.outputs = {}, {}
+    out, self.outputs, self.tables = {}, {}, {}
     for name in self.due(step, final):
       start = time.perf_counter()
       metrics = self.prepared[name].evaluate(graphdef, params)
@@ -39,6 +40,7 @@ class Suite:
       rows = getattr(self.prepared[name], "outputs", None)  # optional: what the evaluator produced
       if rows:
         self.outputs[name] = rows
+      self.tables.update(getattr(self.prepared[name], "tables", None) or {})
     return out
 
 
