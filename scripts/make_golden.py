@@ -31,6 +31,12 @@ and writes under tests/fixtures/convert/:
             with the same merges file (context 24): its text cleaning, which vlmjax's `open_clip:`
             tokenizer reproduces.
 
+Other references have their own makers beside this one: scripts/make_golden_siglip2.py (HF Siglip2Model,
+the Gemma tokenizer), make_golden_big_vision.py (big_vision's SigLIP .npz), make_param_counts.py
+(full-size reference parameter counts), make_golden_clip_benchmark.py (`clip_benchmark eval` figures),
+make_prompts.py (the papers' class names and templates), check_export.py (exports loaded in
+transformers / open_clip).
+
 Text rows: row 0 fills the context (no padding); row 1 is padded with 0 after its EOS.
 EOS is the largest id (open_clip CLIP pools at the argmax id).
 """
