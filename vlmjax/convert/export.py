@@ -31,7 +31,7 @@ CLIP_LAYOUT = {**VIT_CLS, "vision.pool": "cls", "vision.final_norm": True, "imag
 SIGLIP_LAYOUT = {"vision.kind": "vit", "vision.posemb": "learn", "vision.cls_token": False, "vision.ln_pre": False,
                  "vision.patch_bias": True, "vision.pool": "map", "vision.final_norm": True, "image_proj": "none",
                  "text_proj": "linear_bias", "text.kind": "transformer", "text.causal": False, "text.pool": "last",
-                 "text.norm_tokens": True}
+                 "text.mask_pad": False, "text.norm_tokens": True}  # SiglipModel attends to padding
 COCA_LAYOUT = {**VIT_CLS, "vision.pool": "none", "vision.final_norm": False, "text.kind": "transformer",
                "text.causal": True, "text.pool": "cls", "text.mask_pad": True, "text.norm_tokens": False,
                "text.cls_mask": "legacy", "pooler.kind": "open_clip", "pooler.mode": "single",
@@ -130,7 +130,8 @@ def tokenizer_info(spec: str, offset: int) -> dict:
   if spec == "bytes":
     return dict(kind="bytes", path=None, bos=None, eos=None, bos_id=tok.bos, eos_id=tok.eos)
   kind, _, path = spec.partition(":")
-  name = (lambda i: tok._tok.id_to_token(i - offset)) if hasattr(tok, "_tok") else (lambda i: tok._sp.id_to_piece(i - offset))
+  def name(i: int) -> str:
+    return tok._tok.id_to_token(i - offset) if hasattr(tok, "_tok") else tok._sp.id_to_piece(i - offset)
   return dict(kind=kind, path=path, bos=tok.bos and name(tok.bos), eos=tok.eos and name(tok.eos),
               bos_id=tok.bos and tok.bos - offset, eos_id=tok.eos and tok.eos - offset)
 
