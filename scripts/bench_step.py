@@ -29,6 +29,12 @@ Memory per variant is XLA's compiled estimate
 
     python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 \
         --ab xla_gpu_enable_latency_hiding_scheduler=true --ab model.scan=true
+
+Each row also shows the step time and the model FLOPs per example against the base; a variant
+that changes the model's computation counts its own, so patch dropout (FLIP) compares side by side:
+
+    python scripts/bench_step.py --config configs/siglip_tiny.py --batch 64 \
+        --ab model.vision.patch_dropout=0.5 --ab model.vision.patch_dropout=0.75
 """
 
 from __future__ import annotations
@@ -223,16 +229,16 @@ def main(argv=None) -> int:
     result.setdefault("compile_s", compile_seconds(cfg))
   else:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    model_flops = info.train_flops_per_example(cfg)  # the model's: the same for every variant
+    model_flops = info.train_flops_per_example(cfg)  # variants that change the model count their own
     result.update(bench(cfg, args.steps, args.warmup, peak, model_flops=model_flops, compiled=compiled,
                         compile_s=found["compile_s"] if compiled is not None else None))
     if args.ab:
-      print_variant_row("(base)", result, result["examples_per_sec"], header=True)
+      print_variant_row("(base)", result, result, header=True)
       result["variants"] = {}
       for v in args.ab:  # each row as it comes (stderr), so a timeout keeps the finished ones
         r = result["variants"][v] = run_variant(args.config, overrides, v, args.steps, args.warmup, peak,
                                                 model_flops)
-        print_variant_row(v, r, result["examples_per_sec"])
+        print_variant_row(v, r, result)
   if args.json:
     print(json.dumps(result))
     return 0
@@ -264,30 +270,44 @@ def variant_overrides(cfg_overrides: list, base_cfg, variant: str) -> list:
 
 
 def run_variant(spec: str, overrides: list, variant: str, steps: int, warmup: int, peak, model_flops) -> dict:
+  """Times one `--ab` variant. Its model FLOPs are the base's (`model_flops`) unless it changes the
+  model's computation (`model.vision.patch_dropout=0.75`, say), when they are counted again."""
   try:
     base_cfg = config.load(spec, overrides)
-    return bench(config.load(spec, variant_overrides(overrides, base_cfg, variant)), steps, warmup, peak,
-                 model_flops=model_flops)
+    cfg = config.load(spec, variant_overrides(overrides, base_cfg, variant))
+    if counted(cfg.model) != counted(base_cfg.model):
+      model_flops = info.train_flops_per_example(cfg)
+    return bench(cfg, steps, warmup, peak, model_flops=model_flops)
   except Exception as e:  # noqa: BLE001 -- one failing variant (an option this XLA lacks, OOM) is reported, not fatal
     return {"error": config.one_line(e)}
 
 
-def print_variant_row(name: str, r: dict, base: float, *, header: bool = False, file=sys.stderr) -> None:
+def counted(model_cfg) -> dict:
+  """The model settings the FLOPs count depends on (the count is taken without remat, XLA attention)."""
+  return {k: v for k, v in model_cfg.to_dict().items() if k not in ("remat", "attention", "scan")}
+
+
+def print_variant_row(name: str, r: dict, base: dict, *, header: bool = False, file=sys.stderr) -> None:
+  """One row of the `--ab` table against `base` (the base run's result): throughput, step time,
+  model FLOPs per example (both relative to the base), compile time, compiled memory."""
   if header:
-    print(f"{'variant':<56} {'ex/s':>9} {'vs base':>8} {'compile s':>9} {'mem GiB':>8}", file=file)
+    print(f"{'variant':<48} {'ex/s':>9} {'vs base':>8} {'step ms':>9} {'GFLOP/ex':>9} {'vs base':>8} "
+          f"{'compile s':>9} {'mem GiB':>8}", file=file)
   if "error" in r:
-    print(f"{name:<56} failed: {r['error']}", file=file, flush=True)
+    print(f"{name:<48} failed: {r['error']}", file=file, flush=True)
     return
   mem = f"{r['compiled_memory_gib']:.2f}" if r.get("compiled_memory_gib") is not None else "-"
-  print(f"{name:<56} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base - 1:>+8.1%} "
-        f"{r['compile_s']:>9.1f} {mem:>8}", file=file, flush=True)
+  gflop, base_gflop = r["model_gflop_per_example"], base["model_gflop_per_example"]
+  print(f"{name:<48} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base['examples_per_sec'] - 1:>+8.1%} "
+        f"{r['step_ms']:>9.1f} {gflop:>9.3f} {gflop / base_gflop - 1:>+8.1%} {r['compile_s']:>9.1f} {mem:>8}",
+        file=file, flush=True)
 
 
 def print_variants(result: dict) -> None:
   print()
-  print_variant_row("(base)", result, result["examples_per_sec"], header=True, file=sys.stdout)
+  print_variant_row("(base)", result, result, header=True, file=sys.stdout)
   for name, r in result["variants"].items():
-    print_variant_row(name, r, result["examples_per_sec"], file=sys.stdout)
+    print_variant_row(name, r, result, file=sys.stdout)
 
 
 if __name__ == "__main__":

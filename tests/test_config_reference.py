@@ -25,6 +25,7 @@ INVALID = {
     "model.vision.final_norm": "maybe", "model.vision.heads": "3", "model.vision.kind": "cnn",
     "model.vision.ln_pre": "maybe", "model.vision.mlp_dim": "0", "model.vision.patch_bias": "maybe",
     "model.vision.patch_size": "7", "model.vision.pool": "max", "model.vision.posemb": "rope",
+    "model.vision.patch_dropout": "1.0",
     "model.vision.width": "33", "model.text.causal": "maybe", "model.text.cls_mask": "weird",
     "model.text.context_length": "0", "model.text.depth": "0", "model.text.heads": "3", "model.text.kind": "rnn",
     "model.text.mask_pad": "maybe", "model.text.mlp_dim": "0", "model.text.norm_tokens": "maybe",
@@ -36,7 +37,7 @@ INVALID = {
     "loss.contrastive_weight": "-1", "loss.label_smoothing": "1.5", "loss.z_loss": "-1",
     "optim.b1": "1.5", "optim.b2": "-0.1", "optim.end_lr_ratio": "-1", "optim.eps": "0", "optim.freeze": "nosuch",
     "optim.grad_clip": "-1", "optim.lr": "nan", "optim.lr_mult": "vision=abc", "optim.warmup_steps": "-1",
-    "optim.weight_decay": "-1",
+    "optim.weight_decay": "-1", "optim.ema_decay": "1.0",
     "mesh.data": "3", "mesh.fsdp": "0", "mesh.tensor": "5", **{f"mesh.rules.{k}": "x" for k in (
         "batch", "embed", "heads", "layers", "mlp", "patch", "vocab")},
     "data.train.crop_min_scale": "1.5", "data.train.data_dir": "/tmp", "data.train.image_mode": "stretch",
@@ -49,7 +50,8 @@ INVALID = {
 EVALUATOR = {"batch_size": "0", "beam_size": "0", "data.data_dir": "/tmp", "data.source": "nosuch:x", "every": "-1",
              "image_mode": "x", "length_penalty": "-1", "max_len": "0", "meteor": "maybe", "method": "x",
              "num_examples": "-1", "seed": "-1", "temperature": "-1", "top_k": "-1", "top_p": "1.5", "type": "x",
-             "ks": "0", "class_names": "/nonexistent.txt", "templates": "nosuch", "merge_same_names": "maybe"}
+             "ks": "0", "class_names": "/nonexistent.txt", "templates": "nosuch", "merge_same_names": "maybe",
+             "params": "weights"}
 FREE = {"wandb.entity", "wandb.name"}  # any text is a valid value
 
 

@@ -142,11 +142,15 @@ class Checkpointer:
   def restore_params(self, abstract_state: Any, step: int) -> Any:
     """The parameters of the checkpoint at `step`, onto the shardings in `abstract_state.params`;
     the optimiser state (twice the parameters' size with Adam) and the data position are not read."""
-    item = {"params": abstract_state.params}
+    return self.restore_part({"params": abstract_state.params}, step)["params"]
+
+  def restore_part(self, item: dict, step: int) -> dict:
+    """Part of the state of the checkpoint at `step`: `item` is a nested dict of ShapeDtypeStructs
+    (with shardings) naming the subtrees to read by their keys in the state (`{"params": ...}`, or
+    `{"opt_state": {"ema": ...}}` for a field of a NamedTuple); nothing else is read."""
     with ocp.PyTreeCheckpointer() as reader:  # the manager's handler for `state` restores whole trees only
-      out = reader.restore(os.path.join(self.directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+      return reader.restore(os.path.join(self.directory, str(step), "state"), args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    return out["params"]
 
   def wait(self) -> None:
     """Until the last save is complete; a failure of it raised as one line (`SaveFailed`)."""

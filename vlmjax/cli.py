@@ -149,13 +149,20 @@ def _train(args, overrides) -> int:
 def _info(args, overrides) -> int:
   from vlmjax import info
   cfg = load_train_config(args.config, overrides)
-  counts, flops = info.param_counts(cfg), info.train_flops_per_example(cfg)
+  counts, flops = info.param_counts(cfg), info.train_flops(cfg)
   if args.json:
-    print(json.dumps({"params": counts, "train_flops_per_example": flops}))
-  else:
-    for name, n in counts.items():
-      print(f"{name:<20} {n:>15,}  ({n / 1e6:.2f}M)")
-    print(f"{'train GFLOP/example':<20} {flops / 1e9:>15,.2f}  (forward + backward)")
+    print(json.dumps({"params": counts, **flops}))
+    return 0
+  for name, n in counts.items():
+    print(f"{name:<20} {n:>15,}  ({n / 1e6:.2f}M)")
+  gflop = flops["train_flops_per_example"] / 1e9
+  if "patch_dropout" not in flops:
+    print(f"{'train GFLOP/example':<20} {gflop:>15,.2f}  (forward + backward)")
+    return 0
+  (k, n), full = flops["kept_patches"], flops["train_flops_per_example_no_patch_dropout"] / 1e9
+  print(f"{'train GFLOP/example':<20} {gflop:>15,.2f}  (forward + backward, patch dropout "
+        f"{flops['patch_dropout']:g}: {k} of {n} patches kept; {gflop / full:.1%} of the full count)")
+  print(f"{'  without dropout':<20} {full:>15,.2f}  (every patch, as evaluation sees them)")
   return 0
 
 

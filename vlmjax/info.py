@@ -6,6 +6,8 @@ the traced program's live `dot_general`s (dead code removed, as XLA removes
 it), with no activation recomputation (remat off) and attention counted as
 the XLA implementation computes it (full score matrices, masks included).
 Element-wise work is left out, as in the usual MFU accounting. `xla_flops_per_example` is XLA's own count, to cross-check.
+The counts are of the training step, so patch dropout (`model.vision.patch_dropout`) is in effect:
+the vision tower's products shrink with the kept patches. `train_flops` also gives the count without it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flax import nnx
 from jax.extend import core as jax_core
 
 from vlmjax import losses, models
+from vlmjax.models.vision import kept_patches
 
 
 def _abstract(cfg: ml_collections.ConfigDict):
@@ -86,3 +89,23 @@ def xla_flops_per_example(cfg: ml_collections.ConfigDict) -> float:
   cost = jax.jit(grad).lower(params, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) if cost and "flops" in cost else float("nan")  # nan: a backend with no count
+
+
+def patch_dropout(cfg: ml_collections.ConfigDict) -> float:
+  """`model.vision.patch_dropout`, or 0.0 for a vision encoder that has no such setting."""
+  return cfg.model.vision.patch_dropout if "patch_dropout" in cfg.model.vision else 0.0
+
+
+def train_flops(cfg: ml_collections.ConfigDict) -> dict:
+  """{"train_flops_per_example": the count with patch dropout in effect (what a step computes, MFU's
+  basis)}, and with patch dropout also the count without it (`..._no_patch_dropout`), the dropout
+  and the patches kept of all (`kept_patches`: [K, N])."""
+  out = {"train_flops_per_example": train_flops_per_example(cfg)}
+  p = patch_dropout(cfg)
+  if p > 0:
+    full = ml_collections.ConfigDict(cfg.to_dict())
+    full.model.vision.patch_dropout = 0.0
+    n = (cfg.model.image_size // cfg.model.vision.patch_size) ** 2
+    out.update(train_flops_per_example_no_patch_dropout=train_flops_per_example(full), patch_dropout=p,
+               kept_patches=[kept_patches(n, p), n])
+  return out

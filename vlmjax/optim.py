@@ -6,11 +6,18 @@ Parameters are named by their dotted path (`vision.blocks.layers.0.mlp.fc1.kerne
 `text,text_proj`) whose parameters get no updates at all; `optim.lr_mult` scales the
 learning rate of path prefixes (`vision=0.1,text=0.5`; the longest matching prefix
 wins), weight decay included, as a per-group lr in PyTorch does.
+
+`optim.ema_decay` (0: off) keeps an exponential moving average of the parameters in the
+optimiser state (`with_ema`: checkpointed, resumed and sharded with it, and kept unchanged by a
+step whose update is dropped as non-finite); `ema_params(opt_state)` reads it.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -73,7 +80,10 @@ def decay_mask(params) -> dict:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def build(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build(cfg: ml_collections.ConfigDict, total_steps: int,
+          constrain: Callable[[Any], Any] = lambda params: params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser and its lr schedule; `constrain` is what the train step applies to the updated
+  parameters (`models.param_constraint`), so that the EMA (`cfg.ema_decay`) averages those."""
   lr = schedule(cfg, total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
@@ -89,7 +99,56 @@ def build(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Gradi
     label = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, _: "frozen" if matches(path_name(path), frozen) else "trained", params)
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
+  if cfg.ema_decay:
+    tx = with_ema(tx, cfg.ema_decay, constrain)
   return tx, lr
+
+
+class EmaState(NamedTuple):
+  """`with_ema`'s state: the EMA of the parameters (`ema`, a tree like them, sharded like them: see
+  `train_state.setup`), the EMA updates made (`count`), and the wrapped optimiser's state (`inner`)."""
+  count: jax.Array
+  ema: Any
+  inner: Any
+
+
+def ema_decay_at(decay: float, count: jax.Array) -> jax.Array:
+  """The decay of EMA update number `count` (0: the first): min(decay, (1 + count) / (10 + count)) in
+  float32, TensorFlow's `ExponentialMovingAverage(num_updates=...)` warm-up, so that the random
+  initialisation is forgotten early (0.1 at the first update, 0.5 at the 9th; `decay` itself from
+  count (10 * decay - 1) / (1 - decay) on: about 90,000 for 0.9999, 8,990 for 0.999)."""
+  count = jnp.asarray(count).astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1 + count) / (10 + count))
+
+
+def with_ema(tx: optax.GradientTransformation, decay: float,
+             constrain: Callable[[Any], Any] = lambda params: params) -> optax.GradientTransformation:
+  """`tx`, with an exponential moving average of the parameters in its state (`EmaState`).
+
+  Initialised to the initial parameters; after each update, with `new` the updated parameters
+  (`constrain(params + updates)`, what the train step keeps) and d = `ema_decay_at(decay, count)`:
+  ema <- ema + (1 - d) * (new - ema), i.e. d * ema + (1 - d) * new (in this form a parameter that
+  does not change, a frozen one, keeps its EMA exactly). The updates are `tx`'s, untouched."""
+  def init(params):
+    return EmaState(count=jnp.zeros([], jnp.int32), ema=jax.tree.map(jnp.copy, params), inner=tx.init(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("optim.with_ema needs the parameters: tx.update(grads, opt_state, params)")
+    updates, inner = tx.update(updates, state.inner, params)
+    new = constrain(optax.apply_updates(params, updates))
+    keep = 1 - ema_decay_at(decay, state.count)
+    ema = jax.tree.map(lambda e, p: (e + keep * (p - e)).astype(e.dtype), state.ema, new)
+    return updates, EmaState(count=optax.safe_increment(state.count), ema=ema, inner=inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state) -> Any | None:
+  """The EMA of the parameters kept in `opt_state` (`optim.ema_decay`), a tree like the parameters,
+  sharded like them; None if the run keeps none (ema_decay 0). For evaluators (`evals.<name>.params
+  = "ema"`) and for objectives that read a teacher (distillation)."""
+  return opt_state.ema if isinstance(opt_state, EmaState) else None
 
 
 def updates_applied(opt_state) -> jax.Array:

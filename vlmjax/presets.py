@@ -50,9 +50,11 @@ def model_base(name: str, *, dtype: str = "bfloat16", remat: str = "none", scan:
 def vit_config(*, patch_size: int, width: int, depth: int, heads: int, mlp_dim: int,
                **overrides) -> ml_collections.ConfigDict:
   """A `model.vision` config; layout defaults are big_vision's (patch bias, no class token,
-  no pre-norm, a final norm, learned position embedding, no pooling)."""
+  no pre-norm, a final norm, learned position embedding, no pooling), and no patch dropout
+  (`patch_dropout`: the fraction of patch tokens each image drops in training, FLIP)."""
   cfg = dict(kind="vit", patch_size=patch_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
-             posemb="learn", pool="none", patch_bias=True, cls_token=False, ln_pre=False, final_norm=True)
+             posemb="learn", pool="none", patch_bias=True, cls_token=False, ln_pre=False, final_norm=True,
+             patch_dropout=0.0)
   unknown = set(overrides) - set(cfg)
   if unknown:
     raise ValueError(f"unknown ViT option(s) {sorted(unknown)}; valid: {', '.join(cfg)}")

@@ -39,8 +39,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                batch_axes: tuple[str, ...], constrain=lambda params: params) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop.
 
-  Randomness inside the model (e.g. CapPa's parallel-prediction masks) comes from
-  (seed, step), so a resumed run draws what an uninterrupted one would.
+  Randomness inside the model (CapPa's parallel-prediction masks, FLIP's patch dropout) comes
+  from (seed, step), so a resumed run draws what an uninterrupted one would.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -299,7 +299,8 @@ class Loop:
     self.flush_log()  # this step's line first, then its evaluation
     try:
       with self.preemption.interruptible():  # an evaluation may outlast the grace period before SIGKILL
-        results = self.suite.run(self.s.graphdef, state.params, step=step, final=final)
+        results = self.suite.run(self.s.graphdef, state.params, step=step, final=final,
+                                 ema=optim.ema_params(state.opt_state))  # for evals.<name>.params="ema"
     except Preempted:
       if self.saved != step:
         self.save(step, state)

@@ -4,7 +4,8 @@
 derives the optimiser and every array's sharding; `init_state` initialises into those shardings
 (from `init_from` weights where asked); `restore_or_init` resumes a workdir's latest checkpoint
 (resharded onto this run's mesh) or initialises; `restore_params` reads one checkpoint's
-parameters for evaluation. The train loop (`train.py`) and the evaluators build on these.
+parameters for evaluation (`restore_trees`: and/or their EMA, `optim.ema_decay`). The train loop
+(`train.py`) and the evaluators build on these.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                        "optim.lr_mult")
   optim.check_prefixes(nnx.to_pure_dict(abstract_params), cfg.init_reinit, "init_reinit")
   param_sh = sharding.param_shardings(abstract_params, cfg.mesh.rules, mesh)
-  tx, schedule = optim.build(cfg.optim, cfg.total_steps)
+  tx, schedule = optim.build(cfg.optim, cfg.total_steps, models.param_constraint(cfg.model))
   params = nnx.to_pure_dict(abstract_params)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=jax.eval_shape(tx.init, params))
@@ -215,12 +216,23 @@ def converted_tokenizer(init_from: str, path: str) -> str:
 
 def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | None):
   """(setup, params, step) from the checkpoint at `step` (latest if None) of `workdir`."""
+  s, trees, step = restore_trees(workdir, cfg, step, ("params",))
+  return s, trees["params"], step
+
+
+def restore_trees(workdir: str, cfg: ml_collections.ConfigDict, step: int | None, names):
+  """(setup, {name: tree}, step) from the checkpoint at `step` (latest if None) of `workdir`, for each of
+  `names`: "params" (the parameters) and "ema" (their moving average, `optim.ema_params`; kept by runs
+  with optim.ema_decay > 0). Nothing else is read."""
   s = setup(cfg, sharding.make_mesh(cfg.mesh))
+  abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isdir(os.path.join(workdir, "params")):
     if step not in (None, 0):
       raise errors.CheckpointError(f"{workdir} holds converted weights only (step 0), not step {step}")
-    return s, convert.load_params(workdir, checkpoint.abstract_with_shardings(
-        s.abstract_state.params, s.state_shardings.params)), 0
+    if "ema" in names:
+      raise errors.CheckpointError(f"{workdir} holds converted weights only, no EMA of the parameters; "
+                                   "evaluate them with params='params'")
+    return s, {"params": convert.load_params(workdir, abstract.params)}, 0
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
   steps = ckpt.manager.all_steps()
   if not steps or (step is not None and step not in steps):
@@ -228,6 +240,20 @@ def restore_params(workdir: str, cfg: ml_collections.ConfigDict, step: int | Non
     raise errors.CheckpointError(f"no checkpoint at step {step if step is not None else '(any)'} in {workdir}; "
                       f"available: {sorted(steps) or 'none'}")
   step = max(steps) if step is None else step
-  params = ckpt.restore_params(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
-  ckpt.close()
-  return s, params, step
+  item = {"params": abstract.params} if "params" in names else {}
+  if "ema" in names:
+    if optim.ema_params(abstract.opt_state) is None:
+      ckpt.close()
+      raise errors.ConfigError("the EMA of the parameters is asked for, and optim.ema_decay is 0 (none kept)")
+    item["opt_state"] = {"ema": optim.ema_params(abstract.opt_state)}  # `optim.with_ema` is outermost
+  try:
+    out = ckpt.restore_part(item, step)
+  except Exception as e:  # noqa: BLE001 -- orbax raises many types; one line
+    if "ema" not in names:
+      raise
+    raise errors.CheckpointError(f"cannot read the EMA of the parameters at step {step} of {workdir} (was it "
+                                 f"trained with optim.ema_decay > 0?): {_reason(e, workdir)}") from None
+  finally:
+    ckpt.close()
+  trees = {"params": out.get("params"), "ema": out.get("opt_state", {}).get("ema")}
+  return s, {name: trees[name] for name in names}, step

@@ -119,6 +119,9 @@ class Lock:
 # nothing in another order). Everything else (total_steps, intervals, evals, mesh, ...) may change.
 RESUME_FIXED = ("optim.freeze", "seed", "batch_size", "data.train.source",  # and every model.* key
                 "data.train.shuffle_buffer")  # the saved position is a place in windows of this size
+# Model keys that change how a step trains, not what a checkpoint holds: free to change on resume
+# (a short unmasked fine-tune after FLIP pretraining is `--config.model.vision.patch_dropout=0`).
+RESUME_FREE = ("model.vision.patch_dropout",)
 
 
 def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
@@ -136,7 +139,8 @@ def check_resume(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     return
   now = _flat(json.loads(cfg.to_json_best_effort()))
   changed = {k: (stored[k], now[k]) for k in sorted(stored.keys() & now.keys()) if stored[k] != now[k]}
-  fixed = {k: v for k, v in changed.items() if k.startswith("model.") or k in RESUME_FIXED}
+  fixed = {k: v for k, v in changed.items()
+           if (k.startswith("model.") and k not in RESUME_FREE) or k in RESUME_FIXED}
   if fixed:
     shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(fixed.items())[:4])
     more = f" (and {len(fixed) - 4} more)" if len(fixed) > 4 else ""
@@ -182,7 +186,8 @@ def read_config_file(path: str) -> ml_collections.ConfigDict:
 
 # Fields added after a workdir's config.json may have been written, with the value that reproduces
 # what that older vlmjax did (not always today's default).
-OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": ""}
+OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": "", "model.vision.patch_dropout": 0.0,
+                 "optim.ema_decay": 0.0}
 OLD_TOWER_KINDS = {"vision": "vit", "text": "transformer"}  # towers (groups with a width) before `kind`
 
 

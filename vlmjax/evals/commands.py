@@ -26,12 +26,13 @@ def load_config_file(path: str, overrides) -> ml_collections.ConfigDict:
 
 def _updated(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
   from vlmjax import config  # noqa: PLC0415
-  from vlmjax.evals import registry  # noqa: PLC0415
+  from vlmjax.evals import common, registry  # noqa: PLC0415
   registry.add_new_fields(cfg)
   registry.apply_overrides(cfg, overrides)
   config.validate(cfg)
   for name in cfg.evals.keys():
     registry.validate(name, cfg.evals[name])
+  common.check_ema(cfg)
   return cfg
 
 
@@ -44,9 +45,10 @@ def evaluate_workdir(workdir: str, overrides=(), step: int | None = None):
   cfg = load_config(workdir, overrides)
   if not cfg.evals:
     raise ConfigError(f"{workdir}/config.json defines no evaluators (cfg.evals is empty)")
-  s, params, step = train_state.restore_params(workdir, cfg, step)
+  wanted = sorted({cfg.evals[name].params for name in cfg.evals.keys()})  # "params" and/or "ema"
+  s, trees, step = train_state.restore_trees(workdir, cfg, step, wanted)
   prepared = suite.prepare_all(cfg, s.mesh)
-  metrics = prepared.run(s.graphdef, params, step=step, final=True)
+  metrics = prepared.run(s.graphdef, trees.get("params"), ema=trees.get("ema"), step=step, final=True)
   path = os.path.join(workdir, "eval", f"{step}.json")
   if jax.process_index() == 0:
     results.write(workdir, step, metrics, prepared.outputs, prepared.tables)

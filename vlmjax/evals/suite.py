@@ -28,13 +28,17 @@ class Suite:
   def due(self, step: int, final: bool = False) -> list[str]:
     return common.due(self.evals, step, final, self.eval_every)
 
-  def run(self, graphdef, params, *, step: int, final: bool = False) -> dict[str, float]:
+  def run(self, graphdef, params, *, step: int, final: bool = False, ema=None) -> dict[str, float]:
     """{"eval/<name>/<metric>": value, "eval/<name>/seconds": s} for the evaluators due at `step`
-    (every one when `final`); `params` as sharded for training."""
+    (every one when `final`); `params` as sharded for training, and `ema`, their moving average
+    (`optim.ema_params`), for the evaluators with `params="ema"`."""
     out, self.outputs, self.tables = {}, {}, {}
     for name in self.due(step, final):
+      weights = {"params": params, "ema": ema}[self.evals[name].params]
+      if weights is None:
+        raise ValueError(f"evals.{name} evaluates {self.evals[name].params!r}, which Suite.run was not given")
       start = time.perf_counter()
-      metrics = self.prepared[name].evaluate(graphdef, params)
+      metrics = self.prepared[name].evaluate(graphdef, weights)
       out.update({f"eval/{name}/{k}": float(v) for k, v in metrics.items()})
       out[f"eval/{name}/seconds"] = time.perf_counter() - start
       rows = getattr(self.prepared[name], "outputs", None)  # optional: what the evaluator produced
@@ -51,6 +55,7 @@ def prepare_all(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None =
   methods, the tokenizer). Otherwise the prepared suite."""
   for name in cfg.evals.keys():
     registry.validate(name, cfg.evals[name])
+  common.check_ema(cfg)
   prepared = {}
   if cfg.evals:
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)

@@ -60,6 +60,8 @@ RULES = tuple((key, _positive, "an int >= 1") for key in (
     ("init_logit_scale", lambda v: _finite(v) and v > 0, "a finite number > 0 (the initial exp(t))"),
     ("max_logit_scale", lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no clamp)"),
     ("init_logit_bias", lambda v: v is None or _finite(v), "a finite number, or None for no bias"),
+    ("vision.patch_dropout", lambda v: _finite(v) and 0 <= v < 1,
+     "a number in [0, 1) (the fraction of patch tokens dropped in training)"),
 )
 
 

@@ -42,9 +42,11 @@ class Captioner(nnx.Module):
     self.decoder = MultimodalDecoder(dec.width, dec.heads, dec.mlp_dim, dec.depth, v.width, t.vocab_size,
                                      tie_embedding=dec.tie_embedding, **kw)
 
-  def caption_context(self, image_BxHxWx3: jax.Array) -> jax.Array:
-    """What the decoder attends to: the image tokens [B, N, C]."""
-    return self.vision(image_BxHxWx3)[0]
+  def caption_context(self, image_BxHxWx3: jax.Array, *, train: bool = False,
+                      rng: jax.Array | None = None) -> jax.Array:
+    """What the decoder attends to: the image tokens [B, N, C] (in training, with patch dropout,
+    only the kept ones)."""
+    return encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)[0]
 
   def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
     """Mean-pooled image tokens, L2-normalised (for probes; a captioner has no text embedding)."""
@@ -73,7 +75,7 @@ class Captioner(nnx.Module):
 
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
-    ctx_BxNxC = self.caption_context(image_BxHxWx3)
+    ctx_BxNxC = self.caption_context(image_BxHxWx3, train=train, rng=rng)
     if not (train and self.masked_pred_prob > 0):
       return self._output(self.decoder.features(self._embed(text_BxL), ctx_BxNxC))
     if rng is None:

@@ -67,9 +67,11 @@ class CoCa(nnx.Module):
     x = pooler(x)
     return x if self.pool_norm is None else self.pool_norm(x)
 
-  def _image(self, image_BxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns (image_emb_BxE, caption context_BxQxC)."""
-    tokens_BxNxC, _ = self.vision(image_BxHxWx3)
+  def _image(self, image_BxHxWx3: jax.Array, *, train: bool = False,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Returns (image_emb_BxE, caption context_BxQxC); in training the poolers read only the
+    tokens the vision tower kept (patch dropout)."""
+    tokens_BxNxC, _ = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)
     caption_BxQxC = self._pool(self.caption_pool, tokens_BxNxC)
     if self.pooler_mode == "single":
       pooled_BxC, caption_BxQxC = caption_BxQxC[:, 0], caption_BxQxC[:, 1:]
@@ -106,8 +108,7 @@ class CoCa(nnx.Module):
 
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
-    del train, rng  # no dropout in CoCa pretraining
-    image_emb, caption_BxQxC = self._image(image_BxHxWx3)
+    image_emb, caption_BxQxC = self._image(image_BxHxWx3, train=train, rng=rng)  # rng: patch dropout
     tokens_BxLxD, pooled_BxD = self.text(text_BxL)
     features_BxLxD = self.decoder.features(tokens_BxLxD, caption_BxQxC)
     return Output(

@@ -10,6 +10,11 @@ tokens it returns; poolers and decoders are sized by it), and called as
 
     tokens_BxNxD, pooled_BxD = encoder(image_BxHxWx3)     # pooled: None when it has no pooling
 
+An encoder with randomness in training (ViT's patch dropout) says so with a class attribute
+`takes_rng = True`; `encode_vision` then calls it as `encoder(image, train=True, rng=key)` in
+training (N may then be smaller: the kept tokens). The families call their tower through
+`encode_vision`, so an encoder without `takes_rng` only ever gets the image.
+
 A text encoder is constructed as `Encoder(cfg, *, attention, remat, scan, act, norm_eps, dtype,
 param_dtype, rngs)` with `cfg` its `model.text` group (at least `kind`, `width`, `vocab_size`,
 `context_length`) and called as `tokens_BxLxD, pooled_BxD = encoder(text_BxL)` (token id 0 is
@@ -22,6 +27,7 @@ line in the table below (or `VISION.register("mine", Mine)` from your own code).
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -41,3 +47,18 @@ def build_vision(cfg: ml_collections.ConfigDict, image_size: int, **kw) -> nnx.M
 def build_text(cfg: ml_collections.ConfigDict, **kw) -> nnx.Module:
   """The text encoder of `cfg` (`model.text`)."""
   return TEXT.lookup(cfg.kind, "model.text.kind")(cfg, **kw)
+
+
+# The vision tower's key is folded out of the train step's key with this, so the other draws made
+# from the step's key (CapPa's parallel-prediction choice) stay what they were without it.
+VISION_STREAM = 1
+
+
+def encode_vision(encoder: nnx.Module, image_BxHxWx3: jax.Array, *, train: bool = False,
+                  rng: jax.Array | None = None) -> tuple:
+  """(tokens_BxNxD, pooled_BxD or None) of a vision encoder. In training an encoder with `takes_rng`
+  gets its own key from the step's `rng` (reproducible from (seed, step)); otherwise just the image."""
+  if not (train and getattr(encoder, "takes_rng", False)):
+    return encoder(image_BxHxWx3)
+  key = None if rng is None else jax.random.fold_in(rng, VISION_STREAM)
+  return encoder(image_BxHxWx3, train=True, rng=key)

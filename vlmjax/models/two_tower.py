@@ -55,14 +55,17 @@ class TwoTower(nnx.Module):
     self.logit_bias = (None if cfg.init_logit_bias is None  # CLIP has none; SigLIP starts it at -10
                        else nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=()))
 
-  def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
-    return _project(self.image_proj, self.vision(image_BxHxWx3)[1])
+  def encode_image(self, image_BxHxWx3: jax.Array, *, train: bool = False,
+                   rng: jax.Array | None = None) -> jax.Array:
+    """In training (`train`, `rng`) the vision tower may see only some patches (patch dropout)."""
+    pooled_BxD = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)[1]
+    return _project(self.image_proj, pooled_BxD)
 
   def encode_text(self, text_BxL: jax.Array) -> jax.Array:
     return _project(self.text_proj, self.text(text_BxL)[1])
 
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
-    del train, rng
-    return Output(image_emb=self.encode_image(image_BxHxWx3), text_emb=self.encode_text(text_BxL),
+    return Output(image_emb=self.encode_image(image_BxHxWx3, train=train, rng=rng),
+                  text_emb=self.encode_text(text_BxL),
                   logit_scale=jnp.exp(self.logit_scale[...]), logit_bias=None if self.logit_bias is None else self.logit_bias[...])
