@@ -203,6 +203,7 @@ NUMBER_RULES = (
     ("optim.weight_decay", lambda v: _num(v) and v >= 0, "a finite number >= 0"),
     ("optim.grad_clip", lambda v: _num(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
     ("optim.ema_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0: no EMA of the parameters)"),
+    ("optim.microbatches", lambda v: _int(v) and v >= 1, "an int >= 1 (1: the whole batch in one pass)"),
     ("data.train.crop_min_scale", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("data.train.max_skip_fraction", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("data.train.num_threads", lambda v: _int(v) and v >= 1, "an int >= 1"),
@@ -281,8 +282,10 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=min(10_000, total_steps // 5), end_lr_ratio=0.0, b1=0.9, b2=0.98,
       eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze="", lr_mult="",
-      ema_decay=0.0))           # an EMA of the parameters (e.g. 0.9999; 0: none), for evals.<name>.params="ema"
-  c.init_from = ""            # start from converted weights (`vlmjax convert --out DIR`) instead of random
+      ema_decay=0.0,            # an EMA of the parameters (e.g. 0.9999; 0: none), for evals.<name>.params="ema"
+      microbatches=1))          # k > 1: each step in k microbatches, the exact global-batch gradient (GradCache)
+  c.init_from = ""            # start from converted weights (vlmjax convert --out DIR) or a run (RUN: its latest
+                              # step, RUN:STEP) instead of random; learned position embeddings are resized
   c.init_reinit = ""          # ... but keep these parameter path prefixes freshly initialised
   # XLA compiler options for the train step, per platform: "name=value,name=value" (see
   # `vlmjax/xla_options.py`). Empty until a measurement justifies one; scripts/bench_step.py --ab times them.

@@ -2,8 +2,9 @@
 
 `TrainState` is what a checkpoint holds. `setup` builds the model abstractly (no allocation) and
 derives the optimiser and every array's sharding; `init_state` initialises into those shardings
-(from `init_from` weights where asked); `restore_or_init` resumes a workdir's latest checkpoint
-(resharded onto this run's mesh) or initialises; `restore_params` reads one checkpoint's
+(from `init_from` where asked: converted weights, or a run's step, `init_source`; learned position
+embeddings of another size resized by `models.posemb`); `restore_or_init` resumes a workdir's latest
+checkpoint (resharded onto this run's mesh) or initialises; `restore_params` reads one checkpoint's
 parameters for evaluation (`restore_trees`: and/or their EMA, `optim.ema_decay`). The train loop
 (`train.py`) and the evaluators build on these.
 """
@@ -26,6 +27,8 @@ from jax.experimental import multihost_utils
 
 from vlmjax import checkpoint, convert, errors, models, optim, sharding
 from vlmjax.data import tokenizers
+from vlmjax.convert.params import flatten, unflatten_like
+from vlmjax.models import posemb
 
 @flax.struct.dataclass
 class TrainState:
@@ -78,8 +81,8 @@ def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
   """Initialises parameters and optimiser state directly into their shardings.
 
-  With `cfg.init_from`, parameters come from those converted weights, except the
-  path prefixes in `cfg.init_reinit`, which keep their fresh initialisation.
+  With `cfg.init_from`, parameters come from those weights (`init_source`), except the path prefixes
+  in `cfg.init_reinit`, which keep their fresh initialisation.
   """
   def init(loaded) -> TrainState:
     model = models.build(cfg.model, nnx.Rngs(cfg.seed))
@@ -89,33 +92,123 @@ def init_state(cfg: ml_collections.ConfigDict, s: Setup) -> TrainState:
       params = jax.tree_util.tree_map_with_path(
           lambda path, new, old: new if optim.matches(optim.path_name(path), fresh) else old, params, loaded)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
-  loaded = None
-  if cfg.init_from:
-    check_init_tokenizer(cfg)
-    loaded = convert.load_params(cfg.init_from, checkpoint.abstract_with_shardings(
-        s.abstract_state.params, s.state_shardings.params))
-    print(f"initialised from {cfg.init_from}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
+  loaded = load_init(cfg, s) if cfg.init_from else None
   return jax.jit(init, out_shardings=s.state_shardings)(loaded)
+
+
+class InitSource(NamedTuple):
+  """Where `init_from` points: converted weights (`step` None) or a step of a training run's workdir."""
+  directory: str
+  step: int | None
+
+  @property
+  def item(self) -> str:
+    """The orbax item holding the parameters (a run's: its whole state, of which only params are read)."""
+    if self.step is None:
+      return convert.params_dir(self.directory)
+    return os.path.join(self.directory, "checkpoints", str(self.step), "state")
+
+  def __str__(self) -> str:
+    return self.directory if self.step is None else f"{self.directory} step {self.step}"
+
+
+def init_source(init_from: str) -> InitSource:
+  """`init_from` resolved: DIR (a `vlmjax convert --out` directory), RUN (a training run's workdir: its
+  latest checkpoint) or RUN:STEP (that step). One-line ConfigErrors for a missing step or a path that
+  is neither."""
+  directory, step = init_from, None
+  match = re.fullmatch(r"(.+):(\d+)", init_from)
+  if not os.path.isdir(init_from) and match:
+    directory, step = match.group(1), int(match.group(2))
+  if not os.path.isdir(directory):
+    raise errors.ConfigError(f"init_from={init_from!r} does not exist (expected a `vlmjax convert --out` "
+                             "directory, a training run's workdir RUN, or RUN:STEP)")
+  if not os.path.isdir(os.path.join(directory, "checkpoints")):
+    if step is not None:
+      raise errors.ConfigError(f"init_from={init_from!r}: {directory} is not a training run's workdir (no "
+                               "checkpoints/), so it has no steps; converted weights are named without ':STEP'")
+    if not os.path.isdir(os.path.join(directory, convert.PARAMS_DIR)) and not os.path.isfile(
+        os.path.join(directory, "_METADATA")):
+      raise errors.ConfigError(f"init_from={init_from!r} is neither a `vlmjax convert --out` directory (no "
+                               "params/) nor a training run's workdir (no checkpoints/)")
+    return InitSource(os.path.abspath(directory), None)
+  steps = sorted(int(n) for n in os.listdir(os.path.join(directory, "checkpoints")) if n.isdigit()
+                 and os.path.isdir(os.path.join(directory, "checkpoints", n, "state")))
+  if not steps:
+    raise errors.ConfigError(f"init_from={init_from!r}: the run in {directory} has no checkpoint yet")
+  if step is not None and step not in steps:
+    raise errors.ConfigError(f"init_from={init_from!r}: no checkpoint at step {step} in {directory}; "
+                             f"available: {', '.join(map(str, steps))}")
+  return InitSource(os.path.abspath(directory), steps[-1] if step is None else step)
 
 
 def check_init(cfg: ml_collections.ConfigDict, s: Setup) -> None:
   """`init_from` checked without loading it (its tokenizer, its tensors' names and shapes): a one-line
-  ConfigError before a fresh run touches its workdir."""
+  ConfigError before a fresh run touches its workdir. Learned position embeddings of another size are
+  resized (`models.posemb`); every other parameter must match exactly."""
   if cfg.init_from:
-    check_init_tokenizer(cfg)
-    convert.check_params(cfg.init_from, s.abstract_state.params)
+    _check_init(cfg, s)
 
 
-def check_init_tokenizer(cfg: ml_collections.ConfigDict) -> None:
+def _check_init(cfg: ml_collections.ConfigDict, s: Setup) -> tuple[InitSource, list]:
+  """(where `init_from` points, the position embeddings to resize: `posemb.Resize`s)."""
+  source = init_source(cfg.init_from)
+  check_init_tokenizer(cfg, source)
+  checkpoint.quiet_libraries(True)  # orbax's absl warnings about a step's own metadata go to log.txt
+  try:
+    stored = convert.stored_shapes(source.item)
+  except Exception as e:  # noqa: BLE001 -- orbax raises many types; one line
+    raise errors.ConfigError(f"cannot read init_from={cfg.init_from!r}: {_reason(e, source.item)}") from None
+  finally:
+    checkpoint.quiet_libraries(False)
+  if source.step is not None:  # a run's state: {step, params, opt_state}
+    stored = {k.removeprefix("params."): v for k, v in stored.items() if k.startswith("params.")}
+  where = f"init checkpoint {source.item!r}"
+  wanted = {k: tuple(v.shape) for k, v in flatten(s.abstract_state.params).items()}
+  resizes = posemb.plan(cfg.model, wanted, stored, where)
+  convert.compare_shapes(where, stored, s.abstract_state.params, skip=posemb.layouts(cfg.model))
+  return source, resizes
+
+
+def load_init(cfg: ml_collections.ConfigDict, s: Setup):
+  """The parameters `init_from` names, onto this run's shardings, position embeddings of another size
+  resized (`models.posemb`; one line printed each)."""
+  source, resizes = _check_init(cfg, s)
+  abstract = checkpoint.abstract_with_shardings(s.abstract_state.params, s.state_shardings.params)
+  flat = flatten(abstract)
+  for r in resizes:  # read at the stored shape, whole on every device, and resized on the host
+    flat[r.key] = jax.ShapeDtypeStruct(r.old, flat[r.key].dtype, sharding=sharding.replicated(s.mesh))
+  target = unflatten_like(abstract, flat)
+  if source.step is None:
+    loaded = convert.load_params(source.directory, target)
+  else:
+    ckpt = checkpoint.Checkpointer(os.path.join(source.directory, "checkpoints"), cfg)
+    try:
+      loaded = ckpt.restore_part({"params": target}, source.step)["params"]
+    finally:
+      ckpt.close()
+  flat = flatten(loaded)
+  out_sh = flatten(s.state_shardings.params)
+  for r in resizes:
+    new = r.apply(np.asarray(jax.device_get(flat[r.key]))).astype(flat[r.key].dtype)
+    flat[r.key] = jax.make_array_from_callback(new.shape, out_sh[r.key], lambda index, a=new: a[index])
+    if not optim.matches(r.key, optim.prefixes(cfg.init_reinit)):  # else it is initialised afresh
+      print(r.describe())
+  print(f"initialised from {source}" + (f" (fresh: {cfg.init_reinit})" if cfg.init_reinit else ""))
+  return unflatten_like(abstract, flat)
+
+
+def check_init_tokenizer(cfg: ml_collections.ConfigDict, source: InitSource | None = None) -> None:
   """Weights converted with their tokenizer (`INIT_FROM/tokenizer.json`) mean nothing with other token
   ids: a one-line ConfigError unless `data.train.tokenizer` is that file, or the token embedding is
   re-initialised (`init_reinit`)."""
-  path = os.path.join(cfg.init_from, "tokenizer.json")
+  directory = (source or init_source(cfg.init_from)).directory
+  path = os.path.join(directory, "tokenizer.json")
   if not os.path.isfile(path) or optim.matches("text.token_embed.embedding", optim.prefixes(cfg.init_reinit)):
     return
   if not tokenizers.reads_hf_file(cfg.data.train.tokenizer, path):
     raise errors.ConfigError(f"init_from={cfg.init_from!r} was converted with its tokenizer; train with "
-                             f"--config.data.train.tokenizer={converted_tokenizer(cfg.init_from, path)} "
+                             f"--config.data.train.tokenizer={converted_tokenizer(directory, path)} "
                              f"(data.train.tokenizer is "
                              f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
 

@@ -120,24 +120,44 @@ def save_params(out_dir: str, params: Any, meta: dict) -> str:
   return path
 
 
-def check_params(path: str, abstract_params: Any) -> str:
-  """The params directory of converted weights at `path` (DIR or DIR/params), checked against
-  `abstract_params` from its metadata alone: a ConfigError naming what is missing or mis-shaped."""
-  import orbax.checkpoint as ocp
-  from vlmjax.convert.params import flatten
+def params_dir(path: str) -> str:
+  """The params directory of converted weights at `path` (DIR or DIR/params); a ConfigError if none."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
     path = os.path.join(path, PARAMS_DIR)
   if not os.path.isdir(path):
     raise ConfigError(f"init checkpoint {path!r} does not exist (expected a `vlmjax convert --out` directory)")
+  return path
+
+
+def stored_shapes(item_dir: str) -> dict[str, tuple]:
+  """{dotted key: shape} of the arrays of an orbax StandardSave item (converted params, or a run's
+  `checkpoints/STEP/state`), from its metadata alone."""
+  import orbax.checkpoint as ocp
+  from vlmjax.convert.params import flatten
   with ocp.StandardCheckpointer() as ckptr:
-    stored = flatten(ckptr.metadata(path).item_metadata.tree)
+    tree = ckptr.metadata(item_dir).item_metadata.tree
+  return {key: tuple(leaf.shape) for key, leaf in flatten(tree).items()}
+
+
+def compare_shapes(where: str, stored: dict[str, tuple], abstract_params: Any, skip=()) -> None:
+  """A ConfigError naming the first parameter of `abstract_params` that `stored` (shapes by key) lacks
+  or holds in another shape; the keys in `skip` are checked by the caller (position embeddings)."""
+  from vlmjax.convert.params import flatten
   for key, leaf in flatten(abstract_params).items():
+    if key in skip:
+      continue
     if key not in stored:
-      raise ConfigError(f"init checkpoint {path!r} lacks parameter {key} {tuple(leaf.shape)}")
-    if tuple(stored[key].shape) != tuple(leaf.shape):
-      raise ConfigError(f"init checkpoint {path!r} parameter {key} is {tuple(stored[key].shape)}, "
-                        f"the config wants {tuple(leaf.shape)}")
+      raise ConfigError(f"{where} lacks parameter {key} {tuple(leaf.shape)}")
+    if tuple(stored[key]) != tuple(leaf.shape):
+      raise ConfigError(f"{where} parameter {key} is {tuple(stored[key])}, the config wants {tuple(leaf.shape)}")
+
+
+def check_params(path: str, abstract_params: Any) -> str:
+  """The params directory of converted weights at `path` (DIR or DIR/params), checked against
+  `abstract_params` from its metadata alone: a ConfigError naming what is missing or mis-shaped."""
+  path = params_dir(path)
+  compare_shapes(f"init checkpoint {path!r}", stored_shapes(path), abstract_params)
   return path
 
 
