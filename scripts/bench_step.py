@@ -25,7 +25,8 @@ option (`xla_gpu_enable_latency_hiding_scheduler=true`), which goes to the
 config's `xla_options.<platform>`. This is how an XLA option earns a place in a
 config: a measured gain larger than the spread of `--ab base` (the base timed again).
 Memory per variant is XLA's compiled estimate
-(`compiled_memory_gib`); the device's peak counter only ever grows within a process.
+(`compiled_memory_gib`, and its temporaries `temp_memory_gib`: activations, gradients,
+workspace); the device's peak counter only ever grows within a process.
 
     python scripts/bench_step.py --config configs/openclip_coca_b16.py --batch 256 \
         --ab xla_gpu_enable_latency_hiding_scheduler=true --ab model.scan=true
@@ -35,6 +36,12 @@ that changes the model's computation counts its own, so patch dropout (FLIP) com
 
     python scripts/bench_step.py --config configs/siglip_tiny.py --batch 64 \
         --ab model.vision.patch_dropout=0.5 --ab model.vision.patch_dropout=0.75
+
+and exact large-batch training in microbatches (GradCache): the temporaries fall with k, the step
+time grows by about one forward pass:
+
+    python scripts/bench_step.py --config configs/coca_tiny.py --batch 256 \
+        --ab optim.microbatches=2 --ab optim.microbatches=4
 """
 
 from __future__ import annotations
@@ -93,6 +100,12 @@ def compiled_bytes(compiled) -> int:
   m = compiled.memory_analysis()
   total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
   return int(max(total, getattr(m, "peak_memory_in_bytes", 0) or 0))
+
+
+def temp_bytes(compiled) -> int:
+  """XLA's temporaries of one step (activations, gradients, workspace): what `optim.microbatches`
+  and remat shrink, without the state and batch that every variant holds alike."""
+  return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def fused_attention_calls(compiled) -> int:
@@ -179,6 +192,7 @@ def bench(cfg, steps: int, warmup: int, peak: float | None, *, model_flops: floa
       "peak_tflops_per_device": peak / 1e12 if peak else None,
       "loss": float(m["loss"]),
       "compiled_memory_gib": compiled_bytes(compiled) / 2**30 if compiled.memory_analysis() else None,
+      "temp_memory_gib": temp_bytes(compiled) / 2**30 if compiled.memory_analysis() else None,
       "fused_attention_calls": fused_attention_calls(compiled),
       "xla_options": xla_options.for_backend(cfg),
   }
@@ -289,17 +303,19 @@ def counted(model_cfg) -> dict:
 
 def print_variant_row(name: str, r: dict, base: dict, *, header: bool = False, file=sys.stderr) -> None:
   """One row of the `--ab` table against `base` (the base run's result): throughput, step time,
-  model FLOPs per example (both relative to the base), compile time, compiled memory."""
+  model FLOPs per example (both relative to the base), compile time, compiled memory and its
+  temporaries."""
   if header:
     print(f"{'variant':<48} {'ex/s':>9} {'vs base':>8} {'step ms':>9} {'GFLOP/ex':>9} {'vs base':>8} "
-          f"{'compile s':>9} {'mem GiB':>8}", file=file)
+          f"{'compile s':>9} {'mem GiB':>8} {'temp GiB':>8}", file=file)
   if "error" in r:
     print(f"{name:<48} failed: {r['error']}", file=file, flush=True)
     return
   mem = f"{r['compiled_memory_gib']:.2f}" if r.get("compiled_memory_gib") is not None else "-"
+  temp = f"{r['temp_memory_gib']:.3f}" if r.get("temp_memory_gib") is not None else "-"
   gflop, base_gflop = r["model_gflop_per_example"], base["model_gflop_per_example"]
   print(f"{name:<48} {r['examples_per_sec']:>9.1f} {r['examples_per_sec'] / base['examples_per_sec'] - 1:>+8.1%} "
-        f"{r['step_ms']:>9.1f} {gflop:>9.3f} {gflop / base_gflop - 1:>+8.1%} {r['compile_s']:>9.1f} {mem:>8}",
+        f"{r['step_ms']:>9.1f} {gflop:>9.3f} {gflop / base_gflop - 1:>+8.1%} {r['compile_s']:>9.1f} {mem:>8} {temp:>8}",
         file=file, flush=True)
 
 

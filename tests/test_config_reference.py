@@ -37,7 +37,7 @@ INVALID = {
     "loss.contrastive_weight": "-1", "loss.label_smoothing": "1.5", "loss.z_loss": "-1",
     "optim.b1": "1.5", "optim.b2": "-0.1", "optim.end_lr_ratio": "-1", "optim.eps": "0", "optim.freeze": "nosuch",
     "optim.grad_clip": "-1", "optim.lr": "nan", "optim.lr_mult": "vision=abc", "optim.warmup_steps": "-1",
-    "optim.weight_decay": "-1", "optim.ema_decay": "1.0",
+    "optim.weight_decay": "-1", "optim.ema_decay": "1.0", "optim.microbatches": "0",
     "mesh.data": "3", "mesh.fsdp": "0", "mesh.tensor": "5", **{f"mesh.rules.{k}": "x" for k in (
         "batch", "embed", "heads", "layers", "mlp", "patch", "vocab")},
     "data.train.crop_min_scale": "1.5", "data.train.data_dir": "/tmp", "data.train.image_mode": "stretch",

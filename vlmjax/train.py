@@ -24,8 +24,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, models, optim, progress
-from vlmjax import sharding, workdir as workdirs, xla_options
+from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, microbatch, models, optim
+from vlmjax import progress, sharding, workdir as workdirs, xla_options
 from vlmjax.data import pipeline
 from vlmjax.evals import results as eval_results
 from vlmjax.evals.suite import Suite
@@ -36,11 +36,14 @@ from vlmjax.train_state import Setup, TrainState, check_init, restore_or_init, s
 def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                loss_cfg: ml_collections.ConfigDict, seed: int, mesh: jax.sharding.Mesh,
-               batch_axes: tuple[str, ...], constrain=lambda params: params) -> tuple[TrainState, dict]:
+               batch_axes: tuple[str, ...], constrain=lambda params: params,
+               microbatches: int = 1) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop.
 
   Randomness inside the model (CapPa's parallel-prediction masks, FLIP's patch dropout) comes
-  from (seed, step), so a resumed run draws what an uninterrupted one would.
+  from (seed, step), so a resumed run draws what an uninterrupted one would. With `microbatches`
+  k > 1 the same loss and gradient come from k passes over slices of the batch (`microbatch.py`:
+  GradCache; microbatch m draws from the step's key folded with m).
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -49,7 +52,12 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
     out = model(batch["image"], batch["text"], train=True, rng=rng)
     return losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
 
-  (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if microbatches > 1:
+    loss, step_metrics, grads = microbatch.loss_and_grads(
+        state.params, batch, graphdef=graphdef, rng=rng, loss_cfg=loss_cfg, mesh=mesh, batch_axes=batch_axes,
+        microbatches=microbatches)
+  else:
+    (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = constrain(optax.apply_updates(state.params, updates))  # e.g. CLIP's logit_scale <= 100
   grad_norm = optax.tree.norm(grads)
@@ -73,9 +81,11 @@ def all_finite(tree) -> jax.Array:
 
 def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
   """The train step jitted with the run's shardings, the state donated (compiled at its first call)."""
+  batch_axes = sharding.batch_axes(cfg.mesh.rules)
+  microbatch.check(cfg.optim.microbatches, cfg.batch_size, s.mesh, batch_axes)
   step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
-                           seed=cfg.seed, mesh=s.mesh, batch_axes=sharding.batch_axes(cfg.mesh.rules),
-                           constrain=models.param_constraint(cfg.model))
+                           seed=cfg.seed, mesh=s.mesh, batch_axes=batch_axes,
+                           constrain=models.param_constraint(cfg.model), microbatches=cfg.optim.microbatches)
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,),
                  compiler_options=xla_options.for_backend(cfg))
@@ -169,6 +179,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+  microbatch.check(cfg.optim.microbatches, cfg.batch_size, mesh, sharding.batch_axes(cfg.mesh.rules))
   losses.check(cfg.loss)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
