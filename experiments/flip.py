@@ -12,7 +12,7 @@ Two seeds each.
     vlmjax sweep experiments/flip.py --workdir runs/flip
     vlmjax report runs/flip --last 1 --metric train/loss --metric eval/zs/top1 --metric eval/ret/i2t_r1 \
       --metric eval/ret/t2i_r1
-    python experiments/flip_plot.py runs/flip    # accuracy against training FLOPs
+    python scripts/flip_plot.py runs/flip    # accuracy against training FLOPs
 
 6 runs; about 8 minutes on 2 quiet CPU cores, one run at a time. Results: experiments/README.md.
 """
@@ -20,7 +20,7 @@ Two seeds each.
 
 def get_sweep():
   return dict(
-      base="experiments/flip_config.py",  # siglip_tiny, softmax, 64 px, batch 32, evaluated during training
+      base="experiments/configs/flip_tiny.py",  # siglip_tiny, softmax, 64 px, batch 32, evaluated during training
       zip={"model.vision.patch_dropout": [0.0, 0.5, 0.75], "total_steps": [240, 380, 520],
            "evals.zs.every": [60, 95, 130], "evals.ret.every": [60, 95, 130]},  # 4 evaluations per run
       labels={"model.vision.patch_dropout": "p", "total_steps": "steps", "evals.zs.every": None,

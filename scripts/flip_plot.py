@@ -2,7 +2,7 @@
 arm (mean over seeds, a band of +- std), x = the run's training FLOPs up to each evaluation (steps x
 batch x `vlmjax info`'s training FLOPs per example at that arm's dropout).
 
-    python experiments/flip_plot.py runs/flip [--out experiments/results/flip_accuracy_vs_flops.png]
+    python scripts/flip_plot.py runs/flip [--out experiments/results/flip_accuracy_vs_flops.png]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def runs(workdir: str) -> dict:
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("workdir")
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "flip_accuracy_vs_flops.png"))
+  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "experiments", "results", "flip_accuracy_vs_flops.png"))
   a = ap.parse_args()
   import matplotlib
   matplotlib.use("Agg")

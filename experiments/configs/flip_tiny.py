@@ -8,7 +8,7 @@ from vlmjax import config
 from vlmjax.config import parse_arg
 from vlmjax.evals import defaults
 
-SIGLIP_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "siglip_tiny.py")
+SIGLIP_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "siglip_tiny.py")
 
 
 def get_config(arg=None):
