@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -104,8 +105,9 @@ class Suite:
       self.prepared[task] = (cfg.type, kinds[cfg.type].prepare(where, cfg, ctx))
     self.unsupported = list(UNSUPPORTED) if ev.suite == "datacomp" else []
     found = len(self.prepared)
-    print(f"evals.{name}: suite {ev.suite}: {found} of {len(SUITES[ev.suite])} tasks found under {root}"
-          + (f"; missing: {', '.join(map(short, self.missing))}" if self.missing else ""), flush=True)
+    if jax.process_index() == 0:  # one line per run, not per host
+      print(f"evals.{name}: suite {ev.suite}: {found} of {len(SUITES[ev.suite])} tasks found under {root}"
+            + (f"; missing: {', '.join(map(short, self.missing))}" if self.missing else ""), flush=True)
     if not found:
       raise ConfigError(f"evals.{name}: none of the {ev.suite} tasks is under {root!r} (looked for "
                         f"{os.path.basename(folders(root, SUITES[ev.suite][0])[0])} and the like)")
