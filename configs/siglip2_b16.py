@@ -26,25 +26,10 @@ Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe). Config 
 """
 
 from vlmjax import presets
-from vlmjax.config import base, parse_arg
+from vlmjax.config import parse_arg
 
 
 def get_config(arg=None):
   a = parse_arg(arg, batch=32_768, steps=100_000)
-  c = base(batch_size=a.batch, total_steps=a.steps)
-  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
-  c.optim.warmup_steps = min(5_000, a.steps // 5)
-
-  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="none", scan=False,
-                                   act="gelu_tanh", norm_eps=1e-6)  # as big_vision / HF SiglipModel
-  m.image_size = 256
-  m.embed_dim = 768
-  m.init_logit_scale = 10.0
-  m.max_logit_scale = 0.0       # not clamped (big_vision)
-  m.init_logit_bias = -10.0
-  m.vision = presets.vit("B/16", pool="map")
-  m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
-  m.text = presets.text("siglip", vocab_size=256_000, context_length=64, width=768, depth=12, heads=12, mlp_dim=3072,
-                        pad_id=0)  # Gemma's <pad> is 0, what batches hold at padding
-  c.loss = presets.loss("siglip")
-  return c
+  return presets.siglip_experiment("B/16", image_size=256, vocab_size=256_000, pad_id=0, batch=a.batch,
+                                   steps=a.steps)  # Gemma's <pad> is 0, what batches hold at padding

@@ -28,25 +28,10 @@ Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe). Config 
 """
 
 from vlmjax import presets
-from vlmjax.config import base, parse_arg
+from vlmjax.config import parse_arg
 
 
 def get_config(arg=None):
   a = parse_arg(arg, batch=32_768, steps=100_000)
-  c = base(batch_size=a.batch, total_steps=a.steps)
-  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
-  c.optim.warmup_steps = min(5_000, a.steps // 5)
-
-  m = c.model = presets.model_base("two_tower", dtype="bfloat16", remat="dots_no_batch", scan=True,
-                                   act="gelu_tanh", norm_eps=1e-6)  # as big_vision / HF SiglipModel
-  m.image_size = 378            # 27 x 14: the grid the released 384 px model reads (see above)
-  m.embed_dim = 1152
-  m.init_logit_scale = 10.0
-  m.max_logit_scale = 0.0       # not clamped (big_vision)
-  m.init_logit_bias = -10.0
-  m.vision = presets.vit("So400m/14", pool="map")
-  m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
-  m.text = presets.text("siglip", vocab_size=32_000, context_length=64, width=1152, depth=27, heads=16,
-                        mlp_dim=4304, pad_id=1)  # SigLIP pads with </s> (id 1); batches pad with 0
-  c.loss = presets.loss("siglip")
-  return c
+  return presets.siglip_experiment("So400m/14", image_size=378, vocab_size=32_000, pad_id=1,  # 27 x 14 px
+                                   batch=a.batch, steps=a.steps, remat="dots_no_batch", scan=True)

@@ -161,6 +161,30 @@ def openclip_experiment(model: ml_collections.ConfigDict, *, batch: int, steps: 
   return c
 
 
+def siglip_experiment(vision: str, *, image_size: int, vocab_size: int, pad_id: int, batch: int, steps: int,
+                      remat: str = "none", scan: bool = False) -> ml_collections.ConfigDict:
+  """A full big_vision SigLIP config (Zhai et al., 2023): a `vision` ViT at `image_size` whose MAP head's
+  output is the embedding, a bidirectional text tower of the same shape over 64 tokens pooled at the
+  last position with a biased projection, tanh GELU and LayerNorm eps 1e-6 (HF SiglipModel's), t' =
+  log 10, b = -10, exp(t') not clamped; the sigmoid loss; big_vision's optimiser (lr 1e-3, weight
+  decay 1e-4, beta2 0.95, up to 5k warm-up steps). `pad_id`: the token the released weights embed at
+  padding (1, </s>, for SigLIP's tokenizers; 0 for Gemma's)."""
+  c = base(batch_size=batch, total_steps=steps)
+  c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
+  c.optim.warmup_steps = min(5_000, steps // 5)
+  m = c.model = model_base("two_tower", dtype="bfloat16", remat=remat, scan=scan, act="gelu_tanh", norm_eps=1e-6)
+  m.image_size = image_size
+  m.init_logit_scale, m.max_logit_scale, m.init_logit_bias = 10.0, 0.0, -10.0
+  m.vision = vit(vision, pool="map")
+  m.embed_dim = m.vision.width
+  m.image_proj, m.text_proj = "none", "linear_bias"   # the MAP head's output is the embedding
+  width, depth, mlp, heads = VIT[vision.partition("/")[0]]
+  m.text = text("siglip", vocab_size=vocab_size, context_length=64, width=width, depth=depth, heads=heads,
+                mlp_dim=mlp, pad_id=pad_id)  # batches pad with 0; the tower embeds pad_id there
+  c.loss = loss("siglip")
+  return c
+
+
 # --- config groups: a config states only what differs from a named preset ------------------------
 
 LOSS = {  # the `loss` group
