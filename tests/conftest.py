@@ -34,3 +34,13 @@ def micro_cfg():
   def load(*overrides, spec="configs/coca_tiny.py:evals=0"):
     return config.load(os.path.join(ROOT, spec), MICRO + tuple(overrides))
   return load
+
+
+def restore_state(cfg, workdir: str):
+  """The whole train state of `workdir`'s latest checkpoint (params, optimiser state, step), on the host."""
+  from vlmjax import checkpoint, sharding, train_state
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
+  ckpt.close()
+  return jax.device_get(state)

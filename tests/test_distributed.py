@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmjax import checkpoint, config, distributed, optim, sharding, train, train_state
+from vlmjax import checkpoint, config, distributed, optim, train, train_state
 
-from conftest import MICRO, ROOT
+from conftest import MICRO, ROOT, restore_state
 
 
 def _env(devices):
@@ -100,14 +100,6 @@ def _wait_for(predicate, proc, timeout=300):
   raise AssertionError("timed out")
 
 
-def _restore_params(cfg, workdir):
-  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
-  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-  ckpt.close()
-  return jax.device_get(state)
-
-
 STEPS = 16
 RESUMABLE = ["train", "--config", f"configs/coca_tiny.py:steps={STEPS},evals=0"] + _overrides(
     ("log_every", "1"), ("ckpt_every", "5"), ("optim.warmup_steps", "2"))
@@ -133,7 +125,7 @@ def _resume_and_compare(broken, reference, full):
   for row in rows:
     assert row["train/loss"] == a[row["step"]], row["step"]
   cfg = config.load(os.path.join(ROOT, f"configs/coca_tiny.py:steps={STEPS},evals=0"), MICRO)
-  ref, got = _restore_params(cfg, full), _restore_params(cfg, broken)
+  ref, got = restore_state(cfg, full), restore_state(cfg, broken)
   assert int(got.step) == int(ref.step) == STEPS
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   return done.stdout

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from vlmjax import checkpoint, config, optim, sharding, train, train_state
+from conftest import restore_state
+from vlmjax import config, optim, sharding, train, train_state
 from vlmjax.data import pipeline
 from vlmjax.evals import commands as eval_commands
 from vlmjax.evals import common, data, defaults, registry, suite
@@ -76,14 +77,6 @@ def test_the_ema_follows_its_recurrence_is_sharded_like_the_params_and_skips_dro
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.opt_state), before)
 
 
-def _restore(cfg, workdir):
-  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
-  state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-  ckpt.close()
-  return jax.device_get(state)
-
-
 def test_a_run_stopped_and_resumed_has_the_ema_of_an_uninterrupted_one_bit_for_bit(micro_cfg, tmp_path):
   """Stopped at step 2 and resumed to 4: the EMA (and all else) as a 4-step run's; a frozen tower's EMA
   stays its (initial) parameters exactly."""
@@ -94,7 +87,7 @@ def test_a_run_stopped_and_resumed_has_the_ema_of_an_uninterrupted_one_bit_for_b
   shutil.copytree(full, broken)  # the same run, stopped after step 2's checkpoint (one training run fewer)
   shutil.rmtree(os.path.join(broken, "checkpoints", "4"))
   assert train.train(cfg, broken)["finished"]
-  ref, got = _restore(cfg, full), _restore(cfg, broken)
+  ref, got = restore_state(cfg, full), restore_state(cfg, broken)
   assert int(got.step) == int(ref.step) == 4 and int(got.opt_state.count) == 4
   jax.tree.map(np.testing.assert_array_equal, optim.ema_params(got.opt_state), optim.ema_params(ref.opt_state))
   jax.tree.map(np.testing.assert_array_equal, got.params, ref.params)
@@ -145,7 +138,7 @@ def test_an_evaluator_with_params_ema_evaluates_the_ema_in_training_and_in_vlmja
   loaded = eval_commands.load_config(workdir, ())
   s, trees, step = train_state.restore_trees(workdir, loaded, None, ("params", "ema"))
   assert step == 3
-  state = _restore(loaded, workdir)
+  state = restore_state(loaded, workdir)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(trees["ema"]), optim.ema_params(state.opt_state))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(trees["params"]), state.params)
   by_hand = suite.prepare_all(loaded, s.mesh).prepared["sim_ema"].evaluate(s.graphdef, trees["ema"])
