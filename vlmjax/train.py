@@ -179,7 +179,6 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   mesh = sharding.make_mesh(cfg.mesh)
   if cfg.batch_size % mesh.size:
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
-  microbatch.check(cfg.optim.microbatches, cfg.batch_size, mesh, sharding.batch_axes(cfg.mesh.rules))
   losses.check(cfg.loss)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
