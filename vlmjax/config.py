@@ -304,7 +304,10 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       shuffle_buffer=2000,        # window shuffle for streamed (tar) sources
       image_mode="resize",        # resize | center_crop | random_resized_crop
       crop_min_scale=0.9,         # smallest area fraction of a random_resized_crop
-      max_skip_fraction=0.1))     # stop when more samples than this are unreadable
+      max_skip_fraction=0.1,      # stop when more samples than this are unreadable
+      # LocCa's decoder tasks (vlmjax/data/locca.py), drawn per example by these weights; all 0: the
+      # decoder (if any) captions the training text as before. ref/gcap need records with regions.
+      locca=ml_collections.ConfigDict(dict(cap=0.0, ref=0.0, gcap=0.0, box_bins=100))))
   c.evals = ml_collections.ConfigDict()
   # Weights & Biases, besides metrics.jsonl and TensorBoard: off while `project` is "". A resumed
   # run continues the same wandb run (its id is kept in the workdir's wandb.json).

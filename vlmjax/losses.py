@@ -218,10 +218,17 @@ def contrastive_term(out, batch: dict, cfg: ml_collections.ConfigDict, ctx: Cont
   return value, {"contrastive_loss": value, **extra}
 
 
+def caption_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(targets, mask) of the caption loss: the text shifted by one, its non-pad tokens; or, with LocCa's
+  tasks (`decoder_text`, `decoder_loss` in the batch), the task sequence and its target tokens."""
+  if "decoder_text" in batch:
+    return batch["decoder_text"][:, 1:], batch["decoder_loss"][:, 1:]
+  return batch["text"][:, 1:], batch["text"][:, 1:] != 0
+
+
 def caption_term(out, batch: dict, cfg: ml_collections.ConfigDict, ctx: Context):
   """Next-token cross-entropy of the caption logits against the batch's text shifted by one."""
-  text_BxL = batch["text"]
-  targets_BxL, mask_BxL = text_BxL[:, 1:], text_BxL[:, 1:] != 0
+  targets_BxL, mask_BxL = caption_targets(batch)
   if cfg.caption_chunk:
     if out.caption_features is None:
       raise ConfigError("loss.caption_chunk needs a model whose caption head exposes its features (CoCa, CapPa); "

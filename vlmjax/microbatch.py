@@ -32,7 +32,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vlmjax import losses
+from vlmjax import losses, models
 from vlmjax.errors import ConfigError
 from vlmjax.models.output import Output
 
@@ -41,7 +41,7 @@ GLOBAL_TERM = "contrastive"  # computed once over the whole batch, from the embe
 
 def caption_tokens(batch: dict) -> jax.Array:
   """The caption tokens a microbatch's caption loss averages over (`losses.caption_term`'s mask)."""
-  return jnp.sum(batch["text"][:, 1:] != 0).astype(jnp.float32)
+  return jnp.sum(losses.caption_targets(batch)[1]).astype(jnp.float32)
 
 
 # Terms computed per microbatch (step 3), by what each averages over: microbatch m's value weighs
@@ -106,7 +106,8 @@ def loss_and_grads(params, batch: dict, *, graphdef: nnx.GraphDef, rng: jax.Arra
 
   def forward(p, mb, m) -> Output:
     model = nnx.merge(graphdef, p)
-    return model(mb["image"], mb["text"], train=True, rng=rng if k == 1 else jax.random.fold_in(rng, m))
+    return model(mb["image"], mb["text"], train=True, rng=rng if k == 1 else jax.random.fold_in(rng, m),
+                 **models.extra_inputs(mb))
 
   total, metrics, cot = jnp.zeros((), jnp.float32), {}, None
   if contrastive:

@@ -26,7 +26,7 @@ from flax import nnx
 
 from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, microbatch, models, optim
 from vlmjax import progress, sharding, workdir as workdirs, xla_options
-from vlmjax.data import pipeline
+from vlmjax.data import locca, pipeline
 from vlmjax.evals import results as eval_results
 from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
@@ -49,7 +49,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    out = model(batch["image"], batch["text"], train=True, rng=rng)
+    out = model(batch["image"], batch["text"], train=True, rng=rng, **models.extra_inputs(batch))
     return losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
 
   if microbatches > 1:
@@ -94,8 +94,25 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
 def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
   """The shapes, dtypes and sharding of the global batches the data pipeline produces."""
   S, L = cfg.model.image_size, cfg.model.text.context_length
-  return {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
-          "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
+  batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
+           "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
+  if locca.active(cfg.data.train.locca):  # LocCa's decoder tasks (`vlmjax.data.locca`)
+    batch["decoder_text"] = batch["text"]
+    batch["decoder_loss"] = jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.bool_, sharding=s.batch_sharding)
+  return batch
+
+
+def check_locca(cfg: ml_collections.ConfigDict) -> None:
+  """LocCa's decoder tasks need a model with a decoder over image tokens and a caption loss."""
+  locca.check(cfg.data.train.locca)
+  if not locca.active(cfg.data.train.locca):
+    return
+  if not models.takes_decoder_text(cfg.model):
+    raise errors.ConfigError(f"data.train.locca gives decoder tasks but model.name={cfg.model.name!r} has no decoder "
+                             "over image tokens; use model.name=siglip2 or captioner, or set the locca weights to 0")
+  if not cfg.loss.get("caption_weight"):
+    raise errors.ConfigError("data.train.locca gives decoder tasks but loss.caption_weight is 0: nothing would "
+                             "train the decoder; set loss.caption_weight > 0")
 
 
 def lower_train_step(cfg: ml_collections.ConfigDict, s: Setup):
@@ -180,6 +197,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   if cfg.batch_size % mesh.size:
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   losses.check(cfg.loss)
+  check_locca(cfg)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   with progress.Task("building the model and tracing the train step"):

@@ -27,7 +27,7 @@ from concurrent import futures
 import grain
 import numpy as np
 
-from vlmjax.data import transforms
+from vlmjax.data import locca, regions, transforms
 from vlmjax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,16 @@ class Stopped(Exception):
 
 
 class DecodeBatch(grain.IterDataset):
-  """Batches of {"image": float32 [B, S, S, 3] (normalised), "text": int32 [B, L]}."""
+  """Batches of {"image": float32 [B, S, S, 3] (normalised), "text": int32 [B, L]}; with LocCa tasks
+  (`locca`: `data.train.locca` with a weight > 0) also "decoder_text" (int32 [B, L]) and
+  "decoder_loss" (bool [B, L]): each example's decoder task drawn from the record's seed, its
+  regions mapped through the image's crop (`vlmjax.data.locca`)."""
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int, decoder: transforms.ImageDecoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
-               host_index: int):
+               host_index: int, locca_cfg=None):
     super().__init__(parent)
+    self.locca = locca_cfg if locca_cfg is not None and locca.active(locca_cfg) else None
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
     self.max_skip_fraction, self.host_index = max_skip_fraction, host_index
@@ -79,7 +83,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._skipped = {k: int(v) for k, v in state["skipped"].items()}
     self._shards = {k: int(v) for k, v in state["shards"].items()}
 
-  def _process(self, raw: dict, index: int, slot: int, images: np.ndarray, texts: np.ndarray):
+  def _process(self, raw: dict, index: int, slot: int, out: dict[str, np.ndarray]):
     """Decodes one raw record into row `slot` of the batch; returns None or the reason it is skipped."""
     if raw.get("image") is None:
       return "no_image" if "_shard" in raw else ""  # "": a marker record that only carries _skips
@@ -89,12 +93,21 @@ class DecodeBatchIterator(grain.DatasetIterator):
       caption = several[np.random.default_rng([self._ds.seed, self._ds.host_index, index, 1]).integers(len(several))]
     if not caption or not caption.strip():
       return "no_caption"
-    try:
-      image = self._ds.decoder(raw["image"], np.random.default_rng([self._ds.seed, self._ds.host_index, index]))
+    if self._ds.locca is not None and raw.get("_bad_regions"):
+      return "bad_region"
+    rng = np.random.default_rng([self._ds.seed, self._ds.host_index, index])
+    try:  # with LocCa, regions follow the crop: the decoder says which part of the original it kept
+      image, crop, size = (self._ds.decoder.decode(raw["image"], rng) if self._ds.locca is not None
+                           else (self._ds.decoder(raw["image"], rng), None, None))
     except transforms.BadImage:
       return "bad_image"
-    transforms.normalize_into(image, images[slot])
-    texts[slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
+    transforms.normalize_into(image, out["image"][slot])
+    out["text"][slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
+    if self._ds.locca is not None:
+      kept = regions.crop(raw["regions"], crop, *size) if raw.get("regions") else None
+      out["decoder_text"][slot], out["decoder_loss"][slot] = locca.example(
+          self._ds.locca, self._ds.tokenizer, caption.strip(), kept, self._ds.context_length,
+          np.random.default_rng([self._ds.seed, self._ds.host_index, index, 2]))
     return None
 
   def _count(self, reason: str, shard: str) -> None:
@@ -106,8 +119,11 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     ds = self._ds
-    images = np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32)
-    texts = np.empty((ds.batch_size, ds.context_length), np.int32)
+    out = {"image": np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32),
+           "text": np.empty((ds.batch_size, ds.context_length), np.int32)}
+    if ds.locca is not None:
+      out["decoder_text"] = np.empty((ds.batch_size, ds.context_length), np.int32)
+      out["decoder_loss"] = np.empty((ds.batch_size, ds.context_length), bool)
     free = list(range(ds.batch_size))  # rows still to fill; a failed record leaves its row to the next one
     while free:
       if ds.stop.is_set():
@@ -116,7 +132,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
       first = self._consumed
       self._consumed += len(raws)
       results = list(self._pool.map(self._process, raws, range(first, first + len(raws)), free,
-                                    [images] * len(raws), [texts] * len(raws)))
+                                    [out] * len(raws)))
       for raw, reason in zip(raws, results):
         for skip_reason, shard in raw.get("_skips", ()):
           self._count(skip_reason, shard)
@@ -129,7 +145,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
         self._check(filled=ds.batch_size - len(free), warn=False)
     self._good += ds.batch_size
     self._check()
-    return {"image": images, "text": texts}
+    return out
 
   def _check(self, filled: int = 0, warn: bool = True) -> None:
     """A DataError when too many samples were skipped (`filled`: good rows of the batch being filled);

@@ -19,8 +19,10 @@ def _synth(args, overrides) -> int:
     return 0
   from vlmjax import progress
   bar = progress.Counter(f"writing {args.out}", total=args.num_shards * args.samples_per_shard, unit="examples")
-  paths = synthetic.write_tar_shards(args.out, args.num_shards, args.samples_per_shard,
-                                     image_size=args.image_size, seed=args.seed, on_example=bar.update)
+  if args.set == "shapes_multi" and args.image_size < synthetic.MULTI_MIN_SIZE:
+    raise ConfigError(f"--set shapes_multi needs --image-size >= {synthetic.MULTI_MIN_SIZE}, got {args.image_size}")
+  paths = synthetic.write_tar_shards(args.out, args.num_shards, args.samples_per_shard, image_size=args.image_size,
+                                     seed=args.seed, kind=args.set, on_example=bar.update)
   bar.close()
   print(f"wrote {len(paths)} shards x {args.samples_per_shard} samples to {args.out}")
   return 0
@@ -55,7 +57,9 @@ def _inspect(args, overrides) -> int:
       bad, size = bad + 1, f"unreadable ({e})"
     caption = rec["caption"]
     kind = f"{len(image)} bytes" if isinstance(image, bytes) else f"array {np.asarray(image).dtype}"
-    print(f"{rec['key']:<16} {size:<10} {kind:<14} {caption!r}")
+    boxes = f" ({len(rec['regions'])} regions)" if rec.get("regions") is not None else \
+        f" (bad regions: {rec['_bad_regions']})" if rec.get("_bad_regions") else ""
+    print(f"{rec['key']:<16} {size:<10} {kind:<14} {caption!r}{boxes}")
     shown += 1
   bar.close()
   elapsed = time.perf_counter() - start
@@ -123,13 +127,16 @@ def add_parsers(sub) -> None:
   d.add_argument("--samples-per-shard", type=int, default=1000, metavar="M", help="examples in each shard")
   d.add_argument("--image-size", type=int, default=32, metavar="S", help="image side in pixels")
   d.add_argument("--seed", type=int, default=0, help="seed of the examples; the same seed writes the same set")
+  d.add_argument("--set", choices=("shapes", "shapes_multi"), default="shapes",
+                 help="shapes: one object per image; shapes_multi: 2 to 4, with their regions (boxes and "
+                 "texts) in each KEY.json (--image-size >= 32)")
   d.add_argument("--format", choices=("tar", "tfds"), default="tar",
                  help="tar: shards; tfds: prepare the TFDS builder vlmjax_shapes (ArrayRecord) with --out as its "
-                 "data_dir (sizes from --tfds-config; --num-shards, --samples-per-shard, --image-size and --seed "
-                 "do not apply)")
-  d.add_argument("--tfds-config", choices=("default", "tiny"), default="default",
+                 "data_dir (sizes from --tfds-config; --num-shards, --samples-per-shard, --image-size, --seed and "
+                 "--set do not apply)")
+  d.add_argument("--tfds-config", choices=("default", "tiny", "multi"), default="default",
                  help="with --format tfds: default: 10k/1k/1k train/validation/test examples at 64 px; "
-                 "tiny: 64/16/16 at 32 px")
+                 "tiny: 64/16/16 at 32 px; multi: shapes_multi with regions, 64/16/16 at 32 px")
   d.set_defaults(run=_synth)
 
   d = data_sub.add_parser("inspect", help="print decoded examples and statistics of a data spec",

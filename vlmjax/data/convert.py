@@ -57,13 +57,17 @@ def shard_units(paths: list[str]) -> list[Unit]:
 
 
 def usable(records, counts: dict, on_example=None):
-  """The records worth writing ({"key", "image" (bytes), "caption", optional "captions"}), counting
-  written examples and skip markers in `counts`."""
-  from vlmjax.data import transforms
+  """The records worth writing ({"key", "image" (bytes), "caption", optional "captions" and "regions"}),
+  counting written examples and skip markers in `counts`. A record with bad regions (the marker of
+  `vlmjax.data.regions`) is skipped: written without them, it would claim an image without regions."""
+  from vlmjax.data import regions, transforms
   for rec in records:
     counts["skipped"] += len(rec.get("_skips", ()))
     image, caption = rec.get("image"), rec.get("caption")
     if image is None or not caption:
+      continue
+    if rec.get(regions.BAD_KEY):
+      counts["skipped"] += 1
       continue
     if not isinstance(image, bytes):
       image = transforms.encode_png(image)
@@ -71,7 +75,8 @@ def usable(records, counts: dict, on_example=None):
     if on_example is not None:
       on_example()
     captions = [c for c in rec.get("captions") or () if c]  # every caption of a multi-caption set
-    yield {"key": rec["key"], "image": image, "caption": caption, **({"captions": captions} if captions else {})}
+    yield {"key": rec["key"], "image": image, "caption": caption, **({"captions": captions} if captions else {}),
+           **({"regions": rec["regions"]} if rec.get("regions") is not None else {})}
 
 
 def _shard_records(path: str, counts: dict):

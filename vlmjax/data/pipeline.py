@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vlmjax.data import batcher, sources, tokenizers, transforms
+from vlmjax.data import batcher, locca, sources, tokenizers, transforms
 from vlmjax.data.shuffle import derive_seed
 from vlmjax.errors import ConfigError, DataError
 
@@ -124,6 +124,9 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
     raise ConfigError(f"tokenizer {data_cfg.tokenizer!r} has {tokenizer.vocab_size} ids but "
                       f"model.text.vocab_size is {vocab_size}")
   mixture = parse_mixture(data_cfg.source)
+  locca.check(data_cfg.locca)
+  if locca.needs_regions(data_cfg.locca):
+    check_regions([spec for spec, _ in mixture], image_size, data_cfg.data_dir or None)
   streams = [sources.open_source(spec, mode="stream", image_size=image_size, data_dir=data_cfg.data_dir or None,
                                  seed=derive_seed(seed, i), host_index=index, host_count=count,
                                  shuffle_buffer=data_cfg.shuffle_buffer, num_threads=data_cfg.num_threads)
@@ -137,7 +140,19 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
       raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer,
       decoder=transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale),
       seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction,
-      host_index=index)
+      host_index=index, locca_cfg=data_cfg.locca)
+
+
+def check_regions(specs: list[str], image_size: int, data_dir: str | None) -> None:
+  """A one-line ConfigError when LocCa's region tasks are on and no source of the mixture has regions
+  (judged by each source's first record; sources without them serve the captioning task only)."""
+  for spec in specs:
+    first = next(iter(sources.open_source(spec, mode="scan", image_size=image_size, data_dir=data_dir)), None)
+    if first is not None and (first.get("regions") is not None or first.get("_bad_regions")):
+      return
+  raise ConfigError(f"data.train.locca asks for region tasks (ref, gcap) but no record of {', '.join(specs)} has "
+                    "regions (a \"regions\" list in its .json / record; synthetic:shapes_multi has them); set "
+                    "data.train.locca.ref=0 and data.train.locca.gcap=0, or train on data with regions")
 
 
 def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,

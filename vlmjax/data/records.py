@@ -5,7 +5,11 @@ no TensorFlow) with bytes features `image` (encoded), `caption` (UTF-8) and `key
 exactly what TFDS stores for Image + Text features, so the ArrayRecord files of a
 prepared TFDS dataset are also readable with `arrayrecord:PATTERN`. A `caption`
 feature with several values is an image with several references (evaluation
-sets): the record gets `captions` (all of them) and `caption` (the first).
+sets): the record gets `captions` (all of them) and `caption` (the first). Regions are TFDS's
+layout of a `Sequence({"bbox": BBoxFeature(), "text": Text()})` feature named `regions`: float
+`regions/bbox` (ymin, xmin, ymax, xmax per box, float32) and bytes `regions/text`; both are
+written and read (ArrayRecord and TFDS alike) as `vlmjax.data.regions` describes, so a record
+read back has `regions` [{"box": [x0, y0, x1, y1], "text"}] or the bad-regions marker.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import os
 import grain
 import numpy as np
 
+from vlmjax.data import regions as regions_lib
 from vlmjax.errors import DataError
 
 CAPTION_FEATURES = ("caption", "text")
 
 
-def serialize(key: str, image: bytes, caption: str | list[str]) -> bytes:
+def serialize(key: str, image: bytes, caption: str | list[str], regions: list[dict] | None = None) -> bytes:
+  """A tf.train.Example of one record; `regions` (checked, see `vlmjax.data.regions`) in TFDS's layout."""
   from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
   captions = [caption] if isinstance(caption, str) else list(caption)
   feats = {name: tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=values))
            for name, values in (("key", [key.encode()]), ("image", [image]),
                                 ("caption", [c.encode() for c in captions]))}
+  if regions is not None:
+    boxes, texts = regions_lib.to_tfds(regions)
+    feats["regions/bbox"] = tf_feature_pb2.Feature(float_list=tf_feature_pb2.FloatList(value=boxes))
+    feats["regions/text"] = tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=texts))
   return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feats)).SerializeToString()
 
 
@@ -41,8 +51,12 @@ def parse(data: bytes, shard: str) -> dict:
   values = lambda name: list(feats[name].bytes_list.value) if name in feats else []
   value = lambda name: values(name)[0] if values(name) else None
   captions = next((values(n) for n in CAPTION_FEATURES if values(n)), [None])
-  return record((value("key") or b"").decode("utf-8", "replace"), value("image"), captions[0], shard,
-                **({"captions": captions} if len(captions) > 1 else {}))
+  key = (value("key") or b"").decode("utf-8", "replace")
+  extra = {"captions": captions} if len(captions) > 1 else {}
+  if "regions/bbox" in feats or "regions/text" in feats:
+    extra.update(regions_lib.from_tfds(feats["regions/bbox"].float_list.value, values("regions/text"),
+                                       f"record {key!r} in {shard}"))
+  return record(key, value("image"), captions[0], shard, **extra)
 
 
 def record(key: str, image, caption: bytes | str | None, shard: str, **extra) -> dict:
@@ -110,8 +124,9 @@ def _num_records(path: str) -> int:
 
 
 def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: int = 10_000) -> list[str]:
-  """Writes raw records {"key", "image" (bytes), "caption", optional "captions"} as
-  `NAME-00000-of-NNNNN.array_record` files; `caption` is stored first, then the other `captions`."""
+  """Writes raw records {"key", "image" (bytes), "caption", optional "captions", optional "regions"
+  (checked)} as `NAME-00000-of-NNNNN.array_record` files; `caption` is stored first, then the other
+  `captions`."""
   from array_record.python import array_record_module
   os.makedirs(out_dir, exist_ok=True)
   tmp_paths, writer, n = [], None, 0
@@ -126,7 +141,8 @@ def write_arrayrecord(records, out_dir: str, *, name: str = "data", per_file: in
       captions = ([first] if first else []) + [c for c in rec.get("captions") or () if c and c != first]
       if not captions:
         raise DataError(f"record {rec['key']!r}: no caption to write (`caption` and `captions` are empty)")
-      writer.write(serialize(rec["key"], rec["image"], captions if len(captions) > 1 else captions[0]))
+      writer.write(serialize(rec["key"], rec["image"], captions if len(captions) > 1 else captions[0],
+                             rec.get("regions")))
       n += 1
   except BaseException:  # a bad record or Ctrl-C: no partial files left behind
     if writer is not None:
@@ -187,8 +203,11 @@ class TfdsSource:
       extra["captions"] = list(captions)
       caption = extra["captions"][0] if extra["captions"] else None
     key = ex.get("key", str(int(i)))
-    return record(key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key),
-                  ex.get("image"), caption, self.spec, **extra)
+    key = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+    if isinstance(ex.get("regions"), dict):  # a Sequence({"bbox", "text"}): boxes (ymin, xmin, ymax, xmax)
+      extra.update(regions_lib.from_tfds(ex["regions"].get("bbox", ()), ex["regions"].get("text", ()),
+                                         f"record {key!r} of {self.spec}"))
+    return record(key, ex.get("image"), caption, self.spec, **extra)
 
   def __repr__(self) -> str:
     return f"TfdsSource({self.spec}, {len(self)} examples)"

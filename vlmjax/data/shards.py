@@ -18,7 +18,7 @@ from vlmjax.errors import DataError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt", "caption")
-META_EXTS = ("json",)  # img2dataset's per-sample metadata; read for its "captions" list
+META_EXTS = ("json",)  # img2dataset's per-sample metadata; read for its "captions" and "regions" lists
 
 
 def is_url(path: str) -> bool:

@@ -1,6 +1,7 @@
 """Data sources named by spec strings: the one parser, the registry of kinds, `open_source`.
 
   synthetic:shapes[:SPLIT]          the procedural shapes set (random access)
+  synthetic:shapes_multi[:SPLIT]    its multi-object variant, with regions (`synthetic`)
   tar:PATTERN                       img2dataset tar shards: a local path, glob or brace range
                                     (`shards/{00000..00127}.tar`) or a URL (http(s)://, gs://, s3://)
   arrayrecord:PATTERN               ArrayRecord files of serialised examples (random access)
@@ -11,7 +12,8 @@
 
 Every record is {"key", "image" (encoded bytes or uint8 [H, W, 3]), "caption"} (plus "label"
 for classification sets, where "caption" may be None, and "captions" for images with several
-references: "caption" is then the first of them, and training draws one of "captions" per visit).
+references: "caption" is then the first of them, and training draws one of "captions" per visit),
+and "regions" where a source has boxes with texts (`regions`: the contract and the bad-regions marker).
 
 `open_source(spec, mode=...)` is the only place a spec is parsed:
   random   a random-access source (`__len__`, `__getitem__`): evaluation sets; remote tar
@@ -118,17 +120,25 @@ def _parse(spec: str) -> tuple[Kind, str]:
 
 # --- the kinds ----------------------------------------------------------------------------------
 
-def _synthetic_split(rest: str, spec: str) -> str:
+SYNTHETIC = {"shapes": synthetic.ShapesSource, "shapes_multi": synthetic.ShapesMultiSource}
+
+
+def _synthetic_split(rest: str, spec: str) -> tuple[str, str]:
   name, _, split = rest.partition(":")
-  if name != "shapes":
-    raise DataError(f"unknown synthetic set {name!r} in {spec!r}; valid: synthetic:shapes[:train|validation|test]")
+  if name not in SYNTHETIC:
+    raise DataError(f"unknown synthetic set {name!r} in {spec!r}; valid: "
+                    f"synthetic:{'|'.join(SYNTHETIC)}[:train|validation|test]")
   if (split or "train") not in synthetic.SEED_OF_SPLIT:
     raise DataError(f"unknown split {split!r} in {spec!r}; valid: {', '.join(synthetic.SEED_OF_SPLIT)}")
-  return split or "train"
+  return name, split or "train"
 
 
 def _open_synthetic(rest: str, opts: Open):
-  return synthetic.ShapesSource(_synthetic_split(rest, opts.spec), image_size=opts.image_size)
+  name, split = _synthetic_split(rest, opts.spec)
+  if name == "shapes_multi" and opts.image_size < synthetic.MULTI_MIN_SIZE:
+    raise DataError(f"{opts.spec!r} renders at image_size >= {synthetic.MULTI_MIN_SIZE}, got {opts.image_size}; "
+                    f"set the model's (or evaluator's) image size to {synthetic.MULTI_MIN_SIZE} or more")
+  return SYNTHETIC[name](split, image_size=opts.image_size)
 
 
 def _synthetic_class_names(rest: str, data_dir: str | None) -> tuple[str, ...]:
@@ -199,7 +209,7 @@ def _bench(name: str) -> Callable:
 
 
 SOURCES = Registry("data source kind", {
-    "synthetic": Kind("synthetic:shapes[:SPLIT]", _open_synthetic, _synthetic_class_names),
+    "synthetic": Kind("synthetic:shapes|shapes_multi[:SPLIT]", _open_synthetic, _synthetic_class_names),
     "tar": Kind("tar:PATTERN", _open_tar),
     "arrayrecord": Kind("arrayrecord:PATTERN", _open_arrayrecord),
     "tfds": Kind("tfds:NAME[/CONFIG][:SPLIT]", _open_tfds, _tfds_class_names),

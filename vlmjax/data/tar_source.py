@@ -15,6 +15,7 @@ import tarfile
 import threading
 import weakref
 
+from vlmjax.data import regions
 from vlmjax.data.shards import IMAGE_EXTS, META_EXTS, TEXT_EXTS, captions_of, expand_pattern, is_url, sample_key
 from vlmjax.errors import DataError
 
@@ -33,7 +34,8 @@ class TarSource:
   members with the same `sample_key`; a missing image, a blank or non-UTF-8 caption
   is skipped; a truncated shard keeps its samples before the break). A sample with
   several captions (a `.txt` of several lines, or a `.json` "captions" list) has
-  "captions" (all of them) and "caption" (the first). What was
+  "captions" (all of them) and "caption" (the first); a `.json` "regions" list becomes "regions"
+  (`regions.from_json`: bad ones get the bad-regions marker, the sample is kept). What was
   skipped is counted in `skipped`, shown by `repr` and logged once when opened.
   For evaluation sets; training streams tar shards instead (no index, exact resume by byte offset).
   Reads share one descriptor per shard (`os.pread` has no file position), closed by
@@ -116,7 +118,8 @@ class TarSource:
     caption, captions, reason = captions_of(group)
     if reason:
       return reason
-    return {"caption": caption, **({"captions": captions} if captions else {})}
+    return {"caption": caption, **({"captions": captions} if captions else {}),
+            **regions.from_json(group.get("json"), f"sample {key!r} in {self.paths[p]}")}
 
   def _fd(self, p: int) -> int:
     fd = self._fds.get(p)

@@ -29,6 +29,7 @@ import urllib.request
 import grain
 import numpy as np
 
+from vlmjax.data import regions
 from vlmjax.data.shards import (IMAGE_EXTS, META_EXTS, TEXT_EXTS, captions_of, is_url, require_filesystem,
                                 sample_key)
 from vlmjax.errors import DataError
@@ -134,7 +135,8 @@ def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> np.
 
 class TarStream(grain.IterDataset):
   """Raw records {"key", "image" (bytes), "caption", "_shard", "_skips"} from tar shards, plus "captions"
-  for a sample with several (`shards.captions_of`: a multi-line `.txt` or a `.json` "captions" list)."""
+  for a sample with several (`shards.captions_of`: a multi-line `.txt` or a `.json` "captions" list) and
+  "regions" for one whose `.json` lists them (`regions.from_json`)."""
 
   def __init__(self, paths: list[str], *, seed: int, host_index: int = 0, host_count: int = 1,
                shuffle_shards: bool = True, repeat: bool = True):
@@ -300,8 +302,9 @@ class TarStreamIterator(grain.DatasetIterator):
     if reason:
       self._skip(reason)
       return None
+    shard = self._shards[self._pos]
     return {"key": key, "image": image, "caption": caption, **({"captions": captions} if captions else {}),
-            "_shard": self._shards[self._pos]}
+            **regions.from_json(group.get("json"), f"sample {key!r} in {shard}"), "_shard": shard}
 
   def close(self) -> None:
     self._close()

@@ -6,7 +6,8 @@ decode), choosing the largest reduction that keeps the crop at least the target
 size; anything OpenCV cannot read falls back to PIL. Measured on this repo's
 2-core dev machine, 512 px JPEG -> 224, one thread: PIL full decode 157 img/s,
 PIL draft 382, OpenCV full 531, OpenCV reduced 622 (the issue's 16-core figures
-rank them the same way).
+rank them the same way). `ImageDecoder.decode` also returns the crop it took, in pixels of
+the original image whatever the reduction, so regions (`regions.crop`) follow the image.
 """
 
 from __future__ import annotations
@@ -136,16 +137,28 @@ class ImageDecoder:
     self.size, self.mode, self.min_scale = size, mode, min_scale
 
   def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
-    box = lambda w, h: (*crop_box(w, h, self.mode, rng, self.min_scale), self.size)
+    return self.decode(image, rng)[0]
+
+  def decode(self, image, rng: np.random.Generator | None = None
+             ) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """(uint8 [size, size, 3] RGB, the crop (x0, y0, w, h) taken, the image's (width, height)), the crop
+    in pixels of the original image as displayed (after the EXIF orientation) even when the bytes were
+    decoded at a reduced size: what `regions.crop` maps normalised boxes with."""
+    taken = []
+
+    def box(w: int, h: int) -> tuple[int, int, int, int, int]:
+      taken.append((crop_box(w, h, self.mode, rng, self.min_scale), (w, h)))
+      return (*taken[-1][0], self.size)
+
     if isinstance(image, (bytes, bytearray, memoryview)):
       region, bgr = _decode_bytes(bytes(image), box)
       out = _resize(region, self.size)
-      return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
+      return (cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out), *taken[-1]
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
       raise BadImage(f"image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
     x0, y0, w, h, _ = box(image.shape[1], image.shape[0])
-    return _resize(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]), self.size)
+    return _resize(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]), self.size), *taken[-1]
 
 
 def normalize(image_uint8: np.ndarray) -> np.ndarray:

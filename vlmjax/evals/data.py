@@ -44,13 +44,14 @@ class Context:
   tokenizer: Any
   model_name: str
   model_class: type
+  box_bins: int = 100                    # LocCa's box quantisation (`data.train.locca.box_bins`)
 
 
 def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
   return Context(mesh=mesh, sharding=sharding.batch_sharding(mesh, cfg.mesh.rules), image_size=cfg.model.image_size,
                  context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
                  tokenizer=tokenizers.build(cfg.data.train.tokenizer), model_name=cfg.model.name,
-                 model_class=models.REGISTRY.lookup(cfg.model.name))
+                 model_class=models.REGISTRY.lookup(cfg.model.name), box_bins=cfg.data.train.locca.box_bins)
 
 
 class EvalSet:

@@ -88,8 +88,12 @@ def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) 
 def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "greedy", beam_size: int = 4,
              top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, length_penalty: float = 1.0,
              rng: jax.Array | None = None, bos_id: int = 1, eos_id: int = 2,
-             stepper: Stepper | None = None) -> jax.Array:
+             stepper: Stepper | None = None, prompt_BxL: jax.Array | None = None) -> jax.Array:
   """Decodes captions for a batch of images: tokens [B, max_len] (see module docstring).
+
+  `prompt_BxL` (greedy and sample): each row's prompt, [bos] then its tokens, zero-padded; decoding
+  starts from it (its tokens are fed, not predicted, and stand in the output before the
+  continuation), as LocCa's referring-expression and grounded-captioning tasks are asked.
 
   greedy: argmax. sample: softmax(logits / temperature) after top-k / top-p filtering (needs
   `rng`). beam: `beam_size` beams by summed log-probability; the returned beam maximises
@@ -99,6 +103,8 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
     raise ValueError(f"decode method must be one of {'|'.join(METHODS)}, got {method!r}")
   if method == "sample" and rng is None:
     raise ValueError("decode method 'sample' needs an rng")
+  if prompt_BxL is not None and method == "beam" and beam_size > 1:
+    raise ValueError("a decoding prompt works with greedy or sample decoding, not beam search")
   stepper = stepper or default_stepper(model)
   ctx_BxQxC = model.caption_context(image_BxHxWx3)
   if method == "beam" and beam_size > 1:  # a beam of one is greedy search
@@ -111,15 +117,20 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
     return jax.random.categorical(jax.random.fold_in(rng, t), logits_BxV, axis=-1)
 
   B = ctx_BxQxC.shape[0]
+  if prompt_BxL is None:
+    prompt_BxL = jnp.full((B, 1), bos_id, jnp.int32)
+  prompt_BxT1 = jnp.pad(prompt_BxL, ((0, 0), (0, max(0, max_len + 1 - prompt_BxL.shape[1]))))[:, :max_len + 1]
 
   def body(carry):
     t, token_B, state, out_BxT, done_B = carry
     logits_BxV, state = stepper.step(model, state, token_B, t)
-    token_B = jnp.where(done_B, PAD, choose(logits_BxV, t)).astype(jnp.int32)
+    forced_B = jax.lax.dynamic_index_in_dim(prompt_BxT1, t + 1, axis=1, keepdims=False)
+    token_B = jnp.where(forced_B != PAD, forced_B, choose(logits_BxV, t))
+    token_B = jnp.where(done_B, PAD, token_B).astype(jnp.int32)
     out_BxT = jax.lax.dynamic_update_slice_in_dim(out_BxT, token_B[:, None], t, axis=1)
-    return t + 1, token_B, state, out_BxT, done_B | (token_B == eos_id)
+    return t + 1, token_B, state, out_BxT, done_B | ((forced_B == PAD) & (token_B == eos_id))
 
-  carry = (jnp.int32(0), jnp.full((B,), bos_id, jnp.int32), stepper.init(model, ctx_BxQxC, max_len),
+  carry = (jnp.int32(0), prompt_BxT1[:, 0].astype(jnp.int32), stepper.init(model, ctx_BxQxC, max_len),
            jnp.zeros((B, max_len), jnp.int32), jnp.zeros((B,), bool))
   carry = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~jnp.all(c[4]), body, carry)
   return carry[3]
@@ -185,13 +196,14 @@ def _same_for_all_beams(path) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options"))
-def _generate_jit(params, image_BxHxWx3, rng, *, graphdef: nnx.GraphDef, options: tuple):
-  return generate(nnx.merge(graphdef, params), image_BxHxWx3, rng=rng, **dict(options))
+def _generate_jit(params, image_BxHxWx3, rng, prompt_BxL, *, graphdef: nnx.GraphDef, options: tuple):
+  return generate(nnx.merge(graphdef, params), image_BxHxWx3, rng=rng, prompt_BxL=prompt_BxL, **dict(options))
 
 
 def jit_generate(graphdef: nnx.GraphDef, params, image_BxHxWx3: jax.Array, rng: jax.Array | None = None,
-                 **options) -> jax.Array:
+                 prompt_BxL: jax.Array | None = None, **options) -> jax.Array:
   """`generate` compiled once per (graphdef, options, shapes); parameters stay as sharded."""
   if rng is None:
     rng = jax.random.key(0)
-  return _generate_jit(params, image_BxHxWx3, rng, graphdef=graphdef, options=tuple(sorted(options.items())))
+  return _generate_jit(params, image_BxHxWx3, rng, prompt_BxL, graphdef=graphdef,
+                       options=tuple(sorted(options.items())))

@@ -20,11 +20,11 @@ import ml_collections
 
 from vlmjax import config
 from vlmjax.errors import ConfigError
-from vlmjax.evals import benchmark, captioning, common, fewshot, retrieval, zero_shot
+from vlmjax.evals import benchmark, captioning, common, fewshot, refexp, retrieval, zero_shot
 from vlmjax.registry import Registry
 
 EVALUATORS = Registry("evals.<name>.type", {"zero_shot": zero_shot, "retrieval": retrieval, "captioning": captioning,
-                                            "fewshot": fewshot, "suite": benchmark})
+                                            "fewshot": fewshot, "suite": benchmark, "refexp": refexp})
 
 
 def validate(name: str, ev) -> None:

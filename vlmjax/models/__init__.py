@@ -14,12 +14,27 @@ from flax import nnx
 from vlmjax.models.captioner import Captioner
 from vlmjax.models.coca import CoCa
 from vlmjax.models.output import Output
+from vlmjax.models.siglip2 import SigLIP2
 from vlmjax.models.two_tower import TwoTower
 from vlmjax.errors import ConfigError
 from vlmjax.registry import Registry
 
 # Model families by `model.name`: each is built as `Family(cfg.model, rngs=rngs)` and returns an `Output`.
-REGISTRY = Registry("model.name", {"coca": CoCa, "two_tower": TwoTower, "captioner": Captioner})
+REGISTRY = Registry("model.name", {"coca": CoCa, "two_tower": TwoTower, "captioner": Captioner,
+                                    "siglip2": SigLIP2})
+# Batch keys besides image and text that a family's forward pass takes as keyword arguments in training
+# (LocCa's task sequences: `vlmjax.data.locca`); a batch has them only when the data config asks.
+EXTRA_INPUTS = ("decoder_text",)
+
+
+def extra_inputs(batch: dict) -> dict:
+  """The `EXTRA_INPUTS` present in `batch`, as keyword arguments of the model's `__call__`."""
+  return {k: batch[k] for k in EXTRA_INPUTS if k in batch}
+
+
+def takes_decoder_text(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the family `cfg.name` reads LocCa's task sequences (a decoder over image tokens)."""
+  return issubclass(REGISTRY.lookup(cfg.name), Captioner)
 
 
 def _host_counter_rngs(seed: int) -> nnx.Rngs:
@@ -100,4 +115,5 @@ def param_constraint(cfg: ml_collections.ConfigDict) -> Callable[[dict], dict]:
   return lambda params: {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, top)}
 
 
-__all__ = ["REGISTRY", "Output", "abstract", "build", "check", "param_constraint"]
+__all__ = ["REGISTRY", "EXTRA_INPUTS", "Output", "abstract", "build", "check", "extra_inputs", "param_constraint",
+           "takes_decoder_text"]

@@ -74,8 +74,13 @@ class Captioner(nnx.Module):
     return self.token_embed if self.decoder.head is None else None
 
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> Output:
+               rng: jax.Array | None = None, decoder_text: jax.Array | None = None) -> Output:
+    """`decoder_text` (LocCa's task sequences, `vlmjax.data.locca`) replaces the text the decoder reads."""
     ctx_BxNxC = self.caption_context(image_BxHxWx3, train=train, rng=rng)
+    return self._decode(ctx_BxNxC, text_BxL if decoder_text is None else decoder_text, train=train, rng=rng)
+
+  def _decode(self, ctx_BxNxC: jax.Array, text_BxL: jax.Array, *, train: bool, rng: jax.Array | None) -> Output:
+    """The decoder's output on `text` (autoregressive, or in training parallel prediction per example)."""
     if not (train and self.masked_pred_prob > 0):
       return self._output(self.decoder.features(self._embed(text_BxL), ctx_BxNxC))
     if rng is None:

@@ -22,7 +22,7 @@ from vlmjax.models.output import Output, l2_normalize
 HEADS = ("linear", "linear_bias", "none")
 
 
-def _head(kind: str, din: int, dout: int, tower: str, **kw) -> nnx.Linear | None:
+def head(kind: str, din: int, dout: int, tower: str, **kw) -> nnx.Linear | None:
   """The map from a tower's pooled vector to the shared embedding: linear (CLIP), with bias (SigLIP's
   text head), or none (SigLIP's image tower, whose MAP head already has the embedding width)."""
   if kind not in HEADS:
@@ -34,7 +34,7 @@ def _head(kind: str, din: int, dout: int, tower: str, **kw) -> nnx.Linear | None
   return layers.dense(din, dout, ("embed", None), use_bias=kind == "linear_bias", std=din**-0.5, **kw)
 
 
-def _project(head: nnx.Linear | None, x: jax.Array) -> jax.Array:
+def project(head: nnx.Linear | None, x: jax.Array) -> jax.Array:
   return l2_normalize(x if head is None else head(x))
 
 
@@ -49,8 +49,8 @@ class TwoTower(nnx.Module):
     v, t = cfg.vision, cfg.text
     self.vision = encoders.build_vision(v, cfg.image_size, **kw)
     self.text = encoders.build_text(t, **kw)
-    self.image_proj = _head(cfg.image_proj, v.width, cfg.embed_dim, "image", **dense_kw)
-    self.text_proj = _head(cfg.text_proj, t.width, cfg.embed_dim, "text", **dense_kw)
+    self.image_proj = head(cfg.image_proj, v.width, cfg.embed_dim, "image", **dense_kw)
+    self.text_proj = head(cfg.text_proj, t.width, cfg.embed_dim, "text", **dense_kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
     self.logit_bias = (None if cfg.init_logit_bias is None  # CLIP has none; SigLIP starts it at -10
                        else nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=()))
@@ -59,10 +59,10 @@ class TwoTower(nnx.Module):
                    rng: jax.Array | None = None) -> jax.Array:
     """In training (`train`, `rng`) the vision tower may see only some patches (patch dropout)."""
     pooled_BxD = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)[1]
-    return _project(self.image_proj, pooled_BxD)
+    return project(self.image_proj, pooled_BxD)
 
   def encode_text(self, text_BxL: jax.Array) -> jax.Array:
-    return _project(self.text_proj, self.text(text_BxL)[1])
+    return project(self.text_proj, self.text(text_BxL)[1])
 
   def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
