@@ -1,8 +1,10 @@
-"""SigLIP 2 B/16 at 256 px (Tschannen et al., 2025) as released: google/siglip2-base-patch16-256.
+"""SigLIP 2 B/16 at 256 px (Tschannen et al., 2025): the released towers plus the LocCa decoder it trains with.
 
-    vlmjax convert --from hf --checkpoint ./siglip2-base-patch16-256 --config configs/siglip2_b16.py \
+    vlmjax train --config configs/siglip2_b16.py --workdir runs/siglip2_b16 \
+        --config.data.train.tokenizer=gemma:tokenizer.model --config.data.train.source='tar:/data/{00000..09999}.tar'
+    vlmjax convert --from hf --checkpoint ./siglip2-base-patch16-256 --config configs/siglip2_b16.py:locca=0 \
         --tokenizer gemma:./siglip2-base-patch16-256/tokenizer.model --out w/siglip2_b16
-    vlmjax train --config configs/siglip2_b16.py:batch=4096,steps=10000 --workdir runs/siglip2_ft \
+    vlmjax train --config configs/siglip2_b16.py:batch=4096,steps=10000,locca=0 --workdir runs/siglip2_ft \
         --config.init_from=w/siglip2_b16 --config.data.train.tokenizer=gemma:w/siglip2_b16/tokenizer.model \
         --config.data.train.source='tar:/data/webli/{00000..09999}.tar'
 
@@ -22,7 +24,18 @@ text). The tower attends to padding and embeds id 0 there, as vlmjax batches pad
 Without `--tokenizer`, `vlmjax convert` would take the directory's tokenizer.json as `hf:`, which adds
 <bos>: pass `--tokenizer gemma:...` (it then trains and evaluates with `gemma:OUT/tokenizer.model`). The NaFlex checkpoints (HF Siglip2Model) convert
 through the same config at their native square grid (`--from hf` recognises model_type siglip2).
-Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe). Config argument: batch, steps.
+Training settings as configs/siglip_b16.py (big_vision's SigLIP recipe).
+
+With `locca=1` (the default) the model is the `siglip2` family: the same towers (the same 375,234,050
+parameters, which `vlmjax info` lists apart from the decoder's) plus SigLIP 2's LocCa decoder
+cross-attending to the 256 unpooled image tokens, trained on captioning, referring expressions and
+grounded captioning in equal parts (`data.train.locca`; ref and gcap need records with regions), with
+caption loss weight 1. The paper gives the decoder no sizes; here it has the text tower's width and
+heads and 6 layers (assumed, `:decoder_depth=N`), its output head tied to its 256,000-id input
+embedding (an untied one would add 197M parameters), boxes as four integers in
+0..499. `locca=0` is the released two-tower layout that `vlmjax convert` fills. The decoder is
+discarded after training: `vlmjax convert --to hf` exports the towers. Config argument: batch, steps,
+locca, decoder_depth.
 """
 
 from vlmjax import presets
@@ -30,6 +43,14 @@ from vlmjax.config import parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, batch=32_768, steps=100_000)
-  return presets.siglip_experiment("B/16", image_size=256, vocab_size=256_000, pad_id=0, batch=a.batch,
-                                   steps=a.steps)  # Gemma's <pad> is 0, what batches hold at padding
+  a = parse_arg(arg, batch=32_768, steps=100_000, locca=1, decoder_depth=6)
+  c = presets.siglip_experiment("B/16", image_size=256, vocab_size=256_000, pad_id=0, batch=a.batch,
+                                steps=a.steps)  # Gemma's <pad> is 0, what batches hold at padding
+  if a.locca:
+    m = c.model
+    m.name = "siglip2"
+    m.decoder = presets.decoder("cappa", width=m.text.width, depth=a.decoder_depth, heads=m.text.heads,
+                                mlp_dim=m.text.mlp_dim, masked_pred_prob=0.0, tie_embedding=True)
+    c.loss.caption_weight = 1.0
+    c.data.train.locca.update(cap=1.0, ref=1.0, gcap=1.0, box_bins=500)
+  return c

@@ -30,10 +30,18 @@ def _abstract(cfg: ml_collections.ConfigDict):
 
 
 def param_counts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
-  """{component: parameters} for each top-level part of the model, plus "total"."""
+  """{component: parameters} for each top-level part of the model, plus "total". A family's
+  `COUNTED_APART` parts are summed into one entry (SigLIP 2's training-only LocCa decoder), and then
+  "towers" counts the rest: the model as it is released and used."""
   _, params = _abstract(cfg)
   out = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
-  out["total"] = sum(out.values())
+  apart = getattr(models.REGISTRY.lookup(cfg.model.name), "COUNTED_APART", {})
+  for group, parts in apart.items():
+    out[group] = sum(out.pop(p) for p in parts if p in out)
+  total = sum(out.values())
+  if apart:
+    out["towers"] = total - sum(out[g] for g in apart)
+  out["total"] = total
   return out
 
 

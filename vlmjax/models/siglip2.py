@@ -30,6 +30,9 @@ class SigLIP2(Captioner):
   decoder: width, depth, heads, mlp_dim, masked_pred_prob, tie_embedding), heads and logit scale/bias
   as the two-tower SigLIP."""
 
+  # `vlmjax info` counts the decoder (used in training only) apart from the towers.
+  COUNTED_APART = {"locca_decoder": ("token_embed", "posemb", "mask_token", "decoder")}
+
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     if cfg.vision.pool == "none":
       raise ValueError("model.vision.pool must be cls|gap|map for SigLIP 2's contrastive embedding, got 'none'")
