@@ -34,8 +34,10 @@ caption loss weight 1. The paper gives the decoder no sizes; here it has the tex
 heads and 6 layers (assumed, `:decoder_depth=N`), its output head tied to its 256,000-id input
 embedding (an untied one would add 197M parameters), boxes as four integers in
 0..499. `locca=0` is the released two-tower layout that `vlmjax convert` fills. The decoder is
-discarded after training: `vlmjax convert --to hf` exports the towers. Config argument: batch, steps,
-locca, decoder_depth.
+discarded after training: `vlmjax convert --to hf` exports the towers. Over the last 20% of steps
+self-distillation (8 local views of 128 px, DINO-sized heads: 2048 hidden, 256 bottleneck, 65,536
+prototypes) and masked prediction (half the patches) join against the EMA teacher (decay 0.999);
+`vlmjax info` lists those heads apart too. Config argument: batch, steps, locca, distill, decoder_depth.
 """
 
 from vlmjax import presets
@@ -43,14 +45,11 @@ from vlmjax.config import parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, batch=32_768, steps=100_000, locca=1, decoder_depth=6)
+  a = parse_arg(arg, batch=32_768, steps=100_000, locca=1, distill=1, decoder_depth=6)
   c = presets.siglip_experiment("B/16", image_size=256, vocab_size=256_000, pad_id=0, batch=a.batch,
                                 steps=a.steps)  # Gemma's <pad> is 0, what batches hold at padding
   if a.locca:
-    m = c.model
-    m.name = "siglip2"
-    m.decoder = presets.decoder("cappa", width=m.text.width, depth=a.decoder_depth, heads=m.text.heads,
-                                mlp_dim=m.text.mlp_dim, masked_pred_prob=0.0, tie_embedding=True)
-    c.loss.caption_weight = 1.0
-    c.data.train.locca.update(cap=1.0, ref=1.0, gcap=1.0, box_bins=500)
+    presets.siglip2_objective(c, decoder_depth=a.decoder_depth, box_bins=500, distill=bool(a.distill), local_crops=8,
+                              local_size=128, prototypes=65_536, head_hidden=2048, head_bottleneck=256,
+                              ema_decay=0.999)
   return c

@@ -14,6 +14,11 @@ from conftest import MICRO, ROOT
 
 COCA, TWO_TOWER = "configs/coca_tiny.py:evals=1", "configs/siglip_tiny.py"
 TWO_TOWER_ONLY = {"model.init_logit_bias": "nan", "model.image_proj": "mlp", "model.text_proj": "mlp"}
+SIGLIP2, SIGLIP2_ONLY = "configs/siglip2_tiny.py", {
+    "loss.distill_weight": "-1", "loss.masked_weight": "x", "loss.distill_from": "0", "loss.distill.local_crops": "0",
+    "loss.distill.local_size": "72", "loss.distill.local_scale_min": "0", "loss.distill.local_scale_max": "1.5",
+    "loss.distill.mask_ratio": "1", "loss.distill.teacher_temp": "0", "loss.distill.student_temp": "-1",
+    "model.distill_head.prototypes": "-1", "model.distill_head.hidden": "x", "model.distill_head.bottleneck": "-2"}
 INVALID = {
     "seed": "-1", "batch_size": "0", "total_steps": "0", "log_every": "0", "ckpt_every": "0", "ckpt_keep": "0",
     "ckpt_keep_every": "-1", "eval_every": "-1", "nan_policy": "ignore", "nan_max_skips": "0",
@@ -46,7 +51,7 @@ INVALID = {
     "data.train.locca.gcap": "-0.5", "data.train.locca.box_bins": "1", "data.train.source": "nosuch:x", "data.train.tokenizer": "gpt2",
     "wandb.project": "p", "wandb.mode": "sometimes",
     "xla_options.cpu": "no_such_option=1", "xla_options.gpu": "garbage", "xla_options.tpu": "garbage",
-    **TWO_TOWER_ONLY,
+    **TWO_TOWER_ONLY, **SIGLIP2_ONLY,
 }
 EVALUATOR = {"batch_size": "0", "beam_size": "0", "data.data_dir": "/tmp", "data.source": "nosuch:x", "every": "-1",
              "image_mode": "x", "length_penalty": "-1", "max_len": "0", "meteor": "maybe", "method": "x",
@@ -101,7 +106,7 @@ def test_an_invalid_value_is_one_line_before_the_workdir(key, tmp_path, capsys):
   from vlmjax import cli, config
   if key == "wandb.project" and importlib.util.find_spec("wandb") is not None:
     pytest.skip("wandb is installed here")
-  spec = TWO_TOWER if key in TWO_TOWER_ONLY else COCA
+  spec = TWO_TOWER if key in TWO_TOWER_ONLY else SIGLIP2 if key in SIGLIP2_ONLY else COCA
   known = set(leaves(config.load(os.path.join(ROOT, spec))))
   micro = [f"--config.{k}={v}" for k, v in MICRO if k in known]
   workdir = tmp_path / "run"

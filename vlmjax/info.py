@@ -36,11 +36,12 @@ def param_counts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
   _, params = _abstract(cfg)
   out = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
   apart = getattr(models.REGISTRY.lookup(cfg.model.name), "COUNTED_APART", {})
-  for group, parts in apart.items():
-    out[group] = sum(out.pop(p) for p in parts if p in out)
+  groups = [g for g, parts in apart.items() if any(p in out for p in parts)]
+  for group in groups:
+    out[group] = sum(out.pop(p) for p in apart[group] if p in out)
   total = sum(out.values())
-  if apart:
-    out["towers"] = total - sum(out[g] for g in apart)
+  if groups:
+    out["towers"] = total - sum(out[g] for g in groups)
   out["total"] = total
   return out
 

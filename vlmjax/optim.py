@@ -151,6 +151,14 @@ def ema_params(opt_state) -> Any | None:
   return opt_state.ema if isinstance(opt_state, EmaState) else None
 
 
+def reset_ema(opt_state, params, when: jax.Array):
+  """`opt_state` with its EMA set to `params` where `when` (a traced bool) holds: self-distillation's
+  teacher follows the student exactly until its start step (`vlmjax.distill`)."""
+  if not isinstance(opt_state, EmaState):
+    raise ValueError("optim.reset_ema needs an optimiser state with an EMA (optim.ema_decay > 0)")
+  return opt_state._replace(ema=jax.tree.map(lambda e, p: jnp.where(when, p.astype(e.dtype), e), opt_state.ema, params))
+
+
 def updates_applied(opt_state) -> jax.Array:
   """The learning-rate schedule's step in `opt_state`: updates applied so far. It trails the train
   state's step by the updates skipped for a non-finite loss, so the lr this gives is the one used."""

@@ -185,6 +185,33 @@ def siglip_experiment(vision: str, *, image_size: int, vocab_size: int, pad_id: 
   return c
 
 
+def siglip2_objective(c: ml_collections.ConfigDict, *, decoder_depth: int, box_bins: int, distill: bool,
+                      local_crops: int, local_size: int, prototypes: int, head_hidden: int, head_bottleneck: int,
+                      ema_decay: float) -> None:
+  """Turns a SigLIP config `c` into SigLIP 2's objective (model `siglip2`): a LocCa decoder of the text
+  tower's width and heads over the unpooled image tokens, trained on captioning, referring expressions and
+  grounded captioning in equal parts (caption loss weight 1); with `distill`, self-distillation (weight 1)
+  and masked prediction (weight 0.25) over the last 20% of steps, against the EMA teacher.
+
+  The paper's values as we read it: the last 20%, the two weights, 50% of patches masked. DINO's (which
+  SILC and TIPS build on): local crops of 5-40% of the image, teacher / student temperatures 0.04 / 0.1.
+  Crop count and size, head sizes and the EMA decay are the caller's (unstated in the paper)."""
+  m = c.model
+  m.name = "siglip2"
+  m.decoder = decoder("cappa", width=m.text.width, depth=decoder_depth, heads=m.text.heads, mlp_dim=m.text.mlp_dim,
+                      masked_pred_prob=0.0, tie_embedding=m.text.vocab_size > 10_000)
+  c.loss.caption_weight = 1.0
+  c.data.train.locca.update(cap=1.0, ref=1.0, gcap=1.0, box_bins=box_bins)
+  m.distill_head = ml_collections.ConfigDict(dict(prototypes=prototypes if distill else 0, hidden=head_hidden,
+                                                  bottleneck=head_bottleneck))
+  if distill:
+    c.loss.update(distill_weight=1.0, masked_weight=0.25, distill_from=0.8)
+    c.loss.distill = ml_collections.ConfigDict(dict(
+        local_crops=local_crops, local_size=local_size, local_scale_min=0.05, local_scale_max=0.4, mask_ratio=0.5,
+        teacher_temp=0.04, student_temp=0.1))
+    c.optim.ema_decay = ema_decay
+
+
 # --- config groups: a config states only what differs from a named preset ------------------------
 
 LOSS = {  # the `loss` group

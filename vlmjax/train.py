@@ -24,7 +24,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, console, errors, evals, hardware, info, losses, metrics, microbatch, models, optim
+from vlmjax import checkpoint, console, distill, errors, evals, hardware, info, losses, metrics, microbatch, models
+from vlmjax import optim
 from vlmjax import progress, sharding, workdir as workdirs, xla_options
 from vlmjax.data import locca, pipeline
 from vlmjax.evals import results as eval_results
@@ -37,20 +38,27 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                loss_cfg: ml_collections.ConfigDict, seed: int, mesh: jax.sharding.Mesh,
                batch_axes: tuple[str, ...], constrain=lambda params: params,
-               microbatches: int = 1) -> tuple[TrainState, dict]:
+               microbatches: int = 1, distill_start: int | None = None) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch. Pure: jit it, do not call it eagerly in a loop.
 
   Randomness inside the model (CapPa's parallel-prediction masks, FLIP's patch dropout) comes
   from (seed, step), so a resumed run draws what an uninterrupted one would. With `microbatches`
   k > 1 the same loss and gradient come from k passes over slices of the batch (`microbatch.py`:
-  GradCache; microbatch m draws from the step's key folded with m).
+  GradCache; microbatch m draws from the step's key folded with m). With `distill_start`, SigLIP 2's
+  self-distillation and masked prediction join from that step on (`distill.py`), the EMA of the
+  parameters their teacher (set to the parameters after every update before that step).
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
     out = model(batch["image"], batch["text"], train=True, rng=rng, **models.extra_inputs(batch))
-    return losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
+    loss, metrics = losses.composite(out, batch, loss_cfg, mesh=mesh, batch_axes=batch_axes)
+    if distill_start is None:
+      return loss, metrics
+    teacher = nnx.merge(graphdef, optim.ema_params(state.opt_state))
+    extra, extra_metrics = distill.loss(model, teacher, batch["image"], rng, state.step, distill_start, loss_cfg)
+    return loss + extra, {**metrics, **extra_metrics, "loss": loss + extra}
 
   if microbatches > 1:
     loss, step_metrics, grads = microbatch.loss_and_grads(
@@ -60,6 +68,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
     (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = constrain(optax.apply_updates(state.params, updates))  # e.g. CLIP's logit_scale <= 100
+  if distill_start is not None:  # the teacher starts as the student at the switch
+    opt_state = optim.reset_ema(opt_state, params, state.step < distill_start)
   grad_norm = optax.tree.norm(grads)
   # A non-finite loss, gradient, or updated parameter or optimiser state (a huge lr, say) drops the
   # update (nan_policy decides what the loop does next): nothing non-finite is ever kept or saved.
@@ -85,7 +95,8 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
   microbatch.check(cfg.optim.microbatches, cfg.batch_size, s.mesh, batch_axes)
   step = functools.partial(train_step, graphdef=s.graphdef, tx=s.tx, schedule=s.schedule, loss_cfg=cfg.loss,
                            seed=cfg.seed, mesh=s.mesh, batch_axes=batch_axes,
-                           constrain=models.param_constraint(cfg.model), microbatches=cfg.optim.microbatches)
+                           constrain=models.param_constraint(cfg.model), microbatches=cfg.optim.microbatches,
+                           distill_start=distill.start_step(cfg) if distill.active(cfg.loss) else None)
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=(0,),
                  compiler_options=xla_options.for_backend(cfg))
@@ -198,6 +209,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   losses.check(cfg.loss)
   check_locca(cfg)
+  distill.check(cfg)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
   with progress.Task("building the model and tracing the train step"):

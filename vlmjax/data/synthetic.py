@@ -155,8 +155,8 @@ class ShapesSource:
 
 
 class ShapesMultiSource(ShapesSource):
-  """Random access over the multi-object set: `multi_example` records without the segmentation (a dense
-  evaluator reads it from `multi_example` itself)."""
+  """Random access over the multi-object set: `multi_example` records, `segmentation` included (the
+  `dense_probe` evaluator reads it; the batcher ignores it and the tar writer does not write it)."""
 
   def __init__(self, split: str = "train", num_examples: int = 100_000, image_size: int = 64):
     super().__init__(split, num_examples, image_size)
@@ -164,9 +164,7 @@ class ShapesMultiSource(ShapesSource):
       raise ValueError(f"shapes_multi renders at image_size >= {MULTI_MIN_SIZE}, got {image_size}")
 
   def __getitem__(self, index: int) -> dict:
-    ex = multi_example(int(index), seed=self.seed, image_size=self.image_size)
-    del ex["segmentation"]
-    return ex
+    return multi_example(int(index), seed=self.seed, image_size=self.image_size)
 
   def __repr__(self) -> str:
     return "ShapesMulti" + super().__repr__().removeprefix("Shapes")

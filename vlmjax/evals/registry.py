@@ -20,11 +20,12 @@ import ml_collections
 
 from vlmjax import config
 from vlmjax.errors import ConfigError
-from vlmjax.evals import benchmark, captioning, common, fewshot, refexp, retrieval, zero_shot
+from vlmjax.evals import benchmark, captioning, common, dense_probe, fewshot, refexp, retrieval, zero_shot
 from vlmjax.registry import Registry
 
 EVALUATORS = Registry("evals.<name>.type", {"zero_shot": zero_shot, "retrieval": retrieval, "captioning": captioning,
-                                            "fewshot": fewshot, "suite": benchmark, "refexp": refexp})
+                                            "fewshot": fewshot, "suite": benchmark, "refexp": refexp,
+                                            "dense_probe": dense_probe})
 
 
 def validate(name: str, ev) -> None:

@@ -70,6 +70,8 @@ RULES = tuple((key, _positive, "an int >= 1") for key in (
     "text.vocab_size", "text.context_length", "text.width", "text.depth", "text.heads", "text.mlp_dim",
     "pooler.width", "pooler.n_queries", "pooler.heads", "decoder.width", "decoder.heads", "decoder.mlp_dim")) + (
     ("decoder.depth", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
+    *((f"distill_head.{k}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0")
+      for k in ("prototypes", "hidden", "bottleneck")),
     ("dtype", lambda v: v in DTYPES, " | ".join(DTYPES)),
     ("param_dtype", lambda v: v in DTYPES, " | ".join(DTYPES)),
     ("init_logit_scale", lambda v: _finite(v) and v > 0, "a finite number > 0 (the initial exp(t))"),

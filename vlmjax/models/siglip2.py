@@ -7,6 +7,11 @@ token) trained on LocCa's tasks: captioning, referring expressions and grounded 
 (`Captioner`, here without parallel prediction unless `model.decoder.masked_pred_prob` says so),
 so captioning evaluation and decoding work on it unchanged; the paper discards it after training.
 
+With `model.distill_head.prototypes` > 0 it also has SigLIP 2's self-distillation heads (SILC's on
+the pooled embedding of an image or a local view, TIPS' on every patch token) and the mask token
+that replaces masked patch embeddings: `distill_logits` serves both the student and, with the EMA
+parameters, the teacher (`vlmjax/distill.py`). They too are training-only.
+
 Shape legend: B batch, H/W image size, L text length, N image tokens, C image width, E embedding.
 """
 
@@ -25,13 +30,30 @@ from vlmjax.models.output import Output
 from vlmjax.models.two_tower import head, project
 
 
+class DistillHead(nnx.Module):
+  """DINO's projection head: an MLP to a `bottleneck`, L2-normalised, then a linear map to `prototypes`
+  logits (without DINO's weight normalisation of that last layer)."""
+
+  def __init__(self, din: int, hidden: int, bottleneck: int, prototypes: int, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = layers.dense(din, hidden, ("embed", "mlp"), **kw)
+    self.fc2 = layers.dense(hidden, bottleneck, ("mlp", "embed"), **kw)
+    self.prototypes = layers.dense(bottleneck, prototypes, ("embed", None), use_bias=False, **kw)
+
+  def __call__(self, x_BxD: jax.Array) -> jax.Array:
+    h = self.fc2(jax.nn.gelu(self.fc1(x_BxD)))
+    h = h * jax.lax.rsqrt(jnp.sum(jnp.square(h.astype(jnp.float32)), -1, keepdims=True) + 1e-12).astype(h.dtype)
+    return self.prototypes(h)
+
+
 class SigLIP2(Captioner):
   """`model.vision` (pooled: `map`), `model.text` (the contrastive text tower), `model.decoder` (LocCa's
   decoder: width, depth, heads, mlp_dim, masked_pred_prob, tie_embedding), heads and logit scale/bias
   as the two-tower SigLIP."""
 
   # `vlmjax info` counts the decoder (used in training only) apart from the towers.
-  COUNTED_APART = {"locca_decoder": ("token_embed", "posemb", "mask_token", "decoder")}
+  COUNTED_APART = {"locca_decoder": ("token_embed", "posemb", "mask_token", "decoder"),
+                   "distill_heads": ("global_head", "patch_head", "patch_mask")}
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     if cfg.vision.pool == "none":
@@ -47,6 +69,24 @@ class SigLIP2(Captioner):
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
     self.logit_bias = (None if cfg.init_logit_bias is None
                        else nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=()))
+    h, d = cfg.distill_head, cfg.vision.width
+    make_head = lambda: DistillHead(d, h.hidden, h.bottleneck, h.prototypes, **dense_kw)
+    self.global_head = make_head() if h.prototypes else None
+    self.patch_head = make_head() if h.prototypes else None
+    self.patch_mask = (nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d,), param_dtype), axes=("embed",))
+                       if h.prototypes else None)
+
+  def distill_logits(self, image_BxHxWx3: jax.Array, mask_BxN: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+    """(global logits [B, K] from the pooled embedding, patch logits [B, N, K] from the N patch tokens)
+    of the self-distillation heads, for an image of any size the patch divides (local views are
+    smaller); `mask_BxN` replaces those patch embeddings by the mask token (masked prediction)."""
+    if self.global_head is None:
+      raise ValueError("SigLIP2.distill_logits needs model.distill_head.prototypes > 0")
+    tokens_BxNxC, pooled_BxC = self.vision(image_BxHxWx3, mask_BxN=mask_BxN,
+                                           mask_token_D=None if mask_BxN is None else self.patch_mask[...])
+    n = (image_BxHxWx3.shape[1] // self.vision.patch) * (image_BxHxWx3.shape[2] // self.vision.patch)
+    return self.global_head(pooled_BxC), self.patch_head(tokens_BxNxC[:, -n:])  # a class token dropped
 
   def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
     return project(self.image_proj, encoders.encode_vision(self.vision, image_BxHxWx3)[1])

@@ -83,21 +83,35 @@ class ViT(nnx.Module):
     self.map = (AttentionPooler(d, d, cfg.heads, 1, kind="map", mlp_dim=cfg.mlp_dim, attention=attention,
                                 act=act, norm_eps=norm_eps, **kw) if cfg.pool == "map" else None)
 
-  def input_tokens(self, image_BxHxWx3: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+  def _posemb(self, gh: int, gw: int, D: int) -> jax.Array:
+    """Position embeddings of a gh x gw grid ([class token row,] patches; [N(+1), D]). A grid other
+    than the configured one (SigLIP 2's smaller local views) gets the learned table resized bilinearly
+    in the forward pass, or the sin-cos table of that grid."""
+    if self.posemb is None:
+      posemb_NxD = layers.sincos_2d(gh, gw, D)
+      return posemb_NxD if self.cls is None else jnp.concatenate([jnp.zeros_like(posemb_NxD[:1]), posemb_NxD])
+    posemb_NxD = self.posemb[...]
+    if (gh, gw) == (self.grid, self.grid):
+      return posemb_NxD
+    first = 0 if self.cls is None else 1
+    grid_GxGxD = posemb_NxD[first:].reshape(self.grid, self.grid, D)
+    resized_NxD = jax.image.resize(grid_GxGxD, (gh, gw, D), "bilinear", antialias=False).reshape(gh * gw, D)
+    return jnp.concatenate([posemb_NxD[:first], resized_NxD.astype(posemb_NxD.dtype)])
+
+  def input_tokens(self, image_BxHxWx3: jax.Array, rng: jax.Array | None = None,
+                   mask_BxN: jax.Array | None = None, mask_token_D: jax.Array | None = None) -> jax.Array:
     """What the blocks get (before `ln_pre`): patch embeddings plus position embeddings, class
-    token first, [B, N(+1), D]; with `rng`, only each image's kept patches ([B, K(+1), D])."""
-    B = image_BxHxWx3.shape[0]
+    token first, [B, N(+1), D]; with `rng`, only each image's kept patches ([B, K(+1), D]). With
+    `mask_BxN`, the patch embeddings where it is true are replaced by `mask_token_D` before the
+    position embedding is added (masked prediction, as iBOT and TIPS)."""
+    B, H, W, _ = image_BxHxWx3.shape
     p = self.patch
     patches_BxNxP = einops.rearrange(image_BxHxWx3, "b (gh p) (gw q) c -> b (gh gw) (p q c)", p=p, q=p)
     x_BxNxD = self.embed(patches_BxNxP)
     D = x_BxNxD.shape[-1]
-    if self.posemb is None:
-      posemb_NxD = layers.sincos_2d(self.grid, self.grid, D)
-      if self.cls is not None:  # the class token gets the zero vector
-        posemb_NxD = jnp.concatenate([jnp.zeros_like(posemb_NxD[:1]), posemb_NxD])
-    else:
-      posemb_NxD = self.posemb[...]
-    posemb_NxD = posemb_NxD.astype(x_BxNxD.dtype)
+    if mask_BxN is not None:
+      x_BxNxD = jnp.where(mask_BxN[:, :, None], mask_token_D.astype(x_BxNxD.dtype), x_BxNxD)
+    posemb_NxD = self._posemb(H // p, W // p, D).astype(x_BxNxD.dtype)
     first = 0 if self.cls is None else 1
     x_BxNxD = x_BxNxD + posemb_NxD[first:]  # positions before dropping: kept tokens keep theirs
     if rng is not None and self.n_keep < x_BxNxD.shape[1]:
@@ -108,16 +122,19 @@ class ViT(nnx.Module):
       x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
     return x_BxNxD
 
-  def __call__(self, image_BxHxWx3: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(self, image_BxHxWx3: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
+               mask_BxN: jax.Array | None = None, mask_token_D: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array | None]:
     """Returns (tokens_BxNxD, pooled_BxD or None when pool is `none`).
 
     The tokens include the class token, if any, except when it is the pooled output. In training
-    (`train` and `rng`) with patch dropout, N is the kept patches (plus the class token).
+    (`train` and `rng`) with patch dropout, N is the kept patches (plus the class token). An image of
+    another size than the configured one is read on its own grid (see `_posemb`); `mask_BxN` and
+    `mask_token_D`: see `input_tokens`.
     """
     if train and rng is None and self.n_keep < self.grid**2:
       raise ValueError("a ViT with model.vision.patch_dropout > 0 needs `rng` when train=True")
-    x_BxNxD = self.input_tokens(image_BxHxWx3, rng if train else None)
+    x_BxNxD = self.input_tokens(image_BxHxWx3, rng if train else None, mask_BxN, mask_token_D)
     if self.ln_pre is not None:
       x_BxNxD = self.ln_pre(x_BxNxD)
     x_BxNxD = self.blocks(x_BxNxD)
