@@ -34,7 +34,7 @@ demo: $(VENV)/.installed $(DATA)/.done
 	  --config.data.train.source='tar:$(DATA)/{00000..00003}.tar'
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs data
