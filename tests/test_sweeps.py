@@ -164,7 +164,7 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   assert "--workdir" in failed["command"] and failed["attempts"] == 1
   assert any("x=2.0,seed=0: FAILED (exit 1): ValueError: boom" in line for line in lines)
   assert lines[-1] == "sweep fake_sweep.py: 2/3 runs done; failed: x=2.0,seed=0"
-  log = open(os.path.join(workdir, "x=1.0,seed=0", "log.txt")).read()
+  log = open(os.path.join(workdir, "x=1.0,seed=0", "output.txt")).read()
   assert log.startswith("==> attempt 1") and log.rstrip().endswith("done")
 
   # A run killed while running (status still "running") is resumed too.
@@ -176,7 +176,7 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   assert set(states.values()) == {"done"}
   assert lines[0] == "[1/3] x=1.0,seed=0: done, skipped" and _calls(workdir, "x=1.0,seed=0") == 1
   assert "(was failed; resuming)" in lines[1] and "(was running; resuming)" in lines[3]
-  assert "resuming from step 3" in open(os.path.join(workdir, "x=2.0,seed=0", "log.txt")).read()
+  assert "resuming from step 3" in open(os.path.join(workdir, "x=2.0,seed=0", "output.txt")).read()
   assert _status(workdir, "x=2.0,seed=0")["attempts"] == 2 and "error" not in _status(workdir, "x=2.0,seed=0")
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "x=2.0,seed=0", "metrics.jsonl"))]
   assert steps == [1, 2, 3, 4, 5, 6]

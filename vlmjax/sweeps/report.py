@@ -259,7 +259,7 @@ def markdown(workdir: str, runs: list[RunResult], metrics: list[tuple[str, str]]
   failed = [r for r in runs if r.state == "failed"]
   if failed:
     lines += ["## Failures", ""] + [f"- `{r.name}`: {r.error or 'no error recorded'} (full output: "
-                                    f"`{r.dir or r.name}/log.txt`)" for r in failed] + [""]
+                                    f"`{r.dir or r.name}/output.txt`)" for r in failed] + [""]
   if plots:
     lines += ["## Plots", "", "Per group (a colour): a thick line, the mean over its finished runs, with a band "
               "(error bars where points are few) of ± sample std; thin lines: its runs, dotted when unfinished (not "

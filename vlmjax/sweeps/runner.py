@@ -1,5 +1,5 @@
 """Running a sweep's runs: each one `vlmjax train` (then `vlmjax eval`) in a subprocess, its output
-appended to `WORKDIR/<run>/log.txt` and its state recorded in `status.json` (`status.py`);
+appended to `WORKDIR/<run>/output.txt` and its state recorded in `status.json` (`status.py`);
 finished runs are skipped, the rest resume; Ctrl-C / SIGTERM stop the trainers at their last
 checkpoint and mark their runs `interrupted`.
 """
@@ -20,7 +20,7 @@ from vlmjax.errors import ConfigError
 from vlmjax.sweeps import status as run_status
 from vlmjax.sweeps.spec import Run, Sweep
 
-LOG = "log.txt"
+LOG = "output.txt"  # the subprocesses' stdout and stderr (`vlmjax train` keeps its own log.txt)
 TRAIN_CMD = (sys.executable, "-m", "vlmjax.cli", "train")
 EVAL_CMD = (sys.executable, "-m", "vlmjax.cli", "eval")
 

@@ -14,7 +14,7 @@ A sweep file defines `get_sweep()` returning a dict:
                                                the last checkpoint, for configs without evaluators (optional)
 
 Runs are the product of grid combinations, zip rows and seeds (seeds innermost), named like
-`lambda_cap=1.0,seed=1`. Each run trains in `WORKDIR/<name>` with its output in `log.txt` and
+`lambda_cap=1.0,seed=1`. Each run trains in `WORKDIR/<name>` with its output in `output.txt` (and the trainer's own `log.txt`) and
 its state (running | done | failed | interrupted, the error's last lines) in `status.json`. `vlmjax report`
 (`sweeps/report.py`) turns a sweep's workdir into tables and plots.
 """
