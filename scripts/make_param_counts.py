@@ -1,13 +1,15 @@
-"""Parameter counts of the reference models behind configs/siglip2_b16.py and configs/siglip_so400m14.py.
+"""Parameter counts of the reference models behind configs/siglip2_b16.py, configs/siglip2_b16_naflex.py and
+configs/siglip_so400m14.py.
 
     /work/torchenv/bin/python scripts/make_param_counts.py   # any venv with torch and transformers
 
 Builds transformers' SiglipModel from each released checkpoint's config.json (the values below; every
 other field is SiglipConfig's default, as in the released files) on the meta device (no memory, no
-download), and for SigLIP 2 B/16 also Siglip2Model (the NaFlex layout) at 256 patches, and writes
-tests/fixtures/convert/reference_param_counts.json: per config, per reference model, the parameters
-of `vision_model` (patch embedding, position embedding, blocks, post-norm, MAP head), `text_model`
-(embeddings, blocks, final norm, head), `logit` (logit_scale + logit_bias) and `total`.
+download), and for SigLIP 2 B/16 also Siglip2Model (the NaFlex layout) at 256 patches (also the reference
+of the NaFlex config), and writes tests/fixtures/convert/reference_param_counts.json: per config, per
+reference model, the parameters of `vision_model` (patch embedding, position embedding, blocks,
+post-norm, MAP head), `text_model` (embeddings, blocks, final norm, head), `logit` (logit_scale +
+logit_bias) and `total`.
 tests/test_convert_siglip2.py compares vlmjax's counts, from abstract params, with them.
 """
 
@@ -27,6 +29,9 @@ REFERENCES = {  # config -> [(released model, class, its config.json's text_conf
         ("google/siglip2-base-patch16-256", "SiglipModel", dict(vocab_size=256_000), dict(image_size=256)),
         ("google/siglip2-base-patch16-naflex at 256 patches", "Siglip2Model", dict(vocab_size=256_000),
          dict(num_patches=256)),
+    ],
+    "siglip2_b16_naflex": [
+        ("google/siglip2-base-patch16-naflex", "Siglip2Model", dict(vocab_size=256_000), dict(num_patches=256)),
     ],
     "siglip_so400m14": [
         ("google/siglip-so400m-patch14-384", "SiglipModel", dict(SO400M), dict(SO400M, image_size=384, patch_size=14)),

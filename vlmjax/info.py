@@ -53,9 +53,13 @@ def _grad_fn(cfg: ml_collections.ConfigDict):
   if cfg.loss.contrastive == "sigmoid_ring":  # the same products; the ring only reorders them
     cfg.loss.contrastive = "sigmoid"
   graphdef, params = _abstract(cfg)
-  S, L = cfg.model.image_size, cfg.model.text.context_length
-  batch = {"image": jax.ShapeDtypeStruct((1, S, S, 3), jnp.float32),
-           "text": jax.ShapeDtypeStruct((1, L), jnp.int32)}
+  S, L, v = cfg.model.image_size, cfg.model.text.context_length, cfg.model.vision
+  image = jax.ShapeDtypeStruct((1, S, S, 3), jnp.float32)
+  if v.kind == "naflex":  # a full budget of patches: the count at `max_num_patches`
+    n = v.max_num_patches
+    image = {"patches": jax.ShapeDtypeStruct((1, n, 3 * v.patch_size**2), jnp.float32),
+             "shapes": jax.ShapeDtypeStruct((1, 2), jnp.int32), "mask": jax.ShapeDtypeStruct((1, n), jnp.bool_)}
+  batch = {"image": image, "text": jax.ShapeDtypeStruct((1, L), jnp.int32)}
 
   def loss(p, b):
     out = nnx.merge(graphdef, p)(b["image"], b["text"], train=True, rng=jax.random.key(0))

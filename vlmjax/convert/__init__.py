@@ -25,7 +25,7 @@ SIGLIP_KEYS = ("visual.trunk.attn_pool.latent", "text.text_projection.bias")  # 
 
 
 HF_KINDS = {"clip": "clip (CLIPModel)", "siglip": "siglip (SiglipModel)",
-            "siglip2": "siglip2 (Siglip2Model at its native square grid)"}
+            "siglip2": "siglip2 (Siglip2Model: the ViT at its native square grid, or model.vision.kind=naflex)"}
 SIGLIP2_POSEMB, SIGLIP2_PATCH = ("vision_model.embeddings.position_embedding.weight",
                                  "vision_model.embeddings.patch_embedding.weight")
 
@@ -62,25 +62,33 @@ def family_of(source: str, checkpoint: str, state: dict) -> str:
     n = state[SIGLIP2_POSEMB].shape[0]
     if math.isqrt(n) ** 2 != n:
       raise ConfigError(f"{checkpoint!r} is a Siglip2 (NaFlex) checkpoint with num_patches={n}, not a square grid; "
-                        "supported: square images at the checkpoint's square native grid (the NaFlex encoder's "
-                        "variable grids are not supported yet)")
+                        "supported: square images at the checkpoint's square native grid, or any grid through "
+                        "model.vision.kind=naflex, both from a square position table (as transformers requires)")
   return f"hf_{kind}"
 
 
 def check_siglip2(checkpoint: str, state: dict, model_cfg) -> None:
-  """A Siglip2 (NaFlex) checkpoint converts for square images at its native grid only: there its
-  per-image bilinear resize of the position embedding is the identity, and our ViT is that model."""
+  """A Siglip2 (NaFlex) checkpoint converts into the NaFlex encoder (`model.vision.kind=naflex`: any grid,
+  the same position table and patch size), or into the ViT for square images at its native grid only:
+  there its per-image bilinear resize of the position embedding is the identity, and our ViT is that model."""
   if SIGLIP2_POSEMB not in state or SIGLIP2_PATCH not in state:
     return  # params.to_ours names the missing tensor
   grid = math.isqrt(state[SIGLIP2_POSEMB].shape[0])
   patch = math.isqrt(state[SIGLIP2_PATCH].shape[1] // 3)
+  if model_cfg.vision.kind == "naflex":
+    v = model_cfg.vision
+    if (v.num_patches, v.patch_size) != (grid * grid, patch):
+      raise ConfigError(f"{checkpoint!r} has a {grid}x{grid} position table of {patch}-px patches; the config has "
+                        f"model.vision.num_patches={v.num_patches}, patch_size={v.patch_size} (set "
+                        f"{grid * grid} and {patch})")
+    return
   ours = model_cfg.image_size // model_cfg.vision.patch_size
   if ours != grid or model_cfg.vision.patch_size != patch:
     raise ConfigError(f"{checkpoint!r} is a Siglip2 (NaFlex) checkpoint with a {grid}x{grid} native grid of "
                       f"{patch}-px patches; model.image_size={model_cfg.image_size} with patch "
                       f"{model_cfg.vision.patch_size} makes a {ours}x{ours} grid. Supported: square images at the "
                       f"native grid (model.image_size={grid * patch}, model.vision.patch_size={patch}); other grids "
-                      "need the NaFlex encoder (not supported yet)")
+                      "need the NaFlex encoder (model.vision.kind=naflex)")
 
 
 def export_family(source: str, model_cfg) -> str:

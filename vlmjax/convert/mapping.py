@@ -17,8 +17,9 @@ tensor's layout differs:
 head `attn_pool`) and open_clip's text tower pooled at the last token with a biased projection.
 `hf_siglip2` is HF's Siglip2Model (NaFlex): SiglipModel's names, but the patch embedding is an
 nn.Linear over patches flattened row, column, channel (its image processor's order, and ours),
-so it maps as `linear`; its position embedding is a square grid's table, used as is (see
-`vlmjax.convert.check_siglip2`).
+so it maps as `linear`; its position embedding is a square grid's table, used as is by the ViT at the
+native grid or resized per image by the NaFlex encoder (`models/naflex.py`, which names its parameters as
+the ViT: one map for both; see `vlmjax.convert.check_siglip2`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ tokens it returns; poolers and decoders are sized by it), and called as
 An encoder with randomness in training (ViT's patch dropout) says so with a class attribute
 `takes_rng = True`; `encode_vision` then calls it as `encoder(image, train=True, rng=key)` in
 training (N may then be smaller: the kept tokens). The families call their tower through
-`encode_vision`, so an encoder without `takes_rng` only ever gets the image.
+`encode_vision`, so an encoder without `takes_rng` only ever gets the image. The "image" is whatever
+the encoder reads: `[B, H, W, 3]` for the ViT; for `naflex` a dict {"patches" [B, N, P], "shapes"
+[B, 2], "mask" [B, N]} of patchified, padded images (see `naflex.py`), passed through untouched.
 
 A text encoder is constructed as `Encoder(cfg, *, attention, remat, scan, act, norm_eps, dtype,
 param_dtype, rngs)` with `cfg` its `model.text` group (at least `kind`, `width`, `vocab_size`,
@@ -31,11 +33,12 @@ import jax
 import ml_collections
 from flax import nnx
 
+from vlmjax.models.naflex import NaFlex
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.vision import ViT
 from vlmjax.registry import Registry
 
-VISION = Registry("model.vision.kind", {"vit": ViT})
+VISION = Registry("model.vision.kind", {"vit": ViT, "naflex": NaFlex})
 TEXT = Registry("model.text.kind", {"transformer": TextTransformer})
 
 
@@ -54,7 +57,7 @@ def build_text(cfg: ml_collections.ConfigDict, **kw) -> nnx.Module:
 VISION_STREAM = 1
 
 
-def encode_vision(encoder: nnx.Module, image_BxHxWx3: jax.Array, *, train: bool = False,
+def encode_vision(encoder: nnx.Module, image_BxHxWx3: jax.Array | dict, *, train: bool = False,
                   rng: jax.Array | None = None) -> tuple:
   """(tokens_BxNxD, pooled_BxD or None) of a vision encoder. In training an encoder with `takes_rng`
   gets its own key from the step's `rng` (reproducible from (seed, step)); otherwise just the image."""

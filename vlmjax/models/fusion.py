@@ -43,15 +43,17 @@ class AttentionPooler(nnx.Module):
     self.ln_out = layers.layer_norm(dim, eps=norm_eps, **kw) if kind in ("coca", "map") else None
     self.mlp = layers.Mlp(dim, mlp_dim, act=act, **kw) if kind == "map" else None
 
-  def __call__(self, ctx_BxNxC: jax.Array) -> jax.Array:
-    """Returns [B, Q, D]."""
+  def __call__(self, ctx_BxNxC: jax.Array, *, mask_BxN: jax.Array | None = None) -> jax.Array:
+    """Returns [B, Q, D]. `mask_BxN`: the tokens the queries may attend to (padding false: NaFlex)."""
     B = ctx_BxNxC.shape[0]
     q_BxQxD = jnp.broadcast_to(self.queries[...].astype(ctx_BxNxC.dtype), (B, *self.queries.shape))
     if self.ln_q is not None:
       q_BxQxD = self.ln_q(q_BxQxD)
     if self.ln_ctx is not None:
       ctx_BxNxC = self.ln_ctx(ctx_BxNxC)
-    x_BxQxD = self.attn(q_BxQxD, ctx_BxNxC)
+    mask_BxQxN = None if mask_BxN is None else jnp.broadcast_to(
+        mask_BxN[:, None, :], (B, q_BxQxD.shape[1], mask_BxN.shape[1]))
+    x_BxQxD = self.attn(q_BxQxD, ctx_BxNxC, mask_BxTxS=mask_BxQxN)
     if self.kind == "map":
       return x_BxQxD + self.mlp(self.ln_out(x_BxQxD))
     return x_BxQxD if self.ln_out is None else self.ln_out(x_BxQxD)

@@ -55,16 +55,17 @@ class TwoTower(nnx.Module):
     self.logit_bias = (None if cfg.init_logit_bias is None  # CLIP has none; SigLIP starts it at -10
                        else nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32), axes=()))
 
-  def encode_image(self, image_BxHxWx3: jax.Array, *, train: bool = False,
+  def encode_image(self, image_BxHxWx3: jax.Array | dict, *, train: bool = False,
                    rng: jax.Array | None = None) -> jax.Array:
-    """In training (`train`, `rng`) the vision tower may see only some patches (patch dropout)."""
+    """In training (`train`, `rng`) the vision tower may see only some patches (patch dropout). The image
+    is what the tower reads: [B, H, W, 3], or NaFlex's {"patches", "shapes", "mask"} (`models.naflex`)."""
     pooled_BxD = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)[1]
     return project(self.image_proj, pooled_BxD)
 
   def encode_text(self, text_BxL: jax.Array) -> jax.Array:
     return project(self.text_proj, self.text(text_BxL)[1])
 
-  def __call__(self, image_BxHxWx3: jax.Array, text_BxL: jax.Array, *, train: bool = False,
+  def __call__(self, image_BxHxWx3: jax.Array | dict, text_BxL: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> Output:
     return Output(image_emb=self.encode_image(image_BxHxWx3, train=train, rng=rng),
                   text_emb=self.encode_text(text_BxL),
