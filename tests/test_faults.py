@@ -1,6 +1,7 @@
 """Faults at awkward moments (issue 17): a signal before the first step stops the run at once."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def reference(tmp_path_factory):
   return _losses(workdir)
 
 
+@pytest.fixture(scope="module")
+def stopped_at_8(tmp_path_factory):
+  """The same run stopped after step 8 (its checkpoint saved); tests resume copies of it."""
+  from vlmjax import config, train
+  workdir = str(tmp_path_factory.mktemp("stopped") / "run")
+  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), workdir, stop_after=8)
+  return workdir
+
+
 def _resume(workdir) -> list:
   """The run resumed to its end, in-process; its losses, one per step."""
   from vlmjax import config, train
@@ -45,10 +55,10 @@ def _train(workdir):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_path, sig, code, reference):
-  from vlmjax import config, train
+def test_a_signal_while_compiling_stops_at_once_and_keeps_the_checkpoints(tmp_path, sig, code, reference,
+                                                                        stopped_at_8):
   workdir = tmp_path / "run"
-  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir), stop_after=8)
+  shutil.copytree(stopped_at_8, workdir)
   kept = sorted(os.listdir(workdir / "checkpoints"))
   proc = _train(workdir)  # resumes from step 8
   lines = []
@@ -82,10 +92,12 @@ def test_an_update_that_makes_parameters_non_finite_is_never_kept_or_saved(micro
   assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
-def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys, reference):
-  from vlmjax import cli, config, train
+def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys, reference,
+                                                                           stopped_at_8):
+  from vlmjax import cli
   workdir = tmp_path / "run"
-  train.train(config.load(os.path.join(ROOT, SPEC), COMMON), str(workdir), stop_after=4)
+  shutil.copytree(stopped_at_8, workdir)
+  kept = sorted(os.listdir(workdir / "checkpoints"))
   before = sorted(os.listdir(workdir))
   holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vlmjax import workdir; "
                              "lock = workdir.Lock(sys.argv[1]); print('held', flush=True); time.sleep(120)",
@@ -98,7 +110,7 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_until_it_dies(tm
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"is in use by another run (pid {holder.pid} on " in err[0], err
-    assert sorted(os.listdir(workdir)) == before and sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    assert sorted(os.listdir(workdir)) == before and sorted(os.listdir(workdir / "checkpoints")) == kept
   finally:
     holder.kill()  # as kill -9: the kernel drops its lock
     holder.wait()
