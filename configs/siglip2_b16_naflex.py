@@ -14,8 +14,8 @@ antialiased, as transformers' Siglip2VisionEmbeddings), padding masked out of at
 The model takes images as {"patches" [B, 256, 768], "shapes" [B, 2], "mask" [B, 256]} (transformers'
 Siglip2ImageProcessor's pixel_values, spatial_shapes and pixel_attention_mask at max_num_patches 256).
 `model.image_size` (256) is the native grid's square size (the same weights through configs/siglip2_b16.py's
-ViT see 256 px squares); the data pipeline does not make NaFlex batches yet, so this config converts
-weights and runs them piecewise (`encode_image`, `encode_text`), not `vlmjax train` or `vlmjax eval`.
+ViT see 256 px squares). `vlmjax train` makes NaFlex batches with `data.train.max_patches` > 0 (set here to
+the budget, 256: `vlmjax/data/naflex.py`); evaluators do not read NaFlex batches yet, so it has none.
 Config argument: batch, steps.
 """
 
@@ -33,4 +33,5 @@ def get_config(arg=None):
   c.model.vision = ml_collections.ConfigDict(dict(
       kind="naflex", patch_size=v.patch_size, width=v.width, depth=v.depth, heads=v.heads, mlp_dim=v.mlp_dim,
       pool="map", num_patches=256, max_num_patches=256))
+  c.data.train.max_patches = 256
   return c

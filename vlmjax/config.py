@@ -209,6 +209,8 @@ NUMBER_RULES = (
     ("data.train.num_threads", lambda v: _int(v) and v >= 1, "an int >= 1"),
     ("data.train.prefetch", lambda v: _int(v) and v >= 0, "an int >= 0"),
     ("data.train.shuffle_buffer", lambda v: _int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
+    ("data.train.max_patches", lambda v: _int(v) and v >= 0,
+     "an int >= 0 (0: square images; > 0: NaFlex batches of at most this many patches per image)"),
 )
 
 
@@ -305,6 +307,8 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       image_mode="resize",        # resize | center_crop | random_resized_crop
       crop_min_scale=0.9,         # smallest area fraction of a random_resized_crop
       max_skip_fraction=0.1,      # stop when more samples than this are unreadable
+      max_patches=0,              # NaFlex (model.vision.kind=naflex): > 0 gives each image at its aspect ratio
+                                  # on a grid of at most this many patches (vlmjax/data/naflex.py); 0: squares
       # LocCa's decoder tasks (vlmjax/data/locca.py), drawn per example by these weights; all 0: the
       # decoder (if any) captions the training text as before. ref/gcap need records with regions.
       locca=ml_collections.ConfigDict(dict(cap=0.0, ref=0.0, gcap=0.0, box_bins=100))))

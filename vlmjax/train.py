@@ -27,7 +27,7 @@ from flax import nnx
 from vlmjax import checkpoint, console, distill, errors, evals, hardware, info, losses, metrics, microbatch, models
 from vlmjax import optim
 from vlmjax import progress, sharding, workdir as workdirs, xla_options
-from vlmjax.data import locca, pipeline
+from vlmjax.data import locca, naflex, pipeline
 from vlmjax.evals import results as eval_results
 from vlmjax.evals.suite import Suite
 from vlmjax.preemption import Preempted, PreemptionWatcher
@@ -103,9 +103,11 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
-  """The shapes, dtypes and sharding of the global batches the data pipeline produces."""
-  S, L = cfg.model.image_size, cfg.model.text.context_length
-  batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding),
+  """The shapes, dtypes and sharding of the global batches the data pipeline produces (the image NaFlex's
+  dict of arrays at data.train.max_patches > 0)."""
+  S, L, n = cfg.model.image_size, cfg.model.text.context_length, cfg.data.train.max_patches
+  batch = {"image": (naflex.abstract_images(cfg.batch_size, n, cfg.model.vision.patch_size, s.batch_sharding) if n
+                     else jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding)),
            "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
   if locca.active(cfg.data.train.locca):  # LocCa's decoder tasks (`vlmjax.data.locca`)
     batch["decoder_text"] = batch["text"]
@@ -209,6 +211,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   losses.check(cfg.loss)
   check_locca(cfg)
+  naflex.check_config(cfg, distill=distill.active(cfg.loss))
   distill.check(cfg)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)
@@ -217,7 +220,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   suite = preemption.call(lambda: prepare_evaluators(cfg, mesh))  # every evaluator checked, its data read
   data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=cfg.seed,
                         image_size=cfg.model.image_size, context_length=cfg.model.text.context_length,
-                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding)
+                        vocab_size=cfg.model.text.vocab_size, sharding=s.batch_sharding,
+                        patch_size=cfg.model.vision.patch_size)
   stack.callback(data.close)
   preemption.check()
   ckpt_dir = os.path.join(workdir, "checkpoints")

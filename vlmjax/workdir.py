@@ -187,7 +187,7 @@ def read_config_file(path: str) -> ml_collections.ConfigDict:
 # Fields added after a workdir's config.json may have been written, with the value that reproduces
 # what that older vlmjax did (not always today's default).
 OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": "", "model.vision.patch_dropout": 0.0,
-                 "optim.ema_decay": 0.0, "optim.microbatches": 1,
+                 "optim.ema_decay": 0.0, "optim.microbatches": 1, "data.train.max_patches": 0,
                  "data.train.locca": {"cap": 0.0, "ref": 0.0, "gcap": 0.0, "box_bins": 100}}
 OLD_TOWER_KINDS = {"vision": "vit", "text": "transformer"}  # towers (groups with a width) before `kind`
 

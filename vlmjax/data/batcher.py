@@ -27,7 +27,7 @@ from concurrent import futures
 import grain
 import numpy as np
 
-from vlmjax.data import locca, regions, transforms
+from vlmjax.data import locca, naflex, regions, transforms
 from vlmjax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,12 @@ class DecodeBatch(grain.IterDataset):
   """Batches of {"image": float32 [B, S, S, 3] (normalised), "text": int32 [B, L]}; with LocCa tasks
   (`locca`: `data.train.locca` with a weight > 0) also "decoder_text" (int32 [B, L]) and
   "decoder_loss" (bool [B, L]): each example's decoder task drawn from the record's seed, its
-  regions mapped through the image's crop (`vlmjax.data.locca`)."""
+  regions mapped through the image's crop (`vlmjax.data.locca`). With a `naflex.Decoder`
+  (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask"}
+  (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens."""
 
-  def __init__(self, parent: grain.IterDataset, *, batch_size: int, decoder: transforms.ImageDecoder,
+  def __init__(self, parent: grain.IterDataset, *, batch_size: int,
+               decoder: transforms.ImageDecoder | naflex.Decoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
                host_index: int, locca_cfg=None):
     super().__init__(parent)
@@ -72,16 +75,22 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._shards: dict[str, int] = {}
     self._last_warning = -float("inf")
     self._in_a_row = 0  # samples skipped since the last good one (not in the state: a guard against stalls)
+    self._naflex = isinstance(ds.decoder, naflex.Decoder)
+    self._tokens, self._padding = 0, 0  # NaFlex: all patch tokens of the batches returned, and the padding
 
   def get_state(self) -> dict:
-    return {"parent": self._parent.get_state(), "consumed": self._consumed, "good": self._good,
-            "skipped": dict(self._skipped), "shards": dict(self._shards)}
+    state = {"parent": self._parent.get_state(), "consumed": self._consumed, "good": self._good,
+             "skipped": dict(self._skipped), "shards": dict(self._shards)}
+    if self._naflex:  # only then: square runs keep the state (and checkpoints) they always had
+      state.update(tokens=self._tokens, padding=self._padding)
+    return state
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._consumed, self._good = int(state["consumed"]), int(state["good"])
     self._skipped = {k: int(v) for k, v in state["skipped"].items()}
     self._shards = {k: int(v) for k, v in state["shards"].items()}
+    self._tokens, self._padding = int(state.get("tokens", 0)), int(state.get("padding", 0))
 
   def _process(self, raw: dict, index: int, slot: int, out: dict[str, np.ndarray]):
     """Decodes one raw record into row `slot` of the batch; returns None or the reason it is skipped."""
@@ -97,11 +106,19 @@ class DecodeBatchIterator(grain.DatasetIterator):
       return "bad_region"
     rng = np.random.default_rng([self._ds.seed, self._ds.host_index, index])
     try:  # with LocCa, regions follow the crop: the decoder says which part of the original it kept
-      image, crop, size = (self._ds.decoder.decode(raw["image"], rng) if self._ds.locca is not None
-                           else (self._ds.decoder(raw["image"], rng), None, None))
+      if self._naflex:
+        image, grid = self._ds.decoder(raw["image"])
+      else:
+        image, crop, size = (self._ds.decoder.decode(raw["image"], rng) if self._ds.locca is not None
+                             else (self._ds.decoder(raw["image"], rng), None, None))
+    except naflex.TooSmall:
+      return "too_small"
     except transforms.BadImage:
       return "bad_image"
-    transforms.normalize_into(image, out["image"][slot])
+    if self._naflex:
+      self._ds.decoder.write(image, grid, out["image"], slot)
+    else:
+      transforms.normalize_into(image, out["image"][slot])
     out["text"][slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
     if self._ds.locca is not None:
       kept = regions.crop(raw["regions"], crop, *size) if raw.get("regions") else None
@@ -119,7 +136,8 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     ds = self._ds
-    out = {"image": np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32),
+    out = {"image": (ds.decoder.empty_images(ds.batch_size) if self._naflex
+                     else np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32)),
            "text": np.empty((ds.batch_size, ds.context_length), np.int32)}
     if ds.locca is not None:
       out["decoder_text"] = np.empty((ds.batch_size, ds.context_length), np.int32)
@@ -144,6 +162,9 @@ class DecodeBatchIterator(grain.DatasetIterator):
       if free:  # judged as the records come: a stream of bad samples may never complete a batch
         self._check(filled=ds.batch_size - len(free), warn=False)
     self._good += ds.batch_size
+    if self._naflex:
+      mask = out["image"]["mask"]
+      self._tokens, self._padding = self._tokens + mask.size, self._padding + int(mask.size - mask.sum())
     self._check()
     return out
 
@@ -176,9 +197,13 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
 
 def stats_of(state: dict) -> dict[str, float]:
-  """Cumulative counters from a DecodeBatch state: data/samples, data/skipped, data/skipped/<reason>."""
+  """Cumulative counters from a DecodeBatch state: data/samples, data/skipped, data/skipped/<reason>;
+  with NaFlex batches also data/padding_fraction: the padding tokens of all batches so far over all their
+  tokens (cumulative, as the others, so it survives a resume; 0 before the first batch)."""
   skipped = sum(state["skipped"].values())
   out = {"data/samples": float(state["good"]), "data/skipped": float(skipped),
          "data/skipped_fraction": skipped / max(1, skipped + state["good"])}
+  if "tokens" in state:
+    out["data/padding_fraction"] = state["padding"] / max(1, state["tokens"])
   out.update({f"data/skipped/{r}": float(n) for r, n in sorted(state["skipped"].items())})
   return out

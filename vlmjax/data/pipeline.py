@@ -14,7 +14,8 @@ Each source of the mixture is opened with `sources.open_source(spec, mode="strea
                    sharded arrays, `prefetch` batches ahead in a background thread
 
 `build` returns `Batches`, whose items are global sharded `jax.Array` dicts
-({"image": f32 [B, S, S, 3], "text": i32 [B, L]}). `get_state` / `set_state` go
+({"image": f32 [B, S, S, 3], "text": i32 [B, L]}; with `max_patches` > 0 "image" is NaFlex's dict
+{"patches" f32 [B, N, P], "shapes" i32 [B, 2], "mask" bool [B, N]}: `vlmjax.data.naflex`). `get_state` / `set_state` go
 into the checkpoint: a resumed run reads exactly the batches an uninterrupted one
 would have read. `stats()` gives the cumulative skip counters for metrics.
 """
@@ -31,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vlmjax.data import batcher, locca, sources, tokenizers, transforms
+from vlmjax.data import batcher, locca, naflex, sources, tokenizers, transforms
 from vlmjax.data.shuffle import derive_seed
 from vlmjax.errors import ConfigError, DataError
 
@@ -90,9 +91,11 @@ class Batches:
     self._finalizer()
 
 
-def to_global(batch: dict[str, np.ndarray], *, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """This host's rows -> global arrays sharded over the batch axis (on device, ahead of the train step)."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def to_global(batch: dict, *, sharding: jax.sharding.Sharding) -> dict:
+  """This host's rows -> global arrays sharded over the batch axis (on device, ahead of the train step);
+  a value may be a dict of arrays (NaFlex's image), each put the same way."""
+  put = lambda v: jax.make_array_from_process_local_data(sharding, v)
+  return {k: jax.tree.map(put, v) for k, v in batch.items()}
 
 
 def parse_mixture(source) -> list[tuple[str, float]]:
@@ -115,8 +118,10 @@ def parse_mixture(source) -> list[tuple[str, float]]:
 
 
 def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int, image_size: int,
-                 context_length: int, vocab_size: int, index: int, count: int) -> grain.IterDataset:
-  """This host's batches as numpy arrays ({"image": f32 [b, S, S, 3], "text": i32 [b, L]})."""
+                 context_length: int, vocab_size: int, index: int, count: int,
+                 patch_size: int | None = None) -> grain.IterDataset:
+  """This host's batches as numpy arrays ({"image": f32 [b, S, S, 3], "text": i32 [b, L]}; NaFlex's image
+  dict at `data_cfg.max_patches` > 0, which needs the model's `patch_size`)."""
   if data_cfg.image_mode not in transforms.MODES:
     raise ConfigError(f"data image_mode {data_cfg.image_mode!r} is unknown; valid: {', '.join(transforms.MODES)}")
   tokenizer = tokenizers.build(data_cfg.tokenizer)
@@ -136,9 +141,14 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
   else:
     raw = grain.IterDataset.mix({str(i): s for i, s in enumerate(streams)},
                                 {str(i): w for i, (_, w) in enumerate(mixture)})
+  if data_cfg.max_patches:
+    if patch_size is None:
+      raise ValueError("host_batches needs patch_size for NaFlex batches (data.train.max_patches > 0)")
+    decoder = naflex.Decoder(patch_size, data_cfg.max_patches)
+  else:
+    decoder = transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale)
   return batcher.DecodeBatch(
-      raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer,
-      decoder=transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale),
+      raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer, decoder=decoder,
       seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction,
       host_index=index, locca_cfg=data_cfg.locca)
 
@@ -157,14 +167,17 @@ def check_regions(specs: list[str], image_size: int, data_dir: str | None) -> No
 
 def build(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int, image_size: int,
           context_length: int, vocab_size: int, sharding: jax.sharding.Sharding,
-          process_index: int | None = None, process_count: int | None = None) -> Batches:
-  """The training iterator; process_index/count default to jax's (tests simulate hosts with them)."""
+          process_index: int | None = None, process_count: int | None = None,
+          patch_size: int | None = None) -> Batches:
+  """The training iterator; process_index/count default to jax's (tests simulate hosts with them);
+  `patch_size` (the model's) is read by NaFlex batches only (`data_cfg.max_patches` > 0)."""
   count = jax.process_count() if process_count is None else process_count
   index = jax.process_index() if process_index is None else process_index
   if global_batch % count:
     raise ConfigError(f"batch_size {global_batch} is not divisible by {count} processes")
   ds = host_batches(data_cfg, batch_size=global_batch // count, seed=seed, image_size=image_size,
-                    context_length=context_length, vocab_size=vocab_size, index=index, count=count)
+                    context_length=context_length, vocab_size=vocab_size, index=index, count=count,
+                    patch_size=patch_size)
   stop = ds.stop
   ds = ds.map(functools.partial(to_global, sharding=sharding))
   ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.prefetch)

@@ -2,6 +2,7 @@
 
   synthetic:shapes[:SPLIT]          the procedural shapes set (random access)
   synthetic:shapes_multi[:SPLIT]    its multi-object variant, with regions (`synthetic`)
+  synthetic:shapes_wide[:SPLIT]     its mixed-aspect-ratio variant, for NaFlex batches (`synthetic`)
   tar:PATTERN                       img2dataset tar shards: a local path, glob or brace range
                                     (`shards/{00000..00127}.tar`) or a URL (http(s)://, gs://, s3://)
   arrayrecord:PATTERN               ArrayRecord files of serialised examples (random access)
@@ -120,7 +121,8 @@ def _parse(spec: str) -> tuple[Kind, str]:
 
 # --- the kinds ----------------------------------------------------------------------------------
 
-SYNTHETIC = {"shapes": synthetic.ShapesSource, "shapes_multi": synthetic.ShapesMultiSource}
+SYNTHETIC = {"shapes": synthetic.ShapesSource, "shapes_multi": synthetic.ShapesMultiSource,
+             "shapes_wide": synthetic.ShapesWideSource}
 
 
 def _synthetic_split(rest: str, spec: str) -> tuple[str, str]:
@@ -209,7 +211,7 @@ def _bench(name: str) -> Callable:
 
 
 SOURCES = Registry("data source kind", {
-    "synthetic": Kind("synthetic:shapes|shapes_multi[:SPLIT]", _open_synthetic, _synthetic_class_names),
+    "synthetic": Kind("synthetic:shapes|shapes_multi|shapes_wide[:SPLIT]", _open_synthetic, _synthetic_class_names),
     "tar": Kind("tar:PATTERN", _open_tar),
     "arrayrecord": Kind("arrayrecord:PATTERN", _open_arrayrecord),
     "tfds": Kind("tfds:NAME[/CONFIG][:SPLIT]", _open_tfds, _tfds_class_names),

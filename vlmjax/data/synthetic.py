@@ -13,6 +13,8 @@ for zero-shot evaluation are colour x shape.
                 (a 64-token byte-level context with bos and eos): as much detail as fits, from
                 "a small red circle top left, a large blue square center" down to
                 "red circle, blue square" (and "," without a space in the rare longest case).
+  shapes_wide   `example`'s objects and captions on images of mixed aspect ratios (`wide_example`): width /
+                height drawn from `WIDE_RATIOS` per example, about image_size^2 pixels each (NaFlex's data)
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ MULTI_RADIUS = {"small": 0.075, "large": 0.13}  # x image size; with the jitter 
 MULTI_JITTER = 0.015                            # (extent <= r: 0.13 * 1.1 + 0.015 < 1/6)
 MULTI_CAPTION_CHARS = 62
 MULTI_MIN_SIZE = 32                             # below it a small cross can miss every pixel centre
+WIDE_RATIOS = (1 / 2, 2 / 3, 1.0, 3 / 2, 2.0)   # shapes_wide's width / height, one drawn per example
 
 
-def _mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-  y, x = np.mgrid[:size, :size].astype(np.float32) + 0.5
+def _mask(shape: str, size: int, cx: float, cy: float, r: float, width: int | None = None) -> np.ndarray:
+  """[size, width (default: size)] bool: the pixels whose centres lie inside the shape."""
+  y, x = np.mgrid[:size, :width or size].astype(np.float32) + 0.5
   dx, dy = x - cx, y - cy
   if shape == "circle":
     return dx**2 + dy**2 <= r**2
@@ -78,6 +82,29 @@ def example(index: int, *, seed: int = 0, image_size: int = 32) -> dict:
   return {
       "key": f"{seed:02d}{index:09d}",
       "image": np.clip(image, 0, 255).astype(np.uint8),
+      "caption": template.format(size=size, color=color, shape=shape, position=position),
+      "label": list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape),
+  }
+
+
+def wide_example(index: int, *, seed: int = 0, image_size: int = 32) -> dict:
+  """Returns {"key", "image" (uint8 [H, W, 3]), "caption", "label"} for one index: `example`'s kinds of
+  object, caption and label on an image of width / height drawn from `WIDE_RATIOS` and about
+  image_size^2 pixels (H = round(S / sqrt(ratio)), W = round(S * sqrt(ratio))). Positions are fractions
+  of each side, sizes of the shorter one. Draws from its own stream, so `example` is unchanged."""
+  rng = np.random.default_rng([seed, index, 2])
+  ratio = WIDE_RATIOS[rng.integers(len(WIDE_RATIOS))]
+  h, w = max(1, round(image_size / ratio**0.5)), max(1, round(image_size * ratio**0.5))
+  color, shape = list(COLORS)[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))]
+  size, position = SIZES[rng.integers(len(SIZES))], list(POSITIONS)[rng.integers(len(POSITIONS))]
+  template = TEMPLATES[rng.integers(len(TEMPLATES))]
+  fx, fy = POSITIONS[position]
+  cx, cy = (fx + rng.uniform(-0.05, 0.05)) * w, (fy + rng.uniform(-0.05, 0.05)) * h
+  r = (0.12 if size == "small" else 0.22) * min(h, w) * rng.uniform(0.9, 1.1)
+  image = np.full((h, w, 3), rng.integers(20, 70), np.float32) + rng.normal(0, 6, (h, w, 3))
+  image[_mask(shape, h, cx, cy, r, width=w)] = COLORS[color]
+  return {
+      "key": f"{seed:02d}{index:09d}", "image": np.clip(image, 0, 255).astype(np.uint8),
       "caption": template.format(size=size, color=color, shape=shape, position=position),
       "label": list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape),
   }
@@ -168,6 +195,17 @@ class ShapesMultiSource(ShapesSource):
 
   def __repr__(self) -> str:
     return "ShapesMulti" + super().__repr__().removeprefix("Shapes")
+
+
+class ShapesWideSource(ShapesSource):
+  """Random access over the mixed-aspect-ratio set: `wide_example` records (image_size: the side of a
+  square of the same area)."""
+
+  def __getitem__(self, index: int) -> dict:
+    return wide_example(int(index), seed=self.seed, image_size=self.image_size)
+
+  def __repr__(self) -> str:
+    return "ShapesWide" + super().__repr__().removeprefix("Shapes")
 
 
 KINDS = {"shapes": example, "shapes_multi": multi_example}

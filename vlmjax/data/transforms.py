@@ -116,16 +116,18 @@ def _decode_bytes(data: bytes, box_fn) -> tuple[np.ndarray, bool]:
   return (np.ascontiguousarray(region) if orientation != 1 else region), bgr
 
 
-def _resize(region: np.ndarray, size: int) -> np.ndarray:
-  """Area averaging when shrinking by 2x or more, bilinear when close to the size, bicubic when growing."""
+def _resize(region: np.ndarray, size: int, width: int | None = None) -> np.ndarray:
+  """To [size, width (default: size)]: area averaging when shrinking by 2x or more, bilinear when close to
+  the size, bicubic when growing (either side)."""
   h, w = region.shape[:2]
-  if (h, w) == (size, size):
+  width = width or size
+  if (h, w) == (size, width):
     return region.copy()
-  if h >= 2 * size and w >= 2 * size:
+  if h >= 2 * size and w >= 2 * width:
     interp = cv2.INTER_AREA
   else:
-    interp = cv2.INTER_LINEAR if h >= size and w >= size else cv2.INTER_CUBIC
-  return cv2.resize(region, (size, size), interpolation=interp)
+    interp = cv2.INTER_LINEAR if h >= size and w >= width else cv2.INTER_CUBIC
+  return cv2.resize(region, (width, size), interpolation=interp)
 
 
 class ImageDecoder:
@@ -159,6 +161,28 @@ class ImageDecoder:
       raise BadImage(f"image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
     x0, y0, w, h, _ = box(image.shape[1], image.shape[0])
     return _resize(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]), self.size), *taken[-1]
+
+
+def decode_whole(image, size_fn) -> np.ndarray:
+  """Encoded bytes or uint8 [H, W, 3] -> the whole image (no crop; EXIF orientation applied) as uint8
+  [h, w, 3] RGB, where (h, w) = size_fn(width, height) of the image as displayed (NaFlex's aspect-preserving
+  grids, `vlmjax.data.naflex`); a JPEG is decoded at the largest reduction keeping both sides >= max(h, w).
+  Raises BadImage, or what `size_fn` raises."""
+  sizes = []
+
+  def box(width: int, height: int) -> tuple[int, int, int, int, int]:
+    sizes.append(size_fn(width, height))
+    return 0, 0, width, height, max(sizes[-1])
+
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    region, bgr = _decode_bytes(bytes(image), box)
+    out = _resize(region, *sizes[-1])
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    raise BadImage(f"image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  box(image.shape[1], image.shape[0])
+  return _resize(np.ascontiguousarray(image), *sizes[-1])
 
 
 def normalize(image_uint8: np.ndarray) -> np.ndarray:

@@ -1,0 +1,40 @@
+"""A tiny NaFlex two-tower model (SigLIP 2's variable-resolution image tower) on shapes of mixed aspect ratios.
+
+    vlmjax train --config configs/siglip2_naflex_tiny.py --workdir runs/siglip2_naflex_tiny
+
+configs/siglip_tiny.py's towers and sigmoid loss, except the image tower: `model.vision.kind=naflex`
+(`vlmjax/models/naflex.py`) over 8x8 patches with a 4x4 learned position table (`num_patches` 16, resized
+per image to its grid). The data (`data.train.max_patches` 32, `vlmjax/data/naflex.py`) gives each image of
+`synthetic:shapes_wide` (width / height in {1/2, 2/3, 1, 3/2, 2}) at its aspect ratio on the largest grid of
+at most 32 patches, padded to 32 tokens (`data/padding_fraction` in the metrics says how many are padding).
+No evaluators: they do not read NaFlex batches yet. Config argument: steps, batch.
+"""
+
+import ml_collections
+
+from vlmjax import presets
+from vlmjax.config import base, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, steps=240, batch=64)
+  c = base(batch_size=a.batch, total_steps=a.steps)
+  c.log_every = 20
+  c.ckpt_every = 80
+  c.optim.warmup_steps = min(50, a.steps // 5)
+
+  m = c.model = presets.model_base("two_tower", dtype="float32", remat="none", scan=False)
+  m.image_size = 32  # the native 4x4 grid of 8 px patches; each image brings its own grid
+  m.embed_dim = 128
+  m.init_logit_scale, m.init_logit_bias, m.max_logit_scale = 10.0, -10.0, 0.0  # SigLIP: t' = log 10, b = -10
+  m.vision = ml_collections.ConfigDict(dict(
+      kind="naflex", patch_size=8, width=128, depth=3, heads=4, mlp_dim=512, pool="map",
+      num_patches=16, max_num_patches=32))
+  m.image_proj, m.text_proj = "linear", "linear"
+  m.text = presets.text("causal_eos", vocab_size=259, context_length=40, width=128, depth=2, heads=4, mlp_dim=512,
+                        causal=False)
+
+  c.data.train.source = "synthetic:shapes_wide"
+  c.data.train.max_patches = 32
+  c.loss = presets.loss("siglip")
+  return c

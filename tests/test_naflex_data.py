@@ -1,0 +1,139 @@
+"""NaFlex batches (vlmjax/data/naflex.py): the grid and patch order of transformers' Siglip2ImageProcessor,
+the batcher's {"patches", "shapes", "mask"} image with its padding fraction, the mixed-aspect shapes set,
+a short `train.train` of configs/siglip2_naflex_tiny.py (resumed), and one-line errors for bad input."""
+
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from vlmjax import config, train
+from vlmjax.data import batcher, naflex, synthetic, tokenizers, transforms
+from vlmjax.errors import ConfigError
+
+SPEC = os.path.join(ROOT, "configs/siglip2_naflex_tiny.py")
+SMALL = (("batch_size", "16"), ("model.vision.depth", "1"), ("model.text.depth", "1"), ("model.vision.width", "64"),
+         ("model.text.width", "64"), ("model.vision.mlp_dim", "128"), ("model.text.mlp_dim", "128"),
+         ("model.embed_dim", "64"), ("total_steps", "3"), ("log_every", "1"), ("optim.warmup_steps", "1"))
+
+# ((height, width, patch, max_num_patches), (h, w)): `get_image_size_for_max_num_patches` of transformers'
+# Siglip2ImageProcessor (5.x), divided by the patch, computed once with torch.
+PROCESSOR_GRIDS = [
+    ((32, 32, 8, 32), (5, 5)), ((32, 64, 8, 32), (4, 8)), ((64, 32, 8, 32), (8, 4)), ((48, 32, 8, 32), (6, 4)),
+    ((32, 48, 8, 32), (4, 6)), ((20, 40, 8, 32), (4, 8)), ((8, 8, 8, 32), (5, 5)), ((8, 200, 8, 32), (1, 25)),
+    ((200, 8, 8, 32), (25, 1)), ((224, 224, 16, 256), (16, 16)), ((480, 640, 16, 256), (14, 18)),
+    ((640, 480, 16, 256), (18, 14)), ((1080, 1920, 16, 256), (12, 21)), ((300, 1000, 16, 256), (9, 28)),
+    ((17, 33, 16, 256), (11, 22)), ((500, 375, 16, 1024), (36, 27)), ((333, 517, 14, 196), (11, 17)),
+    ((100, 100, 16, 1), (1, 1)), ((40, 400, 16, 3), (1, 3)), ((1000, 10, 16, 256), (128, 2))]
+# convert_image_to_patches(torch.arange(72).reshape(3, 4, 6), 2): a 2x3 grid of 2x2 patches, (row, col, channel).
+PROCESSOR_PATCHES = [
+    [0, 24, 48, 1, 25, 49, 6, 30, 54, 7, 31, 55], [2, 26, 50, 3, 27, 51, 8, 32, 56, 9, 33, 57],
+    [4, 28, 52, 5, 29, 53, 10, 34, 58, 11, 35, 59], [12, 36, 60, 13, 37, 61, 18, 42, 66, 19, 43, 67],
+    [14, 38, 62, 15, 39, 63, 20, 44, 68, 21, 45, 69], [16, 40, 64, 17, 41, 65, 22, 46, 70, 23, 47, 71]]
+
+
+@pytest.mark.parametrize("args, grid", PROCESSOR_GRIDS)
+def test_the_grid_is_the_siglip2_processors(args, grid):
+  assert naflex.grid_for(*args) == grid
+
+
+def test_patches_are_in_the_processors_order_and_padded_with_a_mask():
+  chw = np.arange(72).reshape(3, 4, 6)
+  patches = naflex.patchify(chw.transpose(1, 2, 0), 2)
+  np.testing.assert_array_equal(patches, PROCESSOR_PATCHES)
+  out, mask = naflex.pad(patches.astype(np.float32), 8)
+  assert out.shape == (8, 12) and mask.tolist() == [True] * 6 + [False] * 2 and not out[6:].any()
+  np.testing.assert_array_equal(out[:6], patches)
+
+
+def _batch(records, batch_size, max_patches=32):
+  parent = grain.MapDataset.source(records).to_iter_dataset()
+  ds = batcher.DecodeBatch(parent, batch_size=batch_size, decoder=naflex.Decoder(8, max_patches),
+                           tokenizer=tokenizers.ByteTokenizer(), context_length=40, seed=0, num_threads=2,
+                           max_skip_fraction=0.5, host_index=0)
+  it = iter(ds)
+  batch = next(it)
+  state = it.get_state()
+  it.close()
+  return batch, state
+
+
+def test_the_batcher_gives_each_image_its_grid_and_counts_padding_and_small_images():
+  wide = [synthetic.ShapesWideSource("train")[i] for i in range(8)]
+  png = {**wide[1], "image": transforms.encode_png(wide[1]["image"])}  # bytes decode as the array does
+  tiny = {"key": "t", "image": np.zeros((4, 40, 3), np.uint8), "caption": "a tiny image", "_shard": "s"}
+  bad = {"key": "b", "image": b"not an image", "caption": "broken", "_shard": "s"}
+  batch, state = _batch(wide[:1] + [png] + wide[2:4] + [tiny, bad] + wide[4:], 8)
+  kept = wide[:4] + wide[6:8] + wide[4:6]  # rows 4 and 5 skipped, filled by the next two records
+  image = batch["image"]
+  assert image["patches"].shape == (8, 32, 192) and image["patches"].dtype == np.float32
+  assert image["shapes"].dtype == np.int32 and image["mask"].shape == (8, 32) and image["mask"].dtype == bool
+  padding = 0
+  for row, rec in enumerate(kept):
+    h, w = naflex.grid_for(*rec["image"].shape[:2], 8, 32)
+    assert tuple(image["shapes"][row]) == (h, w)
+    assert image["mask"][row].tolist() == [True] * (h * w) + [False] * (32 - h * w)
+    resized = transforms._resize(rec["image"], h * 8, w * 8)
+    np.testing.assert_allclose(image["patches"][row, :h * w], naflex.patchify(transforms.normalize(resized), 8),
+                               atol=1e-5)
+    assert not image["patches"][row, h * w:].any()
+    padding += 32 - h * w
+  assert len({tuple(s) for s in image["shapes"]}) >= 3  # mixed aspect ratios
+  stats = batcher.stats_of(state)
+  assert stats["data/skipped/too_small"] == 1 and stats["data/skipped/bad_image"] == 1
+  assert stats["data/padding_fraction"] == pytest.approx(padding / (8 * 32))
+  assert "data/padding_fraction" not in batcher.stats_of({k: v for k, v in state.items()
+                                                          if k not in ("tokens", "padding")})
+
+
+def test_the_wide_set_mixes_aspect_ratios_deterministically():
+  source = synthetic.ShapesWideSource("train", image_size=32)
+  shapes = {source[i]["image"].shape for i in range(60)}
+  assert shapes == {(45, 23, 3), (39, 26, 3), (32, 32, 3), (26, 39, 3), (23, 45, 3)}
+  again = synthetic.ShapesWideSource("train", image_size=32)[7]
+  assert np.array_equal(again["image"], source[7]["image"]) and again["caption"] == source[7]["caption"]
+  assert again["label"] < len(synthetic.CLASS_NAMES)
+
+
+def test_a_short_naflex_run_trains_logs_padding_and_resumes(tmp_path):
+  cfg = config.load(SPEC, SMALL)
+  assert not train.train(cfg, str(tmp_path), stop_after=2)["finished"]
+  assert train.train(cfg, str(tmp_path))["finished"]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  fractions = [r["data/padding_fraction"] for r in rows]
+  assert all(0 < f < 1 for f in fractions)  # shapes_wide: 4x6 and 5x5 grids leave padding, 4x8 none
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ((("data.train.max_patches", "0"),), r"needs data.train.max_patches in \[1, model.vision.max_num_patches=32\]"),
+    ((("data.train.max_patches", "64"),), r"max_num_patches=32\] .*got 64"),
+    ((("model.name", "siglip2"),), "its decoder does not mask padding"),
+    ((("data.train.locca.cap", "1.0"),), "LocCa"),
+])
+def test_naflex_configs_that_cannot_work_are_one_line_errors(overrides, message):
+  cfg = config.load(SPEC, overrides)
+  with pytest.raises(ConfigError, match=message) as e:
+    naflex.check_config(cfg, distill=False)
+  assert "\n" not in str(e.value)
+
+
+def test_evaluators_a_square_model_and_bad_budgets_are_one_line_errors(tmp_path):
+  from vlmjax.evals import defaults
+  cfg = config.load(SPEC)
+  cfg.evals.zs = defaults.zero_shot("synthetic:shapes:validation")
+  with pytest.raises(ConfigError, match="evaluators do not read NaFlex batches yet"):
+    train.train(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+  square = config.load(os.path.join(ROOT, "configs/siglip_tiny.py"), (("data.train.max_patches", "16"),))
+  with pytest.raises(ConfigError, match="reads square images"):
+    naflex.check_config(square, distill=False)
+  with pytest.raises(ConfigError, match=r"data.train.max_patches=-1 must be an int >= 0"):
+    config.load(SPEC, (("data.train.max_patches", "-1"),))
+  for bad in (lambda: naflex.grid_for(32, 32, 8, 0), lambda: naflex.Decoder(8, 0)):
+    with pytest.raises(ConfigError, match="holds no patch"):
+      bad()
