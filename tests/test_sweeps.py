@@ -201,18 +201,26 @@ def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
   sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0, 1, 2]))
   workdir, lines = str(tmp_path / "sweep"), []
 
-  ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signum))
+  stop_sending = threading.Event()
 
-  def print_fn(line):  # Ctrl-C (SIGINT to the main thread) a second after the first run starts
+  def send():  # the signal to this process (as Ctrl-C or scancel send it) a second after the first run
+    while not stop_sending.wait(1.0 if not sent else 5.0):  # starts; again every 5 s should one be lost
+      sent.append(time.time())
+      os.kill(os.getpid(), signum)
+  sent, sender = [], threading.Thread(target=send, daemon=True)
+
+  def print_fn(line):
     lines.append(line)
     if len(lines) == 1:
-      ctrl_c.start()
+      sender.start()
   start, before = time.time(), signal.getsignal(signal.SIGTERM)
   try:
     with pytest.raises(KeyboardInterrupt), runner.sigterm_as_interrupt():
       runner.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
   finally:
-    ctrl_c.cancel()  # never let a late signal reach pytest
+    stop_sending.set()  # never let a late signal reach pytest
+    if sender.is_alive():
+      sender.join()
   assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
   assert time.time() - start < 20  # the trainer was stopped, not waited for
   assert sorted(os.listdir(workdir)) == ["seed=0"]
