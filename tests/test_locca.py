@@ -100,13 +100,18 @@ def test_siglip2_serves_both_objectives_from_one_image_pass_and_the_loss_reads_o
   cfg = config.load(SPEC, SMALL)
   s, params = _model(cfg)
   batch = jax.device_get(_batch(cfg, s))
-  model = nnx.merge(s.graphdef, params)
-  out = model(batch["image"], batch["text"], decoder_text=batch["decoder_text"])
-  np.testing.assert_allclose(out.image_emb, model.encode_image(batch["image"]), atol=1e-6)
-  np.testing.assert_allclose(out.text_emb, model.encode_text(batch["text"]), atol=1e-6)
-  logits = model.caption_logits(model.caption_context(batch["image"]), batch["decoder_text"])
+
+  @jax.jit  # one compile: eager NNX dispatches op by op
+  def pieces(params, batch):
+    model = nnx.merge(s.graphdef, params)
+    out = model(batch["image"], batch["text"], decoder_text=batch["decoder_text"])
+    logits = model.caption_logits(model.caption_context(batch["image"]), batch["decoder_text"])
+    value, _ = losses.caption_term(out, batch, cfg.loss, losses.Context())
+    return out, model.encode_image(batch["image"]), model.encode_text(batch["text"]), logits, value
+  out, image_emb, text_emb, logits, value = jax.device_get(pieces(params, batch))
+  np.testing.assert_allclose(out.image_emb, image_emb, atol=1e-6)
+  np.testing.assert_allclose(out.text_emb, text_emb, atol=1e-6)
   np.testing.assert_allclose(out.caption_logits, logits, atol=1e-5)
-  value, _ = losses.caption_term(out, batch, cfg.loss, losses.Context())
   logp = jax.nn.log_softmax(np.asarray(out.caption_logits[:, :-1], np.float64), axis=-1)
   nll = -np.take_along_axis(np.asarray(logp), batch["decoder_text"][:, 1:, None], axis=-1)[..., 0]
   mask = batch["decoder_loss"][:, 1:]
@@ -134,12 +139,15 @@ def test_microbatches_give_the_single_pass_gradient_with_task_sequences():
 def test_prompted_decoding_feeds_the_prompt_then_continues_greedily():
   cfg = config.load(SPEC, SMALL)
   s, params = _model(cfg)
-  model, tok = nnx.merge(s.graphdef, params), tokenizers.ByteTokenizer()
+  tok = tokenizers.ByteTokenizer()
   image = np.random.default_rng(0).standard_normal((2, 48, 48, 3)).astype(np.float32)
   prompts = np.stack([locca.prompt_ids(tok, p, 20) for p in ("ref red circle:", "gcap 1 2 3 4:")])
-  out = np.asarray(decode.generate(model, image, max_len=24, prompt_BxL=jnp.asarray(prompts), eos_id=-1))
+  out = np.asarray(decode.jit_generate(s.graphdef, params, image, prompt_BxL=jnp.asarray(prompts), max_len=24,
+                                       eos_id=-1))
   seq = np.concatenate([np.full((2, 1), tok.bos), out], axis=1)  # [bos] prompt continuation
-  best = np.asarray(jnp.argmax(model.caption_logits(model.caption_context(image), jnp.asarray(seq[:, :24])), -1))
+  logits = jax.jit(lambda p, x, t: (lambda m: m.caption_logits(m.caption_context(x), t))(nnx.merge(s.graphdef, p)))(
+      params, image, jnp.asarray(seq[:, :24]))
+  best = np.asarray(jnp.argmax(logits, -1))
   for b in range(2):
     n = int(np.count_nonzero(prompts[b]))
     assert np.array_equal(out[b, :n - 1], prompts[b, 1:n])
