@@ -15,7 +15,8 @@ The model takes images as {"patches" [B, 256, 768], "shapes" [B, 2], "mask" [B, 
 Siglip2ImageProcessor's pixel_values, spatial_shapes and pixel_attention_mask at max_num_patches 256).
 `model.image_size` (256) is the native grid's square size (the same weights through configs/siglip2_b16.py's
 ViT see 256 px squares). `vlmjax train` makes NaFlex batches with `data.train.max_patches` > 0 (set here to
-the budget, 256: `vlmjax/data/naflex.py`); evaluators do not read NaFlex batches yet, so it has none.
+the budget, 256: `vlmjax/data/naflex.py`); zero-shot, retrieval and few-shot evaluators read their images
+the same way, within the run's budget.
 Config argument: batch, steps.
 """
 

@@ -7,17 +7,19 @@ configs/siglip_tiny.py's towers and sigmoid loss, except the image tower: `model
 per image to its grid). The data (`data.train.max_patches` 32, `vlmjax/data/naflex.py`) gives each image of
 `synthetic:shapes_wide` (width / height in {1/2, 2/3, 1, 3/2, 2}) at its aspect ratio on the largest grid of
 at most 32 patches, padded to 32 tokens (`data/padding_fraction` in the metrics says how many are padding).
-No evaluators: they do not read NaFlex batches yet. Config argument: steps, batch.
+Evaluated at the end on 256 validation images the same way (each at its aspect ratio within the budget):
+zero-shot classification and retrieval. Config argument: steps, batch, evals (0: none).
 """
 
 import ml_collections
 
 from vlmjax import presets
 from vlmjax.config import base, parse_arg
+from vlmjax.evals import defaults
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, steps=240, batch=64)
+  a = parse_arg(arg, steps=240, batch=64, evals=1)
   c = base(batch_size=a.batch, total_steps=a.steps)
   c.log_every = 20
   c.ckpt_every = 80
@@ -37,4 +39,7 @@ def get_config(arg=None):
   c.data.train.source = "synthetic:shapes_wide"
   c.data.train.max_patches = 32
   c.loss = presets.loss("siglip")
+  if a.evals:
+    c.evals.zs = defaults.zero_shot("synthetic:shapes_wide:validation", num_examples=256, templates="shapes")
+    c.evals.ret = defaults.retrieval("synthetic:shapes_wide:validation", num_examples=256)
   return c

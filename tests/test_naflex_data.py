@@ -6,6 +6,7 @@ import json
 import os
 
 import grain
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -14,7 +15,7 @@ from vlmjax import config, train
 from vlmjax.data import batcher, naflex, synthetic, tokenizers, transforms
 from vlmjax.errors import ConfigError
 
-SPEC = os.path.join(ROOT, "configs/siglip2_naflex_tiny.py")
+SPEC = os.path.join(ROOT, "configs/siglip2_naflex_tiny.py:evals=0")
 SMALL = (("batch_size", "16"), ("model.vision.depth", "1"), ("model.text.depth", "1"), ("model.vision.width", "64"),
          ("model.text.width", "64"), ("model.vision.mlp_dim", "128"), ("model.text.mlp_dim", "128"),
          ("model.embed_dim", "64"), ("total_steps", "3"), ("log_every", "1"), ("optim.warmup_steps", "1"))
@@ -98,15 +99,45 @@ def test_the_wide_set_mixes_aspect_ratios_deterministically():
   assert again["label"] < len(synthetic.CLASS_NAMES)
 
 
-def test_a_short_naflex_run_trains_logs_padding_and_resumes(tmp_path):
+def test_a_short_naflex_run_trains_logs_padding_resumes_and_evaluates(tmp_path):
+  from vlmjax.evals import defaults
   cfg = config.load(SPEC, SMALL)
+  cfg.evals.zs = defaults.zero_shot("synthetic:shapes_wide:validation", num_examples=32, batch_size=16,
+                                    templates="shapes")
+  cfg.evals.ret = defaults.retrieval("synthetic:shapes_wide:validation", num_examples=32, batch_size=16)
   assert not train.train(cfg, str(tmp_path), stop_after=2)["finished"]
   assert train.train(cfg, str(tmp_path))["finished"]
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  rows = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/loss" in r]
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r["train/loss"]) for r in rows)
   fractions = [r["data/padding_fraction"] for r in rows]
   assert all(0 < f < 1 for f in fractions)  # shapes_wide: 4x6 and 5x5 grids leave padding, 4x8 none
+  result = json.load(open(tmp_path / "eval" / "3.json"))
+  assert all(0 <= result[f"eval/{k}"] <= 1 for k in ("zs/top1", "zs/top5", "ret/i2t_r1", "ret/t2i_r5")), result
+
+
+def test_naflex_evaluation_reads_each_image_as_training_does():
+  """An evaluator's images in a NaFlex run: each record whole at its aspect ratio within the run's budget,
+  batched as dicts; the embeddings equal the model's on each image prepared alone."""
+  from flax import nnx
+  from vlmjax import sharding, train_state
+  from vlmjax.evals import data, defaults
+  cfg = config.load(SPEC, SMALL)
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  params = train_state.init_state(cfg, s).params
+  ev = defaults.zero_shot("synthetic:shapes_wide:validation", num_examples=5, batch_size=8)
+  ds = data.EvalSet("zs", ev, data.context(cfg, s.mesh))
+  got = data.embed_images(ds, s.graphdef, params)
+  decoder = naflex.Decoder(cfg.model.vision.patch_size, cfg.data.train.max_patches)
+  encode = jax.jit(lambda p, x: nnx.merge(s.graphdef, p).encode_image(x))
+  grids = set()
+  for i in range(5):
+    one = decoder.empty_images(1)
+    image, grid = decoder(ds.source[i]["image"])
+    decoder.write(image, grid, one, 0)
+    grids.add(grid)
+    np.testing.assert_allclose(got[i], np.asarray(encode(params, one))[0], atol=2e-6)
+  assert len(grids) > 1  # images of several aspect ratios
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -125,8 +156,8 @@ def test_naflex_configs_that_cannot_work_are_one_line_errors(overrides, message)
 def test_evaluators_a_square_model_and_bad_budgets_are_one_line_errors(tmp_path):
   from vlmjax.evals import defaults
   cfg = config.load(SPEC)
-  cfg.evals.zs = defaults.zero_shot("synthetic:shapes:validation")
-  with pytest.raises(ConfigError, match="evaluators do not read NaFlex batches yet"):
+  cfg.evals.ref = defaults.refexp("synthetic:shapes_multi:validation")
+  with pytest.raises(ConfigError, match="evaluators of type refexp: only zero_shot, retrieval, fewshot, suite"):
     train.train(cfg, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
   square = config.load(os.path.join(ROOT, "configs/siglip_tiny.py"), (("data.train.max_patches", "16"),))

@@ -24,6 +24,7 @@ from vlmjax.data import locca, transforms
 from vlmjax.errors import ConfigError
 
 KEYS = ("patches", "shapes", "mask")
+EVALUATORS = ("zero_shot", "retrieval", "fewshot", "suite")  # evaluator types that read NaFlex images
 
 
 class TooSmall(transforms.BadImage):
@@ -118,9 +119,11 @@ def abstract_images(batch: int, max_patches: int, patch: int, sharding) -> dict[
 def check_config(cfg: ml_collections.ConfigDict, *, distill: bool) -> None:
   """One-line ConfigErrors, before training, where the model and NaFlex batches do not fit together:
   `model.vision.kind=naflex` needs 1 <= data.train.max_patches <= model.vision.max_num_patches, and NaFlex
-  batches need a naflex tower of a two-tower model, no evaluators, no LocCa tasks and no self-distillation
+  batches need a naflex tower of a two-tower model, evaluators of the `EVALUATORS` types only (they read
+  the images as training does, within the run's budget), no LocCa tasks and no self-distillation
   (`distill`: whether its terms are on), which read square images only so far."""
   n, vision = cfg.data.train.max_patches, cfg.model.vision
+  others = {cfg.evals[k].type for k in cfg.evals.keys()} - set(EVALUATORS)
   if vision.kind != "naflex":
     if n:
       raise ConfigError(f"data.train.max_patches={n} makes NaFlex batches but model.vision.kind={vision.kind!r} "
@@ -131,8 +134,8 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool) -> None:
                       f"{vision.max_num_patches}] (the patches per image), got {n}")
   unsupported = [what for what, on in (
       (f"model.name={cfg.model.name!r} (its decoder does not mask padding; use two_tower)", cfg.model.name != "two_tower"),
-      (f"evaluators ({', '.join(cfg.evals.keys())}): evaluators do not read NaFlex batches yet; set evals to {{}}",
-       bool(cfg.evals)),
+      (f"evaluators of type {', '.join(sorted(others))}: only {', '.join(EVALUATORS)} read NaFlex images so far",
+       bool(others)),
       ("data.train.locca (LocCa's tasks); set its weights to 0", locca.active(cfg.data.train.locca)),
       ("loss.distill_weight/masked_weight (self-distillation); set them to 0", distill)) if on]
   if unsupported:

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from vlmjax import models, progress, sharding
 from vlmjax.errors import ConfigError, DataError
-from vlmjax.data import sources, tokenizers, transforms
+from vlmjax.data import naflex, sources, tokenizers, transforms
 
 
 NEEDS_CAPTIONS = "retrieval and captioning need an image-text set"
@@ -45,13 +45,16 @@ class Context:
   model_name: str
   model_class: type
   box_bins: int = 100                    # LocCa's box quantisation (`data.train.locca.box_bins`)
+  max_patches: int = 0                   # NaFlex: the patch budget of an image (`data.train.max_patches`; 0: square)
+  patch_size: int = 0                    # NaFlex: the patch side (`model.vision.patch_size`)
 
 
 def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
   return Context(mesh=mesh, sharding=sharding.batch_sharding(mesh, cfg.mesh.rules), image_size=cfg.model.image_size,
                  context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
                  tokenizer=tokenizers.build(cfg.data.train.tokenizer), model_name=cfg.model.name,
-                 model_class=models.REGISTRY.lookup(cfg.model.name), box_bins=cfg.data.train.locca.box_bins)
+                 model_class=models.REGISTRY.lookup(cfg.model.name), box_bins=cfg.data.train.locca.box_bins,
+                 max_patches=cfg.data.train.max_patches, patch_size=cfg.model.vision.patch_size)
 
 
 class EvalSet:
@@ -66,6 +69,8 @@ class EvalSet:
     self.sharding = ctx.sharding
     self.batch_size = ev.batch_size
     self.decoder = transforms.ImageDecoder(self.image_size, ev.image_mode)
+    # NaFlex runs read every image whole at its aspect ratio within the run's patch budget, as they train
+    self.naflex = naflex.Decoder(ctx.patch_size, ctx.max_patches) if ctx.max_patches else None
     shards = num_shards(self.sharding)
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
@@ -117,22 +122,41 @@ class EvalSet:
     return np.asarray([m["label"] for m in meta], np.int32)
 
   def image_batches(self):
-    """Yields (global image array [B, S, S, 3], number of real rows) over the examples."""
+    """Yields (global image array [B, S, S, 3], number of real rows) over the examples; in a NaFlex run
+    the image is the dict of global arrays {"patches", "shapes", "mask"} (`vlmjax.data.naflex`)."""
     pool = futures.ThreadPoolExecutor(4)
     for start in range(0, self.num_examples, self.batch_size):
       n = min(self.batch_size, self.num_examples - start)
 
-      def rows(lo: int, hi: int, start=start, n=n) -> np.ndarray:
+      def rows(lo: int, hi: int, start=start, n=n):
         idx = [start + min(i, n - 1) for i in range(lo, hi)]  # padding repeats the last real row
-        return np.stack(list(pool.map(self._image, idx)))
-      yield self.global_batch((self.batch_size, self.image_size, self.image_size, 3), rows), n
+        if self.naflex is None:
+          return np.stack(list(pool.map(self._image, idx)))
+        one = list(pool.map(self._naflex_image, idx))
+        return {k: np.stack([r[k] for r in one]) for k in naflex.KEYS}
+      if self.naflex is None:
+        yield self.global_batch((self.batch_size, self.image_size, self.image_size, 3), rows), n
+      else:
+        yield self.global_dict({k: v.shape for k, v in self.naflex.empty_images(self.batch_size).items()}, rows), n
     pool.shutdown()
 
-  def _image(self, index: int) -> np.ndarray:
+  def _record(self, index: int) -> dict:
     rec = self.source[index]
     if "image" not in rec:
       raise DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r} is unreadable")
-    return transforms.normalize(self.decoder(rec["image"]))
+    return rec
+
+  def _image(self, index: int) -> np.ndarray:
+    return transforms.normalize(self.decoder(self._record(index)["image"]))
+
+  def _naflex_image(self, index: int) -> dict[str, np.ndarray]:
+    rec, out = self._record(index), self.naflex.empty_images(1)
+    try:
+      image, grid = self.naflex(rec["image"])
+    except transforms.BadImage as e:
+      raise DataError(f"evals.{self.name}: record {index} ({rec['key']}) of {self.source!r}: {e}") from None
+    self.naflex.write(image, grid, out, 0)
+    return {k: v[0] for k, v in out.items()}
 
   def tokenize(self, texts: list[str]) -> np.ndarray:
     """int32 [len(texts), L] token ids, once per evaluator (prompts and captions do not change)."""
@@ -146,14 +170,26 @@ class EvalSet:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
       yield self.global_batch(chunk.shape, lambda lo, hi, c=chunk: c[lo:hi]), n
 
-  def global_batch(self, shape: tuple[int, ...], rows) -> jax.Array:
-    """A global array from `rows(lo, hi)`, called once for this process's contiguous row range."""
+  def _span(self, shape: tuple[int, ...]) -> tuple[int, int]:
+    """This process's contiguous row range of a global batch of `shape`."""
     index_map = self.sharding.addressable_devices_indices_map(shape)
     spans = [idx[0].indices(shape[0])[:2] for idx in index_map.values()]
-    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
-    local = rows(lo, hi)
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+  def global_batch(self, shape: tuple[int, ...], rows) -> jax.Array:
+    """A global array from `rows(lo, hi)`, called once for this process's contiguous row range."""
+    lo, _ = span = self._span(shape)
+    local = rows(*span)
     return jax.make_array_from_callback(shape, self.sharding,
                                         lambda idx: local[(_shift(idx[0], lo, shape[0]), *idx[1:])])
+
+  def global_dict(self, shapes: dict[str, tuple[int, ...]], rows) -> dict[str, jax.Array]:
+    """Global arrays of `shapes` (one batch axis) from `rows(lo, hi)` -> {key: local rows}, called once."""
+    first = next(iter(shapes.values()))
+    lo, _ = span = self._span(first)
+    local = rows(*span)
+    return {k: jax.make_array_from_callback(shape, self.sharding, lambda idx, k=k, shape=shape: local[k][
+        (_shift(idx[0], lo, shape[0]), *idx[1:])]) for k, shape in shapes.items()}
 
 
 def _shift(s: slice, lo: int, size: int) -> slice:
