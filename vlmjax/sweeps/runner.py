@@ -83,6 +83,7 @@ class Stopper:
 
 
 STOPPED = -1  # a phase's exit status when the sweep stopped before or while it ran
+POLL_S = 0.2  # how often the main thread wakes while runs go on (to run a signal's handler)
 
 
 def _phase(argv: list[str], log_path: str, run: Run, attempt: int, stopper: Stopper) -> tuple[int, list[str]]:
@@ -187,7 +188,16 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
 
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
   try:
-    for name, state in pool.map(work, todo):
+    pending = [pool.submit(work, item) for item in todo]
+    # Waited on in short slices: Python runs signal handlers in the main thread only, between bytecodes,
+    # and a SIGTERM sent to the process (scancel) may land in a worker thread; a main thread blocked
+    # until a run ends would stop the sweep only then.
+    while True:
+      done, running = concurrent.futures.wait(pending, timeout=POLL_S, return_when=concurrent.futures.FIRST_EXCEPTION)
+      if not running or any(f.exception() for f in done):
+        break
+    for future in pending:
+      name, state = future.result()
       states[name] = state
   except KeyboardInterrupt:
     stopper.stop()
@@ -213,7 +223,11 @@ def sigterm_as_interrupt():
   def interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
   previous = signal.signal(signal.SIGTERM, interrupt)
+  # A native library that blocked SIGTERM in this thread (threads created later inherit the mask) would
+  # leave the signal pending forever: unblocked for the sweep, the mask put back after it.
+  mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
   try:
     yield
   finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     signal.signal(signal.SIGTERM, previous)
