@@ -188,46 +188,51 @@ def test_failed_run_is_recorded_others_finish_then_rerun_skips_and_resumes(tmp_p
   assert "(settings changed since it finished)" in lines[0] and _calls(workdir, "x=1.0,seed=0") == 2
 
 
+INTERRUPTED_SWEEP = """\
+import json, os, signal, sys, threading, time
+from vlmjax.sweeps import runner, spec
+signum, workdir, slow = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+sweep, lines = spec.expand(dict(base="fake.py", seeds=[0, 1, 2])), []
+
+def print_fn(line):  # the signal to the process (as Ctrl-C or scancel send it) a second after the first run starts
+  lines.append(line)
+  if len(lines) == 1:
+    threading.Timer(1.0, os.kill, (os.getpid(), signum)).start()
+before, start, raised = signal.getsignal(signal.SIGTERM), time.time(), False
+try:
+  with runner.sigterm_as_interrupt():
+    runner.run_sweep(sweep, workdir, train_cmd=(sys.executable, slow), print_fn=print_fn)
+except KeyboardInterrupt:
+  raised = True
+print(json.dumps(dict(raised=raised, seconds=time.time() - start, lines=lines,
+                      restored=signal.getsignal(signal.SIGTERM) is before)))
+"""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
-  """Ctrl-C, or SIGTERM (scancel, preemption) under `sigterm_as_interrupt` as `vlmjax sweep` runs."""
-  if threading.current_thread() is not threading.main_thread():
-    pytest.skip("needs to run in the main thread: it sends a signal to it")
+  """Ctrl-C, or SIGTERM (scancel, preemption) under `sigterm_as_interrupt` as `vlmjax sweep` runs: in a
+  fresh interpreter, as the command runs (a test worker's signal state is whatever earlier tests left)."""
   slow = tmp_path / "slow.py"
   # Like `vlmjax train` it saves on SIGTERM and exits; with status 0 here, which must not count as done.
   slow.write_text("import signal, sys, time\n"
                   "signal.signal(signal.SIGTERM, lambda *_: (print('preempted: saved', flush=True), sys.exit(0)))\n"
                   "print('training', flush=True)\ntime.sleep(30)\n")
+  script = tmp_path / "sweep.py"
+  script.write_text(INTERRUPTED_SWEEP)
+  workdir = str(tmp_path / "sweep")
   sweep = sweep_spec.expand(dict(base="fake.py", seeds=[0, 1, 2]))
-  workdir, lines = str(tmp_path / "sweep"), []
-
-  stop_sending = threading.Event()
-
-  def send():  # the signal to this process (as Ctrl-C or scancel send it) a second after the first run
-    while not stop_sending.wait(1.0 if not sent else 5.0):  # starts; again every 5 s should one be lost
-      sent.append(time.time())
-      os.kill(os.getpid(), signum)
-  sent, sender = [], threading.Thread(target=send, daemon=True)
-
-  def print_fn(line):
-    lines.append(line)
-    if len(lines) == 1:
-      sender.start()
-  start, before = time.time(), signal.getsignal(signal.SIGTERM)
-  try:
-    with pytest.raises(KeyboardInterrupt), runner.sigterm_as_interrupt():
-      runner.run_sweep(sweep, workdir, train_cmd=(sys.executable, str(slow)), print_fn=print_fn)
-  finally:
-    stop_sending.set()  # never let a late signal reach pytest
-    if sender.is_alive():
-      sender.join()
-  assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
-  assert time.time() - start < 20  # the trainer was stopped, not waited for
+  proc = subprocess.run([sys.executable, str(script), str(int(signum)), workdir, str(slow)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got["raised"] and got["restored"], got  # KeyboardInterrupt out of the sweep; the handler put back
+  assert got["seconds"] < 20  # the trainer was stopped, not waited for
   assert sorted(os.listdir(workdir)) == ["seed=0"]
   status = _status(workdir, "seed=0")
   assert status["state"] == "interrupted" and not status["trained"], status
   assert runner.state_of(sweep, sweep.runs[0], workdir) == "interrupted"  # so the next sweep resumes it
-  assert lines[-1].endswith("interrupted; run the same command again to resume")
+  assert got["lines"][-1].endswith("interrupted; run the same command again to resume")
 
 
 def test_evals_run_after_training_and_a_failed_eval_does_not_retrain(tmp_path, fake_train, monkeypatch):

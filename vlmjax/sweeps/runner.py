@@ -189,13 +189,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
   try:
     pending = [pool.submit(work, item) for item in todo]
-    # Waited on in short slices: Python runs signal handlers in the main thread only, between bytecodes,
-    # and a SIGTERM sent to the process (scancel) may land in a worker thread; a main thread blocked
-    # until a run ends would stop the sweep only then.
-    while True:
-      done, running = concurrent.futures.wait(pending, timeout=POLL_S, return_when=concurrent.futures.FIRST_EXCEPTION)
-      if not running or any(f.exception() for f in done):
-        break
+    _wait(pending)
     for future in pending:
       name, state = future.result()
       states[name] = state
@@ -209,6 +203,16 @@ def run_sweep(sweep: Sweep, workdir: str, *, parallel: int = 1, train_cmd=TRAIN_
   print_fn(f"sweep {sweep.path}: {len(states) - len(failed)}/{len(states)} runs done"
            + (f"; failed: {', '.join(failed)}" if failed else ""))
   return {r.name: states[r.name] for r in sweep.runs}
+
+
+def _wait(futures: list) -> None:
+  """Until every future is done or one failed, waking every POLL_S: Python runs signal handlers in the
+  main thread only, between bytecodes, and a SIGTERM sent to the process (scancel) may land in a worker
+  thread; a main thread blocked until a run ends would stop the sweep only then."""
+  while True:
+    done, running = concurrent.futures.wait(futures, timeout=POLL_S, return_when=concurrent.futures.FIRST_EXCEPTION)
+    if not running or any(f.exception() for f in done):
+      return
 
 
 @contextlib.contextmanager
