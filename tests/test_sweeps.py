@@ -192,6 +192,7 @@ INTERRUPTED_SWEEP = """\
 import json, os, signal, sys, threading, time
 from vlmjax.sweeps import runner, spec
 signum, workdir, slow = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell: xdist workers ignore SIGINT (inherited)
 sweep, lines = spec.expand(dict(base="fake.py", seeds=[0, 1, 2])), []
 
 def print_fn(line):  # the signal to the process (as Ctrl-C or scancel send it) a second after the first run starts
@@ -229,7 +230,7 @@ def test_sigterm_is_an_interrupt_while_a_sweep_runs():
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_the_trainer_and_starts_nothing_more(tmp_path, signum):
   """Ctrl-C as `vlmjax sweep` runs: in a fresh interpreter, as the command runs, the signal sent to the
   process a second after the first run starts."""
