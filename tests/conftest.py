@@ -44,3 +44,13 @@ def restore_state(cfg, workdir: str):
   state, _ = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
   ckpt.close()
   return jax.device_get(state)
+
+
+def random_params(s):
+  """Random parameters for a `train_state.Setup` (normal * 0.1, layer-norm scales near 1), sharded as its state."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+
+  def init(path, a):
+    return (rng.normal(size=a.shape) * 0.1 + (path[-1].key == "scale")).astype(a.dtype)
+  return jax.device_put(jax.tree_util.tree_map_with_path(init, s.abstract_state.params), s.state_shardings.params)

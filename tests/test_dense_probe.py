@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import random_params, ROOT
 from vlmjax import config, errors, sharding, train_state
 from vlmjax.data import sources, synthetic
 from vlmjax.evals import defaults, dense_probe, registry
@@ -126,10 +126,7 @@ def _cfg(**options):
 def test_dense_probe_on_a_fresh_micro_siglip2_gives_metrics_in_range():
   cfg = _cfg()
   s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
-  rng = np.random.default_rng(0)
-  def init(path, a):  # random parameters, layer-norm scales near 1
-    return (rng.normal(size=a.shape) * 0.1 + (path[-1].key == "scale")).astype(a.dtype)
-  params = jax.device_put(jax.tree_util.tree_map_with_path(init, s.abstract_state.params), s.state_shardings.params)
+  params = random_params(s)
   suite = prepare_all(cfg, s.mesh)
   assert suite.prepared["dp"].train_pix.shape == (32, 64, 64)
   metrics = suite.run(s.graphdef, params, step=1, final=True)

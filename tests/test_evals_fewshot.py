@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import MICRO, ROOT
+from conftest import random_params, MICRO, ROOT
 from vlmjax import config, errors, sharding, train_state
 from vlmjax.data import synthetic
 from vlmjax.evals import data, defaults, fewshot, registry
@@ -150,10 +150,7 @@ def test_bad_sources_and_shots_fail_before_training(tmp_path):
 def test_fewshot_on_a_micro_coca_equals_the_probe_on_all_training_features():
   cfg = _cfg()
   s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
-  rng = np.random.default_rng(0)
-  def init(path, a):  # random parameters, layer-norm scales near 1
-    return (rng.normal(size=a.shape) * 0.1 + (path[-1].key == "scale")).astype(a.dtype)
-  params = jax.device_put(jax.tree_util.tree_map_with_path(init, s.abstract_state.params), s.state_shardings.params)
+  params = random_params(s)
   suite = prepare_all(cfg, s.mesh)
   assert len(suite.prepared["fs"].indices) < 400  # only the drawn training examples are embedded
   metrics = suite.run(s.graphdef, params, step=1, final=True)
