@@ -8,7 +8,9 @@ per image to its grid). The data (`data.train.max_patches` 32, `vlmjax/data/nafl
 `synthetic:shapes_wide` (width / height in {1/2, 2/3, 1, 3/2, 2}) at its aspect ratio on the largest grid of
 at most 32 patches, padded to 32 tokens (`data/padding_fraction` in the metrics says how many are padding).
 Evaluated at the end on 256 validation images the same way (each at its aspect ratio within the budget):
-zero-shot classification and retrieval. Config argument: steps, batch, evals (0: none).
+zero-shot classification and retrieval. Config argument: steps, batch, evals (0: none), pack (1: the batch's
+images packed into shared sequences, `data.train.pack`: 64 images in 16 rows of 112 tokens instead of 64 rows
+of 32, a few images resized to fit).
 """
 
 import ml_collections
@@ -19,7 +21,7 @@ from vlmjax.evals import defaults
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, steps=240, batch=64, evals=1)
+  a = parse_arg(arg, steps=240, batch=64, evals=1, pack=0)
   c = base(batch_size=a.batch, total_steps=a.steps)
   c.log_every = 20
   c.ckpt_every = 80
@@ -38,6 +40,8 @@ def get_config(arg=None):
 
   c.data.train.source = "synthetic:shapes_wide"
   c.data.train.max_patches = 32
+  if a.pack:
+    c.data.train.pack, c.data.train.pack_length, c.data.train.pack_rows = True, 112, a.batch // 4
   c.loss = presets.loss("siglip")
   if a.evals:
     c.evals.zs = defaults.zero_shot("synthetic:shapes_wide:validation", num_examples=256, templates="shapes")

@@ -147,6 +147,55 @@ def _bad(ref: dict, what: str) -> dict:
   return dict(image, mask=mask, shapes=shapes)
 
 
+def pack_rows(image: dict, rows: list[list[int]], length: int) -> dict:
+  """The unpacked images put into packed rows of `length` tokens: `rows[r]` lists the images of row r, whose
+  order must be row-major (rows [[0, 1], [2]], not [[1, 0], ...]), each image's valid tokens one after another."""
+  R, P = len(rows), image["patches"].shape[2]
+  out = dict(patches=np.zeros((R, length, P), np.float32), positions=np.zeros((R, length, 2), np.int32),
+             segments=np.zeros((R, length), np.int32), shapes=image["shapes"][sum(rows, [])])
+  for r, members in enumerate(rows):
+    offset = 0
+    for s, b in enumerate(members, 1):
+      h, w = image["shapes"][b]
+      i_T = np.arange(h * w)
+      out["patches"][r, offset:offset + h * w] = image["patches"][b, :h * w]
+      out["positions"][r, offset:offset + h * w] = np.stack([i_T // w, i_T % w], 1)
+      out["segments"][r, offset:offset + h * w] = s
+      offset += h * w
+  out["mask"] = out["segments"] > 0
+  return out
+
+
+def test_packed_rows_give_each_image_its_unpacked_result(golden, model):
+  """Six images of several grids, packed 3 + 2 + 1 into rows of 40 tokens (padding between rows' ends, an
+  image resized 4x4 among them): every image's pooled embedding and valid tokens equal its unpacked ones."""
+  image = inputs(golden)
+  assert [int(h * w) for h, w in image["shapes"]] == [16, 16, 15, 8, 15, 16]
+  packed = pack_rows(image, [[0, 2, 3], [4, 1], [5]], 40)
+  assert not np.asarray(packed["mask"]).all()
+  tokens_BxNxD, pooled_BxD = (np.asarray(x) for x in vision(model, image))
+  tokens_RxLxD, packed_BxD = (np.asarray(x) for x in vision(model, packed))
+  order = [0, 2, 3, 4, 1, 5]  # the images in the packed rows' row-major order
+  np.testing.assert_allclose(packed_BxD, pooled_BxD[order], atol=1e-5, rtol=0)
+  h, w = image["shapes"][1]
+  np.testing.assert_allclose(tokens_RxLxD[1, 15:15 + h * w], tokens_BxNxD[1, :h * w], atol=1e-5, rtol=0)
+
+
+def test_malformed_packed_inputs_are_one_line(golden, model):
+  graphdef, p = model
+  image = inputs(golden)
+  packed = pack_rows(image, [[0, 2, 3], [4, 1], [5]], 40)
+  far = packed["positions"].copy()
+  far[0, 0] = (4, 0)  # image 0 is 4x4: rows 0..3
+  for bad, match in ((dict(packed, shapes=image["shapes"][:5]), r"6 segments for 5 images"),
+                     (dict(packed, positions=far), r"row 0, token 0 sits at \(4, 0\), outside its image's \(4, 4\) grid"),
+                     ({k: v for k, v in packed.items() if k != "positions"}, r"need image\['segments'\] \[3, 40\]"),
+                     (dict(packed, mask=~packed["mask"]), r"mask that is not segments > 0")):
+    with pytest.raises(ValueError, match=match) as e:
+      nnx.merge(graphdef, p).vision(bad)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("what, match", [
     ("empty", r"image 3 has no valid token in image\['mask'\]"),
     ("outside", r"image 2's mask marks tokens past its \(5, 3\) grid"),
@@ -163,7 +212,7 @@ def test_bad_inputs_are_one_line(golden, model, what, match):
 @pytest.mark.parametrize("image, match", [
     (np.zeros((2, 32, 32, 3), np.float32), r"takes image=\{'patches'.*got an array of shape \(2, 32, 32, 3\)"),
     (dict(patches=np.zeros((2, 16, 100)), shapes=np.ones((2, 2), np.int32), mask=np.ones((2, 16), bool)),
-     r"image\['patches'\] must be \[B, N, 192\]"),
+     r"image\['patches'\] must be \[R, N, 192\]"),
     (dict(patches=np.zeros((2, 16, 192)), shapes=np.ones((2, 2)), mask=np.ones((2, 16), bool)),
      r"image\['shapes'\] must hold integers"),
     (dict(patches=np.zeros((2, 16, 192)), shapes=np.ones((2, 2), np.int32), mask=np.ones((2, 8), bool)),

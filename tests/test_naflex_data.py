@@ -50,11 +50,11 @@ def test_patches_are_in_the_processors_order_and_padded_with_a_mask():
   np.testing.assert_array_equal(out[:6], patches)
 
 
-def _batch(records, batch_size, max_patches=32):
+def _batch(records, batch_size, max_patches=32, pack=None):
   parent = grain.MapDataset.source(records).to_iter_dataset()
   ds = batcher.DecodeBatch(parent, batch_size=batch_size, decoder=naflex.Decoder(8, max_patches),
                            tokenizer=tokenizers.ByteTokenizer(), context_length=40, seed=0, num_threads=2,
-                           max_skip_fraction=0.5, host_index=0)
+                           max_skip_fraction=0.5, host_index=0, pack=pack)
   it = iter(ds)
   batch = next(it)
   state = it.get_state()
@@ -90,6 +90,52 @@ def test_the_batcher_gives_each_image_its_grid_and_counts_padding_and_small_imag
                                                           if k not in ("tokens", "padding")})
 
 
+def _images_of(batch: dict) -> list[tuple[np.ndarray, tuple[int, int], bytes]]:
+  """(patches, grid, text bytes) of each image of a batch, packed or not, in the batch's order."""
+  image, out = batch["image"], []
+  if "segments" not in image:
+    return [(image["patches"][b, :h * w], (h, w), batch["text"][b].tobytes())
+            for b, (h, w) in enumerate(image["shapes"].tolist())]
+  for r in range(image["segments"].shape[0]):
+    for s in range(1, image["segments"][r].max() + 1):
+      b = len(out)
+      h, w = image["shapes"][b].tolist()
+      tokens = np.flatnonzero(image["segments"][r] == s)
+      assert tokens.size == h * w and (np.diff(tokens) == 1).all()  # one run of the image's own tokens
+      assert image["positions"][r, tokens].tolist() == [[i // w, i % w] for i in range(h * w)]
+      out.append((image["patches"][r, tokens], (h, w), batch["text"][b].tobytes()))
+  return out
+
+
+def test_packing_puts_every_image_with_its_text_into_shared_rows_and_counts_padding():
+  """16 images (grids of 24 to 32 tokens) in 4 rows of 128 (the unpacked batch's tokens): each image with
+  its own patches, positions and text, fewer rows; in 3 rows some are resized to the room left, counted."""
+  wide = [synthetic.ShapesWideSource("train")[i] for i in range(16)]
+  plain, _ = _batch(wide, 16)
+  packed, state = _batch(wide, 16, pack=(4, 128))
+  assert packed["image"]["patches"].shape == (4, 128, 192) and packed["image"]["shapes"].shape == (16, 2)
+  want = {text: (patches, grid) for patches, grid, text in _images_of(plain)}
+  got = _images_of(packed)
+  assert len(got) == 16 and {t for _, _, t in got} == set(want)
+  for patches, grid, text in got:
+    assert grid == want[text][1]
+    np.testing.assert_array_equal(patches, want[text][0])
+  stats = batcher.stats_of(state)
+  assert stats["data/pack_resized"] == 0
+  assert stats["data/padding_fraction"] == pytest.approx(1 - sum(h * w for _, (h, w), _ in got) / (4 * 128))
+  tight, state = _batch(wide, 16, pack=(3, 128))
+  got = _images_of(tight)
+  assert len(got) == 16 and sum(h * w for _, (h, w), _ in got) <= 3 * 128
+  assert 0 < batcher.stats_of(state)["data/pack_resized"] < 16
+  changed = [g for _, g, t in got if g != want[t][1]]
+  assert len(changed) == batcher.stats_of(state)["data/pack_resized"]
+  one_each, state = _batch(wide, 16, pack=(2, 8))  # just room: every image on a 1x1 grid
+  assert [g for _, g, _ in _images_of(one_each)] == [(1, 1)] * 16 and one_each["image"]["mask"].all()
+  with pytest.raises(batcher.DataError, match=r"cannot give each of its 16 images a token in data.train.pack_rows=1 "
+                                              r"rows of pack_length=8 tokens; raise pack_rows or pack_length"):
+    _batch(wide, 16, pack=(1, 8))
+
+
 def test_the_wide_set_mixes_aspect_ratios_deterministically():
   source = synthetic.ShapesWideSource("train", image_size=32)
   shapes = {source[i]["image"].shape for i in range(60)}
@@ -114,6 +160,23 @@ def test_a_short_naflex_run_trains_logs_padding_resumes_and_evaluates(tmp_path):
   assert all(0 < f < 1 for f in fractions)  # shapes_wide: 4x6 and 5x5 grids leave padding, 4x8 none
   result = json.load(open(tmp_path / "eval" / "3.json"))
   assert all(0 <= result[f"eval/{k}"] <= 1 for k in ("zs/top1", "zs/top5", "ret/i2t_r1", "ret/t2i_r5")), result
+
+
+def test_a_packed_run_resumes_exactly_and_logs_less_padding(tmp_path):
+  """Packed batches (16 images in 8 rows of 56 tokens, two per row) through `train.train`: finite losses, less padding
+  than unpacked rows, images resized to fit counted, and a run stopped after step 2 and resumed logs the
+  same step-3 loss as one that ran through."""
+  packed = SMALL + (("data.train.pack", "true"), ("data.train.pack_rows", "8"), ("data.train.pack_length", "56"))
+  cfg = config.load(SPEC, packed)
+  assert train.train(cfg, str(tmp_path / "through"))["finished"]
+  assert not train.train(cfg, str(tmp_path / "resumed"), stop_after=2)["finished"]
+  assert train.train(cfg, str(tmp_path / "resumed"))["finished"]
+  rows = {d: [r for r in map(json.loads, open(tmp_path / d / "metrics.jsonl")) if "train/loss" in r]
+          for d in ("through", "resumed")}
+  assert [r["step"] for r in rows["through"]] == [1, 2, 3] and all(np.isfinite(r["train/loss"]) for r in rows["through"])
+  assert rows["resumed"][-1]["train/loss"] == rows["through"][-1]["train/loss"]
+  last = rows["through"][-1]
+  assert last["data/padding_fraction"] < 0.1 and last["data/pack_resized"] > 0  # unpacked: 0.14
 
 
 def test_naflex_evaluation_reads_each_image_as_training_does():
@@ -145,11 +208,18 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
     ((("data.train.max_patches", "64"),), r"max_num_patches=32\] .*got 64"),
     ((("model.name", "siglip2"),), "its decoder does not mask padding"),
     ((("data.train.locca.cap", "1.0"),), "LocCa"),
+    ((("data.train.pack", "true"), ("data.train.pack_length", "16")), r"pack_length=16 is shorter than one image's"),
+    ((("data.train.pack", "true"), ("data.train.pack_rows", "1"), ("data.train.pack_length", "32")),
+     r"pack_rows=1 rows of 32 tokens cannot hold batch_size=64 images.*use pack_rows >= 2"),
+    ((("data.train.pack_rows", "4"),), r"data.train.pack_rows=4 is read by packed NaFlex batches only"),
+    ((("data.train.pack", "true"), ("data.train.pack_rows", "15")), r"pack_rows=15 packed rows are not divisible by the 2 devices"),
+    ((("data.train.pack", "true"), ("data.train.max_patches", "0"), ("model.vision.kind", "vit")),
+     r"pack=true packs NaFlex sequences; set data.train.max_patches > 0"),
 ])
 def test_naflex_configs_that_cannot_work_are_one_line_errors(overrides, message):
   cfg = config.load(SPEC, overrides)
   with pytest.raises(ConfigError, match=message) as e:
-    naflex.check_config(cfg, distill=False)
+    naflex.check_config(cfg, distill=False, devices=2)
   assert "\n" not in str(e.value)
 
 

@@ -106,7 +106,8 @@ def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
   """The shapes, dtypes and sharding of the global batches the data pipeline produces (the image NaFlex's
   dict of arrays at data.train.max_patches > 0)."""
   S, L, n = cfg.model.image_size, cfg.model.text.context_length, cfg.data.train.max_patches
-  batch = {"image": (naflex.abstract_images(cfg.batch_size, n, cfg.model.vision.patch_size, s.batch_sharding) if n
+  batch = {"image": (naflex.abstract_images(cfg.batch_size, n, cfg.model.vision.patch_size, s.batch_sharding,
+                                            naflex.pack_geometry(cfg.data.train, cfg.batch_size)) if n
                      else jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding)),
            "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
   if locca.active(cfg.data.train.locca):  # LocCa's decoder tasks (`vlmjax.data.locca`)
@@ -211,7 +212,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   losses.check(cfg.loss)
   check_locca(cfg)
-  naflex.check_config(cfg, distill=distill.active(cfg.loss))
+  naflex.check_config(cfg, distill=distill.active(cfg.loss), devices=mesh.size)
   distill.check(cfg)
   metrics.check_wandb(cfg.wandb)
   guard = NanGuard(cfg.nan_policy, cfg.nan_max_skips)

@@ -47,13 +47,16 @@ class DecodeBatch(grain.IterDataset):
   "decoder_loss" (bool [B, L]): each example's decoder task drawn from the record's seed, its
   regions mapped through the image's crop (`vlmjax.data.locca`). With a `naflex.Decoder`
   (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask"}
-  (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens."""
+  (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens; `pack`
+  (rows, tokens per row) packs the images into shared rows (`naflex.Packed`: the dict gains "positions"
+  and "segments", the other arrays follow the images' packed order) and counts the images resized to fit."""
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int,
                decoder: transforms.ImageDecoder | naflex.Decoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
-               host_index: int, locca_cfg=None):
+               host_index: int, locca_cfg=None, pack: tuple[int, int] | None = None):
     super().__init__(parent)
+    self.pack = pack
     self.locca = locca_cfg if locca_cfg is not None and locca.active(locca_cfg) else None
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
@@ -77,12 +80,15 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._in_a_row = 0  # samples skipped since the last good one (not in the state: a guard against stalls)
     self._naflex = isinstance(ds.decoder, naflex.Decoder)
     self._tokens, self._padding = 0, 0  # NaFlex: all patch tokens of the batches returned, and the padding
+    self._resized = 0  # packed NaFlex: images resized to the room left in their batch's rows
 
   def get_state(self) -> dict:
     state = {"parent": self._parent.get_state(), "consumed": self._consumed, "good": self._good,
              "skipped": dict(self._skipped), "shards": dict(self._shards)}
     if self._naflex:  # only then: square runs keep the state (and checkpoints) they always had
       state.update(tokens=self._tokens, padding=self._padding)
+    if self._ds.pack is not None:
+      state["pack_resized"] = self._resized
     return state
 
   def set_state(self, state: dict) -> None:
@@ -91,6 +97,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._skipped = {k: int(v) for k, v in state["skipped"].items()}
     self._shards = {k: int(v) for k, v in state["shards"].items()}
     self._tokens, self._padding = int(state.get("tokens", 0)), int(state.get("padding", 0))
+    self._resized = int(state.get("pack_resized", 0))
 
   def _process(self, raw: dict, index: int, slot: int, out: dict[str, np.ndarray]):
     """Decodes one raw record into row `slot` of the batch; returns None or the reason it is skipped."""
@@ -115,7 +122,9 @@ class DecodeBatchIterator(grain.DatasetIterator):
       return "too_small"
     except transforms.BadImage:
       return "bad_image"
-    if self._naflex:
+    if isinstance(out["image"], naflex.Packed):
+      out["image"].write(image, grid, slot)
+    elif self._naflex:
       self._ds.decoder.write(image, grid, out["image"], slot)
     else:
       transforms.normalize_into(image, out["image"][slot])
@@ -136,7 +145,8 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     ds = self._ds
-    out = {"image": (ds.decoder.empty_images(ds.batch_size) if self._naflex
+    out = {"image": (naflex.Packed(ds.decoder, *ds.pack, ds.batch_size) if ds.pack is not None
+                     else ds.decoder.empty_images(ds.batch_size) if self._naflex
                      else np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32)),
            "text": np.empty((ds.batch_size, ds.context_length), np.int32)}
     if ds.locca is not None:
@@ -162,6 +172,10 @@ class DecodeBatchIterator(grain.DatasetIterator):
       if free:  # judged as the records come: a stream of bad samples may never complete a batch
         self._check(filled=ds.batch_size - len(free), warn=False)
     self._good += ds.batch_size
+    if ds.pack is not None:  # the images into shared rows; every other array follows their order
+      out["image"], order_B, resized = out["image"].pack(self._pool)
+      out.update({k: v[order_B] for k, v in out.items() if k != "image"})
+      self._resized += resized
     if self._naflex:
       mask = out["image"]["mask"]
       self._tokens, self._padding = self._tokens + mask.size, self._padding + int(mask.size - mask.sum())
@@ -205,5 +219,7 @@ def stats_of(state: dict) -> dict[str, float]:
          "data/skipped_fraction": skipped / max(1, skipped + state["good"])}
   if "tokens" in state:
     out["data/padding_fraction"] = state["padding"] / max(1, state["tokens"])
+  if "pack_resized" in state:
+    out["data/pack_resized"] = float(state["pack_resized"])
   out.update({f"data/skipped/{r}": float(n) for r, n in sorted(state["skipped"].items())})
   return out

@@ -11,6 +11,14 @@ Per image (`Decoder`): decode, keep the whole image (no crop), pick the largest 
 aspect ratio with h*w <= max_patches (`grid_for`: the grid transformers' Siglip2ImageProcessor picks),
 resize to (h*patch, w*patch), normalise with CLIP's MEAN/STD (as the square path), `patchify`, `pad`
 to N. An image narrower or lower than one patch is skipped and counted as `too_small`.
+
+Packing (`data.train.pack`): the batch's B images share R rows of L tokens (`data.train.pack_rows`,
+`data.train.pack_length`; by default L = 4 * max_patches and R * L = B * max_patches, the tokens of an
+unpacked batch), so fewer rows carry padding. `pack` places the images largest first, each into the first
+row with room (first-fit decreasing), and numbers them row-major; the batch's texts follow that order.
+An image that fits no row is resized, at its aspect ratio, to the largest room left (counted:
+`data/pack_resized`), so a batch never drops or defers an image and B stays fixed. The image dict gains
+"positions" [R, L, 2] and "segments" [R, L] (`vlmjax/models/naflex.py` says how the encoder reads them).
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import ml_collections
 import numpy as np
 
 from vlmjax.data import locca, transforms
-from vlmjax.errors import ConfigError
+from vlmjax.errors import ConfigError, DataError
 
 KEYS = ("patches", "shapes", "mask")
+PACKED_KEYS = KEYS + ("positions", "segments")
 EVALUATORS = ("zero_shot", "retrieval", "fewshot", "suite")  # evaluator types that read NaFlex images
 
 
@@ -109,14 +118,117 @@ class Decoder:
             "mask": np.zeros((batch, n), bool)}
 
 
-def abstract_images(batch: int, max_patches: int, patch: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
-  """The ShapeDtypeStructs of a global NaFlex image dict, split over the batch axis like the rest of the batch."""
+def pack_geometry(data_cfg: ml_collections.ConfigDict, batch: int) -> tuple[int, int] | None:
+  """(rows, tokens per row) of packed batches of `batch` images (`data.train.pack*`); None unpacked."""
+  if not data_cfg.get("pack"):
+    return None
+  length = data_cfg.pack_length or 4 * data_cfg.max_patches
+  return data_cfg.pack_rows or -(-batch * data_cfg.max_patches // length), length
+
+
+class Packed:
+  """What a packed batch is made from: each image's decoded pixels and grid, placed into rows by `pack`."""
+
+  def __init__(self, decoder: Decoder, rows: int, length: int, batch: int):
+    self.decoder, self.rows, self.length = decoder, rows, length
+    self.staged: list[tuple[np.ndarray, tuple[int, int]] | None] = [None] * batch
+
+  def write(self, image_uint8: np.ndarray, grid: tuple[int, int], slot: int) -> None:
+    self.staged[slot] = (image_uint8, grid)
+
+  def pack(self, pool) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """(the packed image dict, order_B: the batch slot of each image in row-major order, the number of
+    images resized to fit). A DataError when an image finds no token left (rows too few or too short)."""
+    p = self.decoder.patch
+    area_B = np.array([g[0] * g[1] for _, g in self.staged])
+    free_R = np.full(self.rows, self.length)
+    placed, resized = [], 0  # (row, offset, slot)
+    for slot in np.argsort(-area_B, kind="stable"):
+      image, grid = self.staged[slot]
+      fits = np.flatnonzero(free_R >= area_B[slot])
+      if not fits.size:  # no row has room: the image at its aspect ratio in the largest room left,
+        row = int(np.argmax(free_R))  # keeping a token for each image still to place
+        room = min(int(free_R[row]), int(free_R.sum()) - (len(self.staged) - len(placed) - 1))
+        if room < 1:
+          raise DataError(f"a packed batch cannot give each of its {len(self.staged)} images a token in "
+                          f"data.train.pack_rows={self.rows} rows of pack_length={self.length} tokens; raise "
+                          "pack_rows or pack_length")
+        image, grid = Decoder(p, room)(image)
+        self.staged[slot], resized = (image, grid), resized + 1
+      else:
+        row = int(fits[0])
+      placed.append((row, self.length - int(free_R[row]), int(slot)))
+      free_R[row] -= grid[0] * grid[1]
+    placed.sort()
+    out = empty_packed(self.rows, self.length, p, len(placed))
+    segment = {}
+    for b, (row, offset, slot) in enumerate(placed):
+      segment[row] = segment.get(row, 0) + 1
+      out["shapes"][b] = self.staged[slot][1]
+      h, w = self.staged[slot][1]
+      i_T = np.arange(h * w)
+      out["positions"][row, offset:offset + h * w] = np.stack([i_T // w, i_T % w], 1)
+      out["segments"][row, offset:offset + h * w] = segment[row]
+    list(pool.map(lambda rs: self._patches(out, *rs), [(r, o, s) for r, o, s in placed]))
+    out["mask"] = out["segments"] > 0
+    return out, np.array([s for _, _, s in placed]), resized
+
+  def _patches(self, out: dict[str, np.ndarray], row: int, offset: int, slot: int) -> None:
+    image_uint8, (h, w) = self.staged[slot]
+    image_HxWx3 = np.empty(image_uint8.shape, np.float32)
+    transforms.normalize_into(image_uint8, image_HxWx3)
+    out["patches"][row, offset:offset + h * w] = patchify(image_HxWx3, self.decoder.patch)
+
+
+def packed_shapes(rows: int, length: int, patch: int, batch: int) -> dict[str, tuple[tuple, type]]:
+  """{key: (shape, dtype)} of a packed image dict: `batch` images in `rows` rows of `length` tokens."""
+  return {"patches": ((rows, length, 3 * patch**2), np.float32), "shapes": ((batch, 2), np.int32),
+          "mask": ((rows, length), np.bool_), "positions": ((rows, length, 2), np.int32),
+          "segments": ((rows, length), np.int32)}
+
+
+def empty_packed(rows: int, length: int, patch: int, batch: int) -> dict[str, np.ndarray]:
+  return {k: np.zeros(shape, dtype) for k, (shape, dtype) in packed_shapes(rows, length, patch, batch).items()}
+
+
+def abstract_images(batch: int, max_patches: int, patch: int, sharding,
+                    packed: tuple[int, int] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """The ShapeDtypeStructs of a global NaFlex image dict, split over the batch axis like the rest of the
+  batch; `packed`: (rows, tokens per row) of packed batches (`pack_geometry`)."""
+  if packed is not None:
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            for k, (shape, dtype) in packed_shapes(*packed, patch, batch).items()}
   return {"patches": jax.ShapeDtypeStruct((batch, max_patches, 3 * patch**2), jnp.float32, sharding=sharding),
           "shapes": jax.ShapeDtypeStruct((batch, 2), jnp.int32, sharding=sharding),
           "mask": jax.ShapeDtypeStruct((batch, max_patches), jnp.bool_, sharding=sharding)}
 
 
-def check_config(cfg: ml_collections.ConfigDict, *, distill: bool) -> None:
+def check_pack(data_cfg: ml_collections.ConfigDict, batch: int, devices: int = 1) -> None:
+  """One-line ConfigErrors for `data.train.pack*` that cannot work: packing square images, a row shorter than
+  one image's budget, rows that cannot give each image of the batch a token or be split over the mesh's
+  `devices`, or lengths set but unused."""
+  t = data_cfg
+  if not t.pack:
+    unused = [f"data.train.{k}={t[k]}" for k in ("pack_length", "pack_rows") if t[k]]
+    if unused:
+      raise ConfigError(f"{unused[0]} is read by packed NaFlex batches only; set data.train.pack=true or it to 0")
+    return
+  if not t.max_patches:
+    raise ConfigError("data.train.pack=true packs NaFlex sequences; set data.train.max_patches > 0 (and "
+                      "model.vision.kind=naflex) or data.train.pack=false")
+  rows, length = pack_geometry(t, batch)
+  if length < t.max_patches:
+    raise ConfigError(f"data.train.pack_length={length} is shorter than one image's budget (data.train.max_patches="
+                      f"{t.max_patches}); use a pack_length >= max_patches (0: 4 * max_patches)")
+  if rows * length < batch:
+    raise ConfigError(f"data.train.pack_rows={rows} rows of {length} tokens cannot hold batch_size={batch} images "
+                      f"(one token each at least); use pack_rows >= {-(-batch // length)}")
+  if rows % devices:
+    raise ConfigError(f"data.train.pack_rows={rows} packed rows are not divisible by the {devices} devices of the "
+                      f"mesh; use a multiple of {devices}")
+
+
+def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int = 1) -> None:
   """One-line ConfigErrors, before training, where the model and NaFlex batches do not fit together:
   `model.vision.kind=naflex` needs 1 <= data.train.max_patches <= model.vision.max_num_patches, and NaFlex
   batches need a naflex tower of a two-tower model, evaluators of the `EVALUATORS` types only (they read
@@ -124,6 +236,7 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool) -> None:
   (`distill`: whether its terms are on), which read square images only so far."""
   n, vision = cfg.data.train.max_patches, cfg.model.vision
   others = {cfg.evals[k].type for k in cfg.evals.keys()} - set(EVALUATORS)
+  check_pack(cfg.data.train, cfg.batch_size, devices)
   if vision.kind != "naflex":
     if n:
       raise ConfigError(f"data.train.max_patches={n} makes NaFlex batches but model.vision.kind={vision.kind!r} "
