@@ -21,7 +21,7 @@ LAYERS = (
                "vlmjax.distributed", "vlmjax.checkpoint", "vlmjax.preemption", "vlmjax.metrics",
                "vlmjax.xla_options", "vlmjax.convert", "vlmjax.hardware")),
     ("state", ("vlmjax.train_state", "vlmjax.workdir", "vlmjax.info")),
-    ("loop", ("vlmjax.train", "vlmjax.microbatch", "vlmjax.distill", "vlmjax.evals")),
+    ("loop", ("vlmjax.train", "vlmjax.compiled", "vlmjax.microbatch", "vlmjax.distill", "vlmjax.evals")),
     ("commands", ("vlmjax.cli", "vlmjax.sweeps", "vlmjax.launch", "vlmjax.data.commands",
                   "vlmjax.evals.commands", "vlmjax.convert.commands",
                   "vlmjax.convert.export")),

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from flax import nnx
 
-from vlmjax import config, losses, microbatch, sharding, train, train_state
+from vlmjax import config, losses, microbatch, models, sharding, train, train_state
 from vlmjax.data import batcher, locca, pipeline, synthetic, tokenizers, transforms
 from vlmjax.errors import ConfigError
 from vlmjax.evals import decode
@@ -176,7 +176,7 @@ def test_a_short_run_trains_and_the_refexp_evaluator_reads_boxes(tmp_path):
 def test_configs_that_cannot_work_are_one_line_errors(overrides, message):
   cfg = config.load(SPEC, overrides)
   with pytest.raises(ConfigError, match=message) as e:
-    train.check_locca(cfg)
+    locca.check_config(cfg, models.takes_decoder_text(cfg.model))
   assert "\n" not in str(e.value)
 
 

@@ -50,16 +50,18 @@ def test_patches_are_in_the_processors_order_and_padded_with_a_mask():
   np.testing.assert_array_equal(out[:6], patches)
 
 
-def _batch(records, batch_size, max_patches=32, pack=None):
+def _batch(records, batch_size, max_patches=32, pack=None, budgets=(), count=1, seed=0):
+  """The first `count` batches of `records` (one when count=1) and the iterator's state after them."""
   parent = grain.MapDataset.source(records).to_iter_dataset()
   ds = batcher.DecodeBatch(parent, batch_size=batch_size, decoder=naflex.Decoder(8, max_patches),
-                           tokenizer=tokenizers.ByteTokenizer(), context_length=40, seed=0, num_threads=2,
-                           max_skip_fraction=0.5, host_index=0, pack=pack)
+                           tokenizer=tokenizers.ByteTokenizer(), context_length=40, seed=seed, num_threads=2,
+                           max_skip_fraction=0.5, host_index=0, pack=None if pack is None else {max_patches: pack},
+                           budgets=budgets)
   it = iter(ds)
-  batch = next(it)
+  batches = [next(it) for _ in range(count)]
   state = it.get_state()
   it.close()
-  return batch, state
+  return (batches[0] if count == 1 else batches), state
 
 
 def test_the_batcher_gives_each_image_its_grid_and_counts_padding_and_small_images():
@@ -179,6 +181,28 @@ def test_a_packed_run_resumes_exactly_and_logs_less_padding(tmp_path):
   assert last["data/padding_fraction"] < 0.1 and last["data/pack_resized"] > 0  # unpacked: 0.14
 
 
+def test_budgets_are_drawn_per_batch_alike_on_every_host_with_one_compiled_step_each(tmp_path):
+  """`data.train.budgets=(16, 32)`: each batch padded to its drawn budget, the draw a function of the seed and
+  the batch's number only; the run compiles two steps (one per budget) before its first, trains through
+  both, and refuses a batch of a third shape in one line."""
+  from vlmjax import compiled, sharding, train_state
+  wide = [synthetic.ShapesWideSource("train")[i] for i in range(64)]
+  lengths = [b["image"]["patches"].shape[1] for b in _batch(wide, 8, budgets=(16, 32), count=8)[0]]
+  assert set(lengths) == {16, 32}
+  assert lengths == [b["image"]["patches"].shape[1] for b in _batch(wide[::-1], 8, budgets=(16, 32), count=8)[0]]
+  assert lengths != [b["image"]["patches"].shape[1] for b in _batch(wide, 8, budgets=(16, 32), count=8, seed=1)[0]]
+  cfg = config.load(SPEC, SMALL + (("data.train.budgets", "16,32"), ("total_steps", "4")))
+  s = train_state.setup(cfg, sharding.make_mesh(cfg.mesh))
+  steps = train.compile_steps(cfg, s, train.lower_train_step(cfg, s))
+  assert isinstance(steps, compiled.PerShape) and len(steps) == 2
+  with pytest.raises(ValueError, match=r"no train step was compiled for a batch of shapes .*\(16, 24, 192\)") as e:
+    steps(None, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), train.abstract_batch(cfg, s, 24)))
+  assert "\n" not in str(e.value)
+  assert train.train(cfg, str(tmp_path))["finished"]
+  rows = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/loss" in r]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["train/loss"]) for r in rows)
+
+
 def test_naflex_evaluation_reads_each_image_as_training_does():
   """An evaluator's images in a NaFlex run: each record whole at its aspect ratio within the run's budget,
   batched as dicts; the embeddings equal the model's on each image prepared alone."""
@@ -212,6 +236,9 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
     ((("data.train.pack", "true"), ("data.train.pack_rows", "1"), ("data.train.pack_length", "32")),
      r"pack_rows=1 rows of 32 tokens cannot hold batch_size=64 images.*use pack_rows >= 2"),
     ((("data.train.pack_rows", "4"),), r"data.train.pack_rows=4 is read by packed NaFlex batches only"),
+    ((("data.train.budgets", "16,64"),), r"data.train.budgets in \[1, model.vision.max_num_patches=32\].*got 64"),
+    ((("data.train.pack", "true"), ("data.train.budgets", "16,32"), ("data.train.pack_length", "24"), ("data.train.pack_rows", "32")),
+     r"pack_length=24 is shorter than one image's budget \(32 patches\)"),
     ((("data.train.pack", "true"), ("data.train.pack_rows", "15")), r"pack_rows=15 packed rows are not divisible by the 2 devices"),
     ((("data.train.pack", "true"), ("data.train.max_patches", "0"), ("model.vision.kind", "vit")),
      r"pack=true packs NaFlex sequences; set data.train.max_patches > 0"),

@@ -211,6 +211,8 @@ NUMBER_RULES = (
     ("data.train.shuffle_buffer", lambda v: _int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
     ("data.train.max_patches", lambda v: _int(v) and v >= 0,
      "an int >= 0 (0: square images; > 0: NaFlex batches of at most this many patches per image)"),
+    ("data.train.budgets", lambda v: isinstance(v, (tuple, list)) and all(_int(b) and b >= 1 for b in v)
+     and len(set(v)) == len(v), "a tuple of distinct ints >= 1 (patch budgets drawn per batch; (): max_patches)"),
     ("data.train.pack", lambda v: isinstance(v, bool), "true or false (NaFlex: pack several images per sequence)"),
     ("data.train.pack_length", lambda v: _int(v) and v >= 0, "an int >= 0 (tokens per packed sequence; 0: 4 * max_patches)"),
     ("data.train.pack_rows", lambda v: _int(v) and v >= 0,
@@ -313,6 +315,8 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       max_skip_fraction=0.1,      # stop when more samples than this are unreadable
       max_patches=0,              # NaFlex (model.vision.kind=naflex): > 0 gives each image at its aspect ratio
                                   # on a grid of at most this many patches (vlmjax/data/naflex.py); 0: squares
+      budgets=(),                 # NaFlex: patch budgets, one drawn per batch (SigLIP 2's several sequence
+                                  # lengths; one compiled step each); (): max_patches alone
       pack=False,                 # NaFlex: several images share each sequence (less padding)
       pack_length=0,              # packed: tokens per sequence (0: 4 * max_patches)
       pack_rows=0,                # packed: sequences per global batch (0: batch_size * max_patches / pack_length)

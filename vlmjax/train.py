@@ -24,9 +24,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vlmjax import checkpoint, console, distill, errors, evals, hardware, info, losses, metrics, microbatch, models
-from vlmjax import optim
-from vlmjax import progress, sharding, workdir as workdirs, xla_options
+from vlmjax import checkpoint, compiled, console, distill, errors, evals, hardware, info, losses, metrics, microbatch
+from vlmjax import models, optim, progress, sharding, workdir as workdirs, xla_options
 from vlmjax.data import locca, naflex, pipeline
 from vlmjax.evals import results as eval_results
 from vlmjax.evals.suite import Suite
@@ -102,12 +101,12 @@ def compile_train_step(cfg: ml_collections.ConfigDict, s: Setup):
                  compiler_options=xla_options.for_backend(cfg))
 
 
-def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
+def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup, budget: int | None = None) -> dict:
   """The shapes, dtypes and sharding of the global batches the data pipeline produces (the image NaFlex's
-  dict of arrays at data.train.max_patches > 0)."""
-  S, L, n = cfg.model.image_size, cfg.model.text.context_length, cfg.data.train.max_patches
+  dict of arrays at data.train.max_patches > 0, of `budget` patches: default max_patches)."""
+  S, L, n = cfg.model.image_size, cfg.model.text.context_length, budget or cfg.data.train.max_patches
   batch = {"image": (naflex.abstract_images(cfg.batch_size, n, cfg.model.vision.patch_size, s.batch_sharding,
-                                            naflex.pack_geometry(cfg.data.train, cfg.batch_size)) if n
+                                            naflex.pack_geometry(cfg.data.train, cfg.batch_size, n)) if n
                      else jax.ShapeDtypeStruct((cfg.batch_size, S, S, 3), jnp.float32, sharding=s.batch_sharding)),
            "text": jax.ShapeDtypeStruct((cfg.batch_size, L), jnp.int32, sharding=s.batch_sharding)}
   if locca.active(cfg.data.train.locca):  # LocCa's decoder tasks (`vlmjax.data.locca`)
@@ -116,25 +115,20 @@ def abstract_batch(cfg: ml_collections.ConfigDict, s: Setup) -> dict:
   return batch
 
 
-def check_locca(cfg: ml_collections.ConfigDict) -> None:
-  """LocCa's decoder tasks need a model with a decoder over image tokens and a caption loss."""
-  locca.check(cfg.data.train.locca)
-  if not locca.active(cfg.data.train.locca):
-    return
-  if not models.takes_decoder_text(cfg.model):
-    raise errors.ConfigError(f"data.train.locca gives decoder tasks but model.name={cfg.model.name!r} has no decoder "
-                             "over image tokens; use model.name=siglip2 or captioner, or set the locca weights to 0")
-  if not cfg.loss.get("caption_weight"):
-    raise errors.ConfigError("data.train.locca gives decoder tasks but loss.caption_weight is 0: nothing would "
-                             "train the decoder; set loss.caption_weight > 0")
-
-
-def lower_train_step(cfg: ml_collections.ConfigDict, s: Setup):
+def lower_train_step(cfg: ml_collections.ConfigDict, s: Setup, budget: int | None = None):
   """The train step traced and lowered on shapes only (nothing allocated, nothing compiled yet).
   Tracing runs the model and the losses, so parts that do not fit together (a sigmoid loss on a
   model without a logit bias, say) fail here with a ConfigError, before a workdir is touched."""
   return compile_train_step(cfg, s).lower(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings),
-                                          abstract_batch(cfg, s))
+                                          abstract_batch(cfg, s, budget))
+
+
+def compile_steps(cfg: ml_collections.ConfigDict, s: Setup, lowered):
+  """The compiled step; with NaFlex's `data.train.budgets`, one per budget (`compiled.PerShape`)."""
+  if not cfg.data.train.budgets:
+    return lowered.compile()
+  return compiled.PerShape({compiled.shapes_of(abstract_batch(cfg, s, n)): lower_train_step(cfg, s, n).compile()
+                            for n in cfg.data.train.budgets})
 
 
 class TrainingHalted(Exception):
@@ -211,7 +205,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   if cfg.batch_size % mesh.size:
     raise errors.ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {mesh.size} devices of the mesh")
   losses.check(cfg.loss)
-  check_locca(cfg)
+  locca.check_config(cfg, models.takes_decoder_text(cfg.model))
   naflex.check_config(cfg, distill=distill.active(cfg.loss), devices=mesh.size)
   distill.check(cfg)
   metrics.check_wandb(cfg.wandb)
@@ -250,7 +244,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
   if start:
     print(f"resuming from step {start} in {workdir}")
   with progress.Task("compiling the train step"):
-    step_fn = preemption.call(lowered.compile)
+    step_fn = preemption.call(lambda: compile_steps(cfg, s, lowered))
     flops, peak = model_flops(cfg)
   writer = metrics.Writer(workdir, total_steps=cfg.total_steps, batch_size=cfg.batch_size, start_step=start,
                           wandb_cfg=cfg.wandb, run_config=json.loads(cfg.to_json_best_effort()),

@@ -48,15 +48,21 @@ class DecodeBatch(grain.IterDataset):
   regions mapped through the image's crop (`vlmjax.data.locca`). With a `naflex.Decoder`
   (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask"}
   (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens; `pack`
-  (rows, tokens per row) packs the images into shared rows (`naflex.Packed`: the dict gains "positions"
-  and "segments", the other arrays follow the images' packed order) and counts the images resized to fit."""
+  {budget: (rows, tokens per row)} packs the images into shared rows (`naflex.Packed`: the dict gains
+  "positions" and "segments", the other arrays follow the images' packed order) and counts the images
+  resized to fit. `budgets` (`data.train.budgets`): each batch's patch budget drawn from these, the same
+  on every host (from the run's seed and the batch's number), so a run sees one batch shape per budget."""
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int,
                decoder: transforms.ImageDecoder | naflex.Decoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
-               host_index: int, locca_cfg=None, pack: tuple[int, int] | None = None):
+               host_index: int, locca_cfg=None, pack: dict[int, tuple[int, int]] | None = None,
+               budgets: tuple[int, ...] = ()):
     super().__init__(parent)
     self.pack = pack
+    naflex_decoder = isinstance(decoder, naflex.Decoder)
+    self.budgets = tuple(budgets) or ((decoder.max_patches,) if naflex_decoder else ())
+    self.decoders = {n: naflex.Decoder(decoder.patch, n) for n in self.budgets} if naflex_decoder else {}
     self.locca = locca_cfg if locca_cfg is not None and locca.active(locca_cfg) else None
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
@@ -81,6 +87,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     self._naflex = isinstance(ds.decoder, naflex.Decoder)
     self._tokens, self._padding = 0, 0  # NaFlex: all patch tokens of the batches returned, and the padding
     self._resized = 0  # packed NaFlex: images resized to the room left in their batch's rows
+    self._decoder = ds.decoder  # NaFlex: the decoder of the budget of the batch being filled
 
   def get_state(self) -> dict:
     state = {"parent": self._parent.get_state(), "consumed": self._consumed, "good": self._good,
@@ -114,7 +121,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     rng = np.random.default_rng([self._ds.seed, self._ds.host_index, index])
     try:  # with LocCa, regions follow the crop: the decoder says which part of the original it kept
       if self._naflex:
-        image, grid = self._ds.decoder(raw["image"])
+        image, grid = self._decoder(raw["image"])
       else:
         image, crop, size = (self._ds.decoder.decode(raw["image"], rng) if self._ds.locca is not None
                              else (self._ds.decoder(raw["image"], rng), None, None))
@@ -125,7 +132,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     if isinstance(out["image"], naflex.Packed):
       out["image"].write(image, grid, slot)
     elif self._naflex:
-      self._ds.decoder.write(image, grid, out["image"], slot)
+      self._decoder.write(image, grid, out["image"], slot)
     else:
       transforms.normalize_into(image, out["image"][slot])
     out["text"][slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
@@ -145,8 +152,11 @@ class DecodeBatchIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     ds = self._ds
-    out = {"image": (naflex.Packed(ds.decoder, *ds.pack, ds.batch_size) if ds.pack is not None
-                     else ds.decoder.empty_images(ds.batch_size) if self._naflex
+    if self._naflex:  # this batch's budget: the same draw on every host
+      budget = ds.budgets[np.random.default_rng([ds.seed, 7, self._good // ds.batch_size]).integers(len(ds.budgets))]
+      self._decoder = ds.decoders[budget]
+    out = {"image": (naflex.Packed(self._decoder, *ds.pack[budget], ds.batch_size) if ds.pack is not None
+                     else self._decoder.empty_images(ds.batch_size) if self._naflex
                      else np.empty((ds.batch_size, ds.decoder.size, ds.decoder.size, 3), np.float32)),
            "text": np.empty((ds.batch_size, ds.context_length), np.int32)}
     if ds.locca is not None:

@@ -133,3 +133,16 @@ def example(cfg: ml_collections.ConfigDict, tokenizer, caption: str, regions: li
   region = regions[int(rng.integers(len(regions)))] if task != "cap" else None
   return sequence(tokenizer, prompt(task, region, cfg.box_bins), target(task, caption, region, cfg.box_bins),
                   length)
+
+
+def check_config(cfg: ml_collections.ConfigDict, has_decoder: bool) -> None:
+  """LocCa's decoder tasks need a model with a decoder over image tokens (`has_decoder`) and a caption loss."""
+  check(cfg.data.train.locca)
+  if not active(cfg.data.train.locca):
+    return
+  if not has_decoder:
+    raise ConfigError(f"data.train.locca gives decoder tasks but model.name={cfg.model.name!r} has no decoder "
+                      "over image tokens; use model.name=siglip2 or captioner, or set the locca weights to 0")
+  if not cfg.loss.get("caption_weight"):
+    raise ConfigError("data.train.locca gives decoder tasks but loss.caption_weight is 0: nothing would "
+                      "train the decoder; set loss.caption_weight > 0")

@@ -118,12 +118,33 @@ class Decoder:
             "mask": np.zeros((batch, n), bool)}
 
 
-def pack_geometry(data_cfg: ml_collections.ConfigDict, batch: int) -> tuple[int, int] | None:
-  """(rows, tokens per row) of packed batches of `batch` images (`data.train.pack*`); None unpacked."""
+def budgets(data_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The patch budgets of training batches: `data.train.budgets` (one drawn per batch), else max_patches alone."""
+  return tuple(data_cfg.get("budgets") or ()) or (data_cfg.max_patches,)
+
+
+def pack_geometry(data_cfg: ml_collections.ConfigDict, batch: int, budget: int | None = None) -> tuple[int, int] | None:
+  """(rows, tokens per row) of packed batches of `batch` images at a patch `budget` (default: max_patches)
+  (`data.train.pack*`); None unpacked."""
   if not data_cfg.get("pack"):
     return None
-  length = data_cfg.pack_length or 4 * data_cfg.max_patches
-  return data_cfg.pack_rows or -(-batch * data_cfg.max_patches // length), length
+  budget = budget or data_cfg.max_patches
+  length = data_cfg.pack_length or 4 * budget
+  return data_cfg.pack_rows or -(-batch * budget // length), length
+
+
+def host_pack(data_cfg: ml_collections.ConfigDict, host_batch: int, count: int) -> dict[int, tuple[int, int]] | None:
+  """{budget: (rows, tokens per row)} of one of `count` hosts' packed batches (`pack_rows` counts the global
+  batch's rows, as batch_size its images); None unpacked."""
+  if not data_cfg.get("pack"):
+    return None
+  out = {}
+  for n in budgets(data_cfg):
+    rows, length = pack_geometry(data_cfg, host_batch * count, n)
+    if rows % count:
+      raise ConfigError(f"data.train.pack_rows={rows} (packed rows per batch) is not divisible by {count} processes")
+    out[n] = (rows // count, length)
+  return out
 
 
 class Packed:
@@ -216,21 +237,23 @@ def check_pack(data_cfg: ml_collections.ConfigDict, batch: int, devices: int = 1
   if not t.max_patches:
     raise ConfigError("data.train.pack=true packs NaFlex sequences; set data.train.max_patches > 0 (and "
                       "model.vision.kind=naflex) or data.train.pack=false")
-  rows, length = pack_geometry(t, batch)
-  if length < t.max_patches:
-    raise ConfigError(f"data.train.pack_length={length} is shorter than one image's budget (data.train.max_patches="
-                      f"{t.max_patches}); use a pack_length >= max_patches (0: 4 * max_patches)")
-  if rows * length < batch:
-    raise ConfigError(f"data.train.pack_rows={rows} rows of {length} tokens cannot hold batch_size={batch} images "
-                      f"(one token each at least); use pack_rows >= {-(-batch // length)}")
-  if rows % devices:
-    raise ConfigError(f"data.train.pack_rows={rows} packed rows are not divisible by the {devices} devices of the "
-                      f"mesh; use a multiple of {devices}")
+  for budget in budgets(t):
+    rows, length = pack_geometry(t, batch, budget)
+    if length < budget:
+      raise ConfigError(f"data.train.pack_length={length} is shorter than one image's budget ({budget} patches); "
+                        "use a pack_length >= the largest budget (0: 4 * the batch's budget)")
+    if rows * length < batch:
+      raise ConfigError(f"data.train.pack_rows={rows} rows of {length} tokens cannot hold batch_size={batch} images "
+                        f"(one token each at least); use pack_rows >= {-(-batch // length)}")
+    if rows % devices:
+      raise ConfigError(f"data.train.pack_rows={rows} packed rows are not divisible by the {devices} devices of the "
+                        f"mesh; use a multiple of {devices}")
 
 
 def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int = 1) -> None:
   """One-line ConfigErrors, before training, where the model and NaFlex batches do not fit together:
-  `model.vision.kind=naflex` needs 1 <= data.train.max_patches <= model.vision.max_num_patches, and NaFlex
+  `model.vision.kind=naflex` needs 1 <= data.train.max_patches (and each of data.train.budgets) <=
+  model.vision.max_num_patches, and NaFlex
   batches need a naflex tower of a two-tower model, evaluators of the `EVALUATORS` types only (they read
   the images as training does, within the run's budget), no LocCa tasks and no self-distillation
   (`distill`: whether its terms are on), which read square images only so far."""
@@ -238,13 +261,15 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int 
   others = {cfg.evals[k].type for k in cfg.evals.keys()} - set(EVALUATORS)
   check_pack(cfg.data.train, cfg.batch_size, devices)
   if vision.kind != "naflex":
-    if n:
-      raise ConfigError(f"data.train.max_patches={n} makes NaFlex batches but model.vision.kind={vision.kind!r} "
-                        "reads square images; set model.vision.kind=naflex or data.train.max_patches=0")
+    if n or cfg.data.train.budgets:
+      raise ConfigError(f"data.train.max_patches={n} or budgets={tuple(cfg.data.train.budgets)} make NaFlex batches "
+                        f"but model.vision.kind={vision.kind!r} reads square images; set model.vision.kind=naflex or "
+                        "data.train.max_patches=0 and budgets=()")
     return
-  if n < 1 or n > vision.max_num_patches:
-    raise ConfigError(f"model.vision.kind=naflex needs data.train.max_patches in [1, model.vision.max_num_patches="
-                      f"{vision.max_num_patches}] (the patches per image), got {n}")
+  for key, value in [("max_patches", n)] + [("budgets", b) for b in cfg.data.train.budgets]:
+    if value < 1 or value > vision.max_num_patches:
+      raise ConfigError(f"model.vision.kind=naflex needs data.train.{key} in [1, model.vision.max_num_patches="
+                        f"{vision.max_num_patches}] (the patches per image), got {value}")
   unsupported = [what for what, on in (
       (f"model.name={cfg.model.name!r} (its decoder does not mask padding; use two_tower)", cfg.model.name != "two_tower"),
       (f"evaluators of type {', '.join(sorted(others))}: only {', '.join(EVALUATORS)} read NaFlex images so far",

@@ -145,18 +145,14 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
     if patch_size is None:
       raise ValueError("host_batches needs patch_size for NaFlex batches (data.train.max_patches > 0)")
     decoder = naflex.Decoder(patch_size, data_cfg.max_patches)
-    pack = naflex.pack_geometry(data_cfg, batch_size * count)
-    if pack is not None:  # data.train.pack_rows counts the global batch's rows, as batch_size its images
-      if pack[0] % count:
-        raise ConfigError(f"data.train.pack_rows={pack[0]} (packed rows per batch) is not divisible by {count} processes")
-      pack = (pack[0] // count, pack[1])
+    pack = naflex.host_pack(data_cfg, batch_size, count)
   else:
     pack = None
     decoder = transforms.ImageDecoder(image_size, data_cfg.image_mode, data_cfg.crop_min_scale)
   return batcher.DecodeBatch(
       raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer, decoder=decoder,
       seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction,
-      host_index=index, locca_cfg=data_cfg.locca, pack=pack)
+      host_index=index, locca_cfg=data_cfg.locca, pack=pack, budgets=naflex.budgets(data_cfg))
 
 
 def check_regions(specs: list[str], image_size: int, data_dir: str | None) -> None:
