@@ -10,7 +10,9 @@ at most 32 patches, padded to 32 tokens (`data/padding_fraction` in the metrics 
 Evaluated at the end on 256 validation images the same way (each at its aspect ratio within the budget):
 zero-shot classification and retrieval. Config argument: steps, batch, evals (0: none), pack (1: the batch's
 images packed into shared sequences, `data.train.pack`: 64 images in 16 rows of 112 tokens instead of 64 rows
-of 32, a few images resized to fit).
+of 32, a few images resized to fit), locca (1: SigLIP 2's whole objective but self-distillation, a 2-layer LocCa
+decoder cross-attending to each image's own tokens, on `synthetic:shapes_multi`, whose objects have boxes;
+evaluated by captioning as well).
 """
 
 import ml_collections
@@ -21,7 +23,7 @@ from vlmjax.evals import defaults
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, steps=240, batch=64, evals=1, pack=0)
+  a = parse_arg(arg, steps=240, batch=64, evals=1, pack=0, locca=0)
   c = base(batch_size=a.batch, total_steps=a.steps)
   c.log_every = 20
   c.ckpt_every = 80
@@ -43,7 +45,14 @@ def get_config(arg=None):
   if a.pack:
     c.data.train.pack, c.data.train.pack_length, c.data.train.pack_rows = True, 112, a.batch // 4
   c.loss = presets.loss("siglip")
+  source = "synthetic:shapes_multi" if a.locca else "synthetic:shapes_wide"
+  if a.locca:
+    c.data.train.source = source
+    presets.siglip2_objective(c, decoder_depth=2, box_bins=32, distill=False, local_crops=0, local_size=0,
+                              prototypes=0, head_hidden=0, head_bottleneck=0, ema_decay=0.0)
   if a.evals:
-    c.evals.zs = defaults.zero_shot("synthetic:shapes_wide:validation", num_examples=256, templates="shapes")
-    c.evals.ret = defaults.retrieval("synthetic:shapes_wide:validation", num_examples=256)
+    c.evals.zs = defaults.zero_shot(f"{source}:validation", num_examples=256, templates="shapes")
+    c.evals.ret = defaults.retrieval(f"{source}:validation", num_examples=256)
+    if a.locca:
+      c.evals.cap = defaults.captioning(f"{source}:validation", num_examples=64, batch_size=64, max_len=40, meteor=False)
   return c

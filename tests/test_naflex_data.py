@@ -203,6 +203,23 @@ def test_budgets_are_drawn_per_batch_alike_on_every_host_with_one_compiled_step_
   assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["train/loss"]) for r in rows)
 
 
+def test_siglip2_with_locca_trains_on_packed_naflex_images_and_captions_them(tmp_path):
+  """SigLIP 2's objective (sigmoid loss + the LocCa decoder's three tasks) on packed NaFlex batches: the
+  decoder tasks follow their images into the packed order, the run trains, and the captioning evaluator
+  decodes NaFlex images (scores in range)."""
+  from vlmjax.evals import defaults
+  cfg = config.load(os.path.join(ROOT, "configs/siglip2_naflex_tiny.py:evals=0,locca=1,pack=1"),
+                    SMALL + (("total_steps", "2"),))
+  cfg.evals.cap = defaults.captioning("synthetic:shapes_multi:validation", num_examples=16, batch_size=16, max_len=12,
+                                      meteor=False)
+  assert cfg.model.name == "siglip2" and cfg.data.train.pack and cfg.data.train.locca.ref > 0
+  assert train.train(cfg, str(tmp_path))["finished"]
+  rows = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/loss" in r]
+  assert all(np.isfinite(r["train/caption_loss"]) and np.isfinite(r["train/contrastive_loss"]) for r in rows), rows
+  result = json.load(open(tmp_path / "eval" / "2.json"))
+  assert 0 <= result["eval/cap/cider"] and 0 <= result["eval/cap/bleu4"] <= 1, result
+
+
 def test_naflex_evaluation_reads_each_image_as_training_does():
   """An evaluator's images in a NaFlex run: each record whole at its aspect ratio within the run's budget,
   batched as dicts; the embeddings equal the model's on each image prepared alone."""
@@ -230,8 +247,6 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
 @pytest.mark.parametrize("overrides, message", [
     ((("data.train.max_patches", "0"),), r"needs data.train.max_patches in \[1, model.vision.max_num_patches=32\]"),
     ((("data.train.max_patches", "64"),), r"max_num_patches=32\] .*got 64"),
-    ((("model.name", "siglip2"),), "its decoder does not mask padding"),
-    ((("data.train.locca.cap", "1.0"),), "LocCa"),
     ((("data.train.pack", "true"), ("data.train.pack_length", "16")), r"pack_length=16 is shorter than one image's"),
     ((("data.train.pack", "true"), ("data.train.pack_rows", "1"), ("data.train.pack_length", "32")),
      r"pack_rows=1 rows of 32 tokens cannot hold batch_size=64 images.*use pack_rows >= 2"),
@@ -254,9 +269,11 @@ def test_evaluators_a_square_model_and_bad_budgets_are_one_line_errors(tmp_path)
   from vlmjax.evals import defaults
   cfg = config.load(SPEC)
   cfg.evals.ref = defaults.refexp("synthetic:shapes_multi:validation")
-  with pytest.raises(ConfigError, match="evaluators of type refexp: only zero_shot, retrieval, fewshot, suite"):
+  with pytest.raises(ConfigError, match="evaluators of type refexp: only zero_shot, retrieval, fewshot, captioning, suite"):
     train.train(cfg, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+  with pytest.raises(ConfigError, match="do not work with loss.distill_weight/masked_weight"):
+    naflex.check_config(config.load(SPEC), distill=True)
   square = config.load(os.path.join(ROOT, "configs/siglip_tiny.py"), (("data.train.max_patches", "16"),))
   with pytest.raises(ConfigError, match="reads square images"):
     naflex.check_config(square, distill=False)

@@ -137,7 +137,9 @@ class DecodeBatchIterator(grain.DatasetIterator):
       transforms.normalize_into(image, out["image"][slot])
     out["text"][slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
     if self._ds.locca is not None:
-      kept = regions.crop(raw["regions"], crop, *size) if raw.get("regions") else None
+      # NaFlex keeps the whole image (its aspect ratio too): normalised boxes stay as they are
+      kept = (raw["regions"] if self._naflex else regions.crop(raw["regions"], crop, *size)) if raw.get("regions") \
+          else None
       out["decoder_text"][slot], out["decoder_loss"][slot] = locca.example(
           self._ds.locca, self._ds.tokenizer, caption.strip(), kept, self._ds.context_length,
           np.random.default_rng([self._ds.seed, self._ds.host_index, index, 2]))

@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlmjax.data import locca, transforms
+from vlmjax.data import transforms
 from vlmjax.errors import ConfigError, DataError
 
 KEYS = ("patches", "shapes", "mask")
 PACKED_KEYS = KEYS + ("positions", "segments")
-EVALUATORS = ("zero_shot", "retrieval", "fewshot", "suite")  # evaluator types that read NaFlex images
+EVALUATORS = ("zero_shot", "retrieval", "fewshot", "captioning", "suite")  # evaluator types that read NaFlex images
 
 
 class TooSmall(transforms.BadImage):
@@ -254,9 +254,9 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int 
   """One-line ConfigErrors, before training, where the model and NaFlex batches do not fit together:
   `model.vision.kind=naflex` needs 1 <= data.train.max_patches (and each of data.train.budgets) <=
   model.vision.max_num_patches, and NaFlex
-  batches need a naflex tower of a two-tower model, evaluators of the `EVALUATORS` types only (they read
-  the images as training does, within the run's budget), no LocCa tasks and no self-distillation
-  (`distill`: whether its terms are on), which read square images only so far."""
+  batches need a naflex tower, evaluators of the `EVALUATORS` types only (they read
+  the images as training does, within the run's budget) and no self-distillation (`distill`: whether its
+  terms are on), whose local views are square crops."""
   n, vision = cfg.data.train.max_patches, cfg.model.vision
   others = {cfg.evals[k].type for k in cfg.evals.keys()} - set(EVALUATORS)
   check_pack(cfg.data.train, cfg.batch_size, devices)
@@ -271,10 +271,8 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int 
       raise ConfigError(f"model.vision.kind=naflex needs data.train.{key} in [1, model.vision.max_num_patches="
                         f"{vision.max_num_patches}] (the patches per image), got {value}")
   unsupported = [what for what, on in (
-      (f"model.name={cfg.model.name!r} (its decoder does not mask padding; use two_tower)", cfg.model.name != "two_tower"),
       (f"evaluators of type {', '.join(sorted(others))}: only {', '.join(EVALUATORS)} read NaFlex images so far",
        bool(others)),
-      ("data.train.locca (LocCa's tasks); set its weights to 0", locca.active(cfg.data.train.locca)),
       ("loss.distill_weight/masked_weight (self-distillation); set them to 0", distill)) if on]
   if unsupported:
     raise ConfigError(f"NaFlex batches (model.vision.kind=naflex) do not work with {unsupported[0]}")

@@ -42,7 +42,7 @@ class Recompute:
   """Uncached: writes token t into a fixed [B, T] buffer and recomputes all positions."""
 
   def init(self, model, ctx_BxQxC, max_len):
-    return {"ctx": ctx_BxQxC, "buf": jnp.zeros((ctx_BxQxC.shape[0], max_len), jnp.int32)}
+    return {"ctx": ctx_BxQxC, "buf": jnp.zeros((batch_of(ctx_BxQxC), max_len), jnp.int32)}
 
   def step(self, model, state, token_B, t):
     buf_BxT = jax.lax.dynamic_update_slice_in_dim(state["buf"], token_B[:, None].astype(jnp.int32), t, axis=1)
@@ -116,7 +116,7 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
     logits_BxV = filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p)
     return jax.random.categorical(jax.random.fold_in(rng, t), logits_BxV, axis=-1)
 
-  B = ctx_BxQxC.shape[0]
+  B = batch_of(ctx_BxQxC)
   if prompt_BxL is None:
     prompt_BxL = jnp.full((B, 1), bos_id, jnp.int32)
   prompt_BxT1 = jnp.pad(prompt_BxL, ((0, 0), (0, max(0, max_len + 1 - prompt_BxL.shape[1]))))[:, :max_len + 1]
@@ -136,6 +136,11 @@ def generate(model, image_BxHxWx3: jax.Array, *, max_len: int, method: str = "gr
   return carry[3]
 
 
+def batch_of(ctx) -> int:
+  """The batch of a caption context: an array [B, Q, C] or a pytree of them (NaFlex's `layers.Masked`)."""
+  return jax.tree.leaves(ctx)[0].shape[0]
+
+
 def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id):
   """K live beams and a pool of the K best finished captions (as Hugging Face, T5X and Flax do):
   each step ranks the 2K best continuations of the live beams by summed log-probability; those
@@ -143,10 +148,10 @@ def _beam(model, stepper, ctx_BxQxC, max_len, K, length_penalty, bos_id, eos_id)
   stay live. A finished caption never takes a live beam's place, so a caption that would win
   after length normalisation is not pruned for it. Stops when no live beam can still beat the
   pool's worst; at max_len, the live beams join the pool as they are."""
-  B = ctx_BxQxC.shape[0]
+  B = batch_of(ctx_BxQxC)
   alpha = float(length_penalty)
   norm = lambda score, length: score / jnp.asarray(length, jnp.float32) ** alpha
-  ctx_BKxQxC = jnp.repeat(ctx_BxQxC, K, axis=0)
+  ctx_BKxQxC = jax.tree.map(lambda x: jnp.repeat(x, K, axis=0), ctx_BxQxC)
   state = stepper.init(model, ctx_BKxQxC, max_len)
   score_BxK = jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf)[None].repeat(B, axis=0)  # one live beam at first
 

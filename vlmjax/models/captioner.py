@@ -43,14 +43,19 @@ class Captioner(nnx.Module):
                                      tie_embedding=dec.tie_embedding, **kw)
 
   def caption_context(self, image_BxHxWx3: jax.Array, *, train: bool = False,
-                      rng: jax.Array | None = None) -> jax.Array:
+                      rng: jax.Array | None = None) -> jax.Array | layers.Masked:
     """What the decoder attends to: the image tokens [B, N, C] (in training, with patch dropout,
-    only the kept ones)."""
-    return encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)[0]
+    only the kept ones; NaFlex: a `layers.Masked`, padding no key)."""
+    return encoders.encode_vision_context(self.vision, image_BxHxWx3, train=train, rng=rng)[0]
 
   def encode_image(self, image_BxHxWx3: jax.Array) -> jax.Array:
-    """Mean-pooled image tokens, L2-normalised (for probes; a captioner has no text embedding)."""
-    return l2_normalize(self.caption_context(image_BxHxWx3).mean(axis=1))
+    """Mean-pooled image tokens (NaFlex: the valid ones), L2-normalised (for probes; a captioner has no
+    text embedding)."""
+    tokens_BxNxC, keep_BxN = layers.split_context(self.caption_context(image_BxHxWx3))
+    if keep_BxN is None:
+      return l2_normalize(tokens_BxNxC.mean(axis=1))
+    w_BxNx1 = keep_BxN[..., None].astype(tokens_BxNxC.dtype)
+    return l2_normalize((tokens_BxNxC * w_BxNx1).sum(1) / w_BxNx1.sum(1))
 
   def _embed(self, text_BxL: jax.Array) -> jax.Array:
     x_BxLxD = self.token_embed(text_BxL)

@@ -63,16 +63,17 @@ class CoCa(nnx.Module):
                                      layout=d.layout, tie_embedding=d.tie_embedding, **kw)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32), axes=())
 
-  def _pool(self, pooler: AttentionPooler, x: jax.Array) -> jax.Array:
-    x = pooler(x)
+  def _pool(self, pooler: AttentionPooler, x: jax.Array | layers.Masked) -> jax.Array:
+    tokens, keep_BxN = layers.split_context(x)
+    x = pooler(tokens, mask_BxN=keep_BxN)
     return x if self.pool_norm is None else self.pool_norm(x)
 
   def _image(self, image_BxHxWx3: jax.Array, *, train: bool = False,
              rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Returns (image_emb_BxE, caption context_BxQxC); in training the poolers read only the
     tokens the vision tower kept (patch dropout)."""
-    tokens_BxNxC, _ = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)
-    caption_BxQxC = self._pool(self.caption_pool, tokens_BxNxC)
+    tokens_BxNxC, _ = encoders.encode_vision_context(self.vision, image_BxHxWx3, train=train, rng=rng)
+    caption_BxQxC = self._pool(self.caption_pool, tokens_BxNxC)  # NaFlex: a layers.Masked
     if self.pooler_mode == "single":
       pooled_BxC, caption_BxQxC = caption_BxQxC[:, 0], caption_BxQxC[:, 1:]
     else:

@@ -16,6 +16,8 @@ training (N may then be smaller: the kept tokens). The families call their tower
 `encode_vision`, so an encoder without `takes_rng` only ever gets the image. The "image" is whatever
 the encoder reads: `[B, H, W, 3]` for the ViT; for `naflex` a dict {"patches" [B, N, P], "shapes"
 [B, 2], "mask" [B, N]} of patchified, padded images (see `naflex.py`), passed through untouched.
+Decoders and poolers read the tokens through `encode_vision_context`: a `layers.Masked` (tokens and
+the mask of the ones to attend to) for an encoder with `token_context` (NaFlex), the array otherwise.
 
 A text encoder is constructed as `Encoder(cfg, *, attention, remat, scan, act, norm_eps, dtype,
 param_dtype, rngs)` with `cfg` its `model.text` group (at least `kind`, `width`, `vocab_size`,
@@ -65,3 +67,13 @@ def encode_vision(encoder: nnx.Module, image_BxHxWx3: jax.Array | dict, *, train
     return encoder(image_BxHxWx3)
   key = None if rng is None else jax.random.fold_in(rng, VISION_STREAM)
   return encoder(image_BxHxWx3, train=True, rng=key)
+
+
+def encode_vision_context(encoder: nnx.Module, image, *, train: bool = False, rng: jax.Array | None = None) -> tuple:
+  """(context, pooled_BxD or None): `encode_vision`'s tokens as a decoder or pooler reads them. An encoder
+  whose tokens need a mask (NaFlex: padding, packed rows) has `token_context(image, tokens)`, which gives
+  a `layers.Masked` of each image's tokens [B, N, D] and mask [B, N]; other encoders' tokens as they are."""
+  tokens, pooled = encode_vision(encoder, image, train=train, rng=rng)
+  if hasattr(encoder, "token_context"):
+    return encoder.token_context(image, tokens), pooled
+  return tokens, pooled

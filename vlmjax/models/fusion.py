@@ -154,7 +154,8 @@ class MultimodalDecoder(nnx.Module):
     return embed.attend(x_BxLxD) if self.head is None else self.head(x_BxLxD)
 
   def init_cache(self, image_BxQxC: jax.Array, max_len: int) -> Any:
-    return self.blocks.init_cache(image_BxQxC.shape[0], max_len, image_BxQxC)
+    batch = jax.tree.leaves(image_BxQxC)[0].shape[0]  # an array, or a layers.Masked (NaFlex)
+    return self.blocks.init_cache(batch, max_len, image_BxQxC)
 
   def decode(self, tokens_BxTxD: jax.Array, cache: Any, pos: jax.Array,
              embed: nnx.Embed | None = None) -> tuple[jax.Array, Any]:

@@ -11,7 +11,7 @@ the config. No mesh details live in model code.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import einops
 import jax
@@ -154,8 +154,28 @@ class Mlp(nnx.Module):
     return self.fc2(ACTIVATIONS[self.act](self.fc1(x_BxTxD)))
 
 
+class Masked(NamedTuple):
+  """A cross-attention context whose padding is no key: NaFlex images' tokens, `encoders.encode_vision_context`.
+  A pytree, so it goes through jit, scan and beam search (each leaf leads with the batch) as an array does."""
+  tokens: jax.Array  # [B, S, C]
+  mask: jax.Array    # [B, S] bool: true at the tokens to attend to
+
+
+def split_context(ctx: jax.Array | Masked | None) -> tuple[jax.Array | None, jax.Array | None]:
+  """(tokens_BxSxC, mask_BxS or None) of a context given as an array or `Masked`."""
+  return (ctx.tokens, ctx.mask) if isinstance(ctx, Masked) else (ctx, None)
+
+
+def context_mask(keep_BxS: jax.Array | None, queries: int) -> jax.Array | None:
+  """[B, T, S] from a context's [B, S] mask (None: every key)."""
+  if keep_BxS is None:
+    return None
+  return jnp.broadcast_to(keep_BxS[:, None, :], (keep_BxS.shape[0], queries, keep_BxS.shape[1]))
+
+
 class Block(nnx.Module):
-  """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+  """Pre-norm transformer block: self-attention, optional cross-attention (to an array or a `Masked`
+  context), MLP."""
 
   def __init__(self, dim: int, heads: int, mlp_dim: int, *, cross_dim: int | None = None,
                impl: str = "auto", act: str, norm_eps: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
@@ -174,13 +194,18 @@ class Block(nnx.Module):
                causal: bool = False, ctx_BxSxC: jax.Array | None = None) -> jax.Array:
     x_BxTxD = x_BxTxD + self.attn(self.ln1(x_BxTxD), mask_BxTxS=mask_BxTxT, causal=causal)
     if self.cross is not None:
-      x_BxTxD = x_BxTxD + self.cross(self.ln_cross(x_BxTxD), ctx_BxSxC)
+      tokens_BxSxC, keep_BxS = split_context(ctx_BxSxC)
+      x_BxTxD = x_BxTxD + self.cross(self.ln_cross(x_BxTxD), tokens_BxSxC,
+                                     mask_BxTxS=context_mask(keep_BxS, x_BxTxD.shape[1]))
     return x_BxTxD + self.mlp(self.ln2(x_BxTxD))
 
-  def init_cache(self, batch: int, max_len: int, ctx_BxSxC: jax.Array | None = None) -> dict:
+  def init_cache(self, batch: int, max_len: int, ctx_BxSxC: jax.Array | Masked | None = None) -> dict:
     cache = {"self": self.attn.init_cache(batch, max_len)}
     if self.cross is not None:
-      cache["cross"] = self.cross.project_kv(ctx_BxSxC)
+      tokens_BxSxC, keep_BxS = split_context(ctx_BxSxC)
+      cache["cross"] = self.cross.project_kv(tokens_BxSxC)
+      if keep_BxS is not None:
+        cache["cross"]["mask"] = keep_BxS
     return cache
 
   def decode(self, x_BxTxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
@@ -188,7 +213,8 @@ class Block(nnx.Module):
     h_BxTxD, self_cache = self.attn.extend(self.ln1(x_BxTxD), cache["self"], pos)
     x_BxTxD = x_BxTxD + h_BxTxD
     if self.cross is not None:
-      x_BxTxD = x_BxTxD + self.cross.attend(self.ln_cross(x_BxTxD), cache["cross"])
+      keep = context_mask(cache["cross"].get("mask"), x_BxTxD.shape[1])
+      x_BxTxD = x_BxTxD + self.cross.attend(self.ln_cross(x_BxTxD), cache["cross"], keep)
     return x_BxTxD + self.mlp(self.ln2(x_BxTxD)), {**cache, "self": self_cache}
 
 

@@ -253,3 +253,12 @@ class NaFlex(nnx.Module):
       return x_RxNxD, self.map(x_RxNxD, mask_BxN=mask_RxN)[:, 0]
     row_B, mask_BxN = pooling_rows(segments_RxN, shapes_Bx2.shape[0])
     return x_RxNxD, self.map(x_RxNxD[row_B], mask_BxN=mask_BxN)[:, 0]
+
+  def token_context(self, image: dict, tokens_RxNxD: jax.Array) -> layers.Masked:
+    """Each image's tokens [B, N, D] and which are its own [B, N], for a decoder's cross-attention or a
+    pooler (`encoders.encode_vision_context`); packed, each image's row, masked to its segment."""
+    im = check_image(image, self.patch_pixels)
+    if im["segments"] is None:
+      return layers.Masked(tokens_RxNxD, im["mask"])
+    row_B, mask_BxN = pooling_rows(im["segments"], im["shapes"].shape[0])
+    return layers.Masked(tokens_RxNxD[row_B], mask_BxN)

@@ -98,8 +98,8 @@ class SigLIP2(Captioner):
                rng: jax.Array | None = None, decoder_text: jax.Array | None = None) -> Output:
     """The contrastive embeddings of (image, text) and the decoder's logits on `decoder_text` (LocCa's
     task sequences; without them, the caption `text`). One pass of the image tower serves both."""
-    tokens_BxNxC, pooled_BxC = encoders.encode_vision(self.vision, image_BxHxWx3, train=train, rng=rng)
-    out = self._decode(tokens_BxNxC, text_BxL if decoder_text is None else decoder_text, train=train, rng=rng)
+    ctx_BxNxC, pooled_BxC = encoders.encode_vision_context(self.vision, image_BxHxWx3, train=train, rng=rng)
+    out = self._decode(ctx_BxNxC, text_BxL if decoder_text is None else decoder_text, train=train, rng=rng)
     return out.replace(image_emb=project(self.image_proj, pooled_BxC), text_emb=self.encode_text(text_BxL),
                        logit_scale=jnp.exp(self.logit_scale[...]),
                        logit_bias=None if self.logit_bias is None else self.logit_bias[...])
