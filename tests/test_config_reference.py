@@ -58,7 +58,7 @@ EVALUATOR = {"batch_size": "0", "beam_size": "0", "data.data_dir": "/tmp", "data
              "image_mode": "x", "length_penalty": "-1", "max_len": "0", "meteor": "maybe", "method": "x",
              "num_examples": "-1", "seed": "-1", "temperature": "-1", "top_k": "-1", "top_p": "1.5", "type": "x",
              "ks": "0", "class_names": "/nonexistent.txt", "templates": "nosuch", "merge_same_names": "maybe",
-             "params": "weights"}
+             "params": "weights", "max_patches": "-1"}
 FREE = {"wandb.entity", "wandb.name"}  # any text is a valid value
 
 

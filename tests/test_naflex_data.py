@@ -242,6 +242,18 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
     grids.add(grid)
     np.testing.assert_allclose(got[i], np.asarray(encode(params, one))[0], atol=2e-6)
   assert len(grids) > 1  # images of several aspect ratios
+  ev.max_patches = 12  # an evaluator's own budget: every image within 12 patches
+  images, _ = next(data.EvalSet("zs", ev, data.context(cfg, s.mesh)).image_batches())
+  assert images["patches"].shape[1] == 12 and (np.asarray(images["shapes"]).prod(1) <= 12).all()
+  cfg.evals.zs = ev
+  with pytest.raises(ConfigError, match=r"needs evals.zs.max_patches in \[1, model.vision.max_num_patches=32\]"):
+    ev.max_patches = 40
+    naflex.check_config(cfg, distill=False)
+  square = config.load(os.path.join(ROOT, "configs/siglip_tiny.py"))
+  with pytest.raises(ConfigError, match=r"evals.zs.max_patches=12 is read by NaFlex runs only") as e:
+    ev.max_patches = 12
+    data.EvalSet("zs", ev, data.context(square, s.mesh))
+  assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -266,9 +266,11 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int 
                         f"but model.vision.kind={vision.kind!r} reads square images; set model.vision.kind=naflex or "
                         "data.train.max_patches=0 and budgets=()")
     return
-  for key, value in [("max_patches", n)] + [("budgets", b) for b in cfg.data.train.budgets]:
+  evals = [(f"evals.{k}.max_patches", cfg.evals[k].get("max_patches", 0)) for k in cfg.evals.keys()]
+  for key, value in ([("data.train.max_patches", n)] + [("data.train.budgets", b) for b in cfg.data.train.budgets]
+                     + [(k, v) for k, v in evals if v]):
     if value < 1 or value > vision.max_num_patches:
-      raise ConfigError(f"model.vision.kind=naflex needs data.train.{key} in [1, model.vision.max_num_patches="
+      raise ConfigError(f"model.vision.kind=naflex needs {key} in [1, model.vision.max_num_patches="
                         f"{vision.max_num_patches}] (the patches per image), got {value}")
   unsupported = [what for what, on in (
       (f"evaluators of type {', '.join(sorted(others))}: only {', '.join(EVALUATORS)} read NaFlex images so far",

@@ -6,7 +6,9 @@ Common fields of `cfg.evals.<name>`: `type` (a key of `registry.EVALUATORS`), `d
 the last step), `num_examples` (the first N records; 0: all), `image_mode` (`center_crop`, the
 default: the centred square, resized to the model's size, as CLIP-style evaluations do;
 `resize`: the whole image, aspect not kept), `params` (which weights it evaluates: `params`, the
-default, the trained parameters; `ema`, their moving average, which needs `optim.ema_decay` > 0).
+default, the trained parameters; `ema`, their moving average, which needs `optim.ema_decay` > 0),
+`max_patches` (NaFlex runs: the patch budget each image is read at; 0, the default: the run's
+`data.train.max_patches`).
 No jax here: configs import it.
 """
 
@@ -22,11 +24,11 @@ PARAMS = ("params", "ema")  # evals.<name>.params: the trained parameters, or th
 
 
 def fields(type_: str, source: str, *, batch_size: int, every: int, num_examples: int,
-           image_mode: str, params: str = "params") -> ml_collections.ConfigDict:
+           image_mode: str, params: str = "params", max_patches: int = 0) -> ml_collections.ConfigDict:
   """The common fields of an evaluator config; each evaluator's `config` adds its own."""
   return ml_collections.ConfigDict(dict(
       type=type_, data=ml_collections.ConfigDict(dict(source=source, data_dir="")), batch_size=batch_size, every=every,
-      num_examples=num_examples, image_mode=image_mode, params=params))
+      num_examples=num_examples, image_mode=image_mode, params=params, max_patches=max_patches))
 
 
 def check(where: str, ev: ml_collections.ConfigDict) -> None:
@@ -42,7 +44,7 @@ def check(where: str, ev: ml_collections.ConfigDict) -> None:
                       "parameters, or their moving average: optim.ema_decay)")
   if not isinstance(ev.batch_size, int) or ev.batch_size <= 0:
     raise ConfigError(f"{where}.batch_size must be a positive int, got {ev.batch_size!r}")
-  for key in ("every", "num_examples"):
+  for key in ("every", "num_examples", "max_patches"):
     if not isinstance(ev[key], int) or ev[key] < 0:
       raise ConfigError(f"{where}.{key} must be an int >= 0, got {ev[key]!r}")
 

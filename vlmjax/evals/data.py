@@ -69,8 +69,13 @@ class EvalSet:
     self.sharding = ctx.sharding
     self.batch_size = ev.batch_size
     self.decoder = transforms.ImageDecoder(self.image_size, ev.image_mode)
-    # NaFlex runs read every image whole at its aspect ratio within the run's patch budget, as they train
-    self.naflex = naflex.Decoder(ctx.patch_size, ctx.max_patches) if ctx.max_patches else None
+    # NaFlex runs read every image whole at its aspect ratio within a patch budget (the evaluator's, else the
+    # run's), as they train
+    budget = ev.get("max_patches", 0) or ctx.max_patches
+    if budget and not ctx.max_patches:
+      raise ConfigError(f"evals.{name}.max_patches={budget} is read by NaFlex runs only (data.train.max_patches > 0); "
+                        "set it to 0")
+    self.naflex = naflex.Decoder(ctx.patch_size, budget) if budget else None
     shards = num_shards(self.sharding)
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
