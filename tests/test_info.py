@@ -71,3 +71,18 @@ def test_flops_count_only_live_products():
                                                          [("loss.caption_chunk", ch)]))
             for ch in ("0", "5")}
   assert counts["0"] == counts["5"], counts
+
+
+def test_naflex_flops_are_counted_at_the_budget_and_each_drawn_budget():
+  """A NaFlex model's count is at data.train.max_patches patches per image (the encoder's max_num_patches
+  only where that is 0), grows with the budget, and each of data.train.budgets gets its own; the analytic
+  count agrees with XLA's at a budget."""
+  spec = os.path.join(ROOT, "configs/siglip2_naflex_tiny.py:evals=0")
+  cfg = config.load(spec, (("data.train.budgets", "16,32"),))
+  flops = info.train_flops(cfg)
+  assert flops["naflex_budget"] == 32
+  per = flops["train_flops_per_budget"]
+  assert per["32"] == flops["train_flops_per_example"] and 0 < per["16"] < per["32"]
+  small = config.load(spec, (("data.train.max_patches", "16"),))
+  assert info.train_flops(small)["train_flops_per_example"] == per["16"]
+  assert abs(info.xla_flops_per_example(small) / per["16"] - 1) < 0.1

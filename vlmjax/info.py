@@ -46,6 +46,14 @@ def param_counts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
   return out
 
 
+def naflex_budget(cfg: ml_collections.ConfigDict) -> int | None:
+  """The patches per image a NaFlex model is counted at: the run's `data.train.max_patches`, else the
+  encoder's `max_num_patches`; None for other encoders."""
+  if cfg.model.vision.kind != "naflex":
+    return None
+  return cfg.data.train.max_patches or cfg.model.vision.max_num_patches
+
+
 def _grad_fn(cfg: ml_collections.ConfigDict):
   """(grad function, params, one-example batch) for counting, with remat off and XLA attention."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -55,8 +63,8 @@ def _grad_fn(cfg: ml_collections.ConfigDict):
   graphdef, params = _abstract(cfg)
   S, L, v = cfg.model.image_size, cfg.model.text.context_length, cfg.model.vision
   image = jax.ShapeDtypeStruct((1, S, S, 3), jnp.float32)
-  if v.kind == "naflex":  # a full budget of patches: the count at `max_num_patches`
-    n = v.max_num_patches
+  if v.kind == "naflex":  # a full budget of patches (`naflex_budget`)
+    n = naflex_budget(cfg)
     image = {"patches": jax.ShapeDtypeStruct((1, n, 3 * v.patch_size**2), jnp.float32),
              "shapes": jax.ShapeDtypeStruct((1, 2), jnp.int32), "mask": jax.ShapeDtypeStruct((1, n), jnp.bool_)}
   batch = {"image": image, "text": jax.ShapeDtypeStruct((1, L), jnp.int32)}
@@ -112,8 +120,15 @@ def patch_dropout(cfg: ml_collections.ConfigDict) -> float:
 def train_flops(cfg: ml_collections.ConfigDict) -> dict:
   """{"train_flops_per_example": the count with patch dropout in effect (what a step computes, MFU's
   basis)}, and with patch dropout also the count without it (`..._no_patch_dropout`), the dropout
-  and the patches kept of all (`kept_patches`: [K, N])."""
+  and the patches kept of all (`kept_patches`: [K, N]). NaFlex: the count is at `naflex_budget`
+  patches per image (`vlmjax info --config.data.train.max_patches=N` counts at N), and
+  `train_flops_per_budget` holds the count at each of `data.train.budgets` (empty without)."""
   out = {"train_flops_per_example": train_flops_per_example(cfg)}
+  if naflex_budget(cfg) is not None:  # NaFlex: at the run's budget, and at each budget drawn per batch
+    out["naflex_budget"] = naflex_budget(cfg)
+    at = lambda n: ml_collections.ConfigDict({**cfg.to_dict(), "data": {**cfg.data.to_dict(), "train": {
+        **cfg.data.train.to_dict(), "max_patches": n}}})
+    out["train_flops_per_budget"] = {str(n): train_flops_per_example(at(n)) for n in cfg.data.train.budgets}
   p = patch_dropout(cfg)
   if p > 0:
     full = ml_collections.ConfigDict(cfg.to_dict())
