@@ -294,3 +294,32 @@ def test_evaluators_a_square_model_and_bad_budgets_are_one_line_errors(tmp_path)
   for bad in (lambda: naflex.grid_for(32, 32, 8, 0), lambda: naflex.Decoder(8, 0)):
     with pytest.raises(ConfigError, match="holds no patch"):
       bad()
+
+
+def test_a_packed_naflex_step_is_the_same_on_one_device_and_a_data_fsdp_tensor_mesh():
+  """One update of packed NaFlex batches (rows, segments, positions and shapes split over the batch axes)
+  on a 2x2x2 data/FSDP/tensor mesh equals the update on one device (loss, gradient norm, parameters)."""
+  from vlmjax import sharding, train_state
+  from vlmjax.data import pipeline
+  packed = SMALL + (("data.train.pack", "true"), ("data.train.pack_rows", "8"), ("data.train.pack_length", "56"),
+                    ("optim.lr", "3e-3"), ("optim.warmup_steps", "0"))
+  cfg = config.load(SPEC, packed)
+  mesh_cfg = config.load(SPEC, packed + (("mesh.data", "2"), ("mesh.fsdp", "2"), ("mesh.tensor", "2")))
+  s1 = train_state.setup(cfg, sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+  host_state = jax.device_get(train_state.init_state(cfg, s1))
+  data = pipeline.build(cfg.data.train, global_batch=cfg.batch_size, seed=0, image_size=cfg.model.image_size,
+                        context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
+                        sharding=s1.batch_sharding, patch_size=cfg.model.vision.patch_size)
+  batch = jax.device_get(next(data))
+  data.close()
+  assert batch["image"]["segments"].max() > 1  # rows shared by several images
+  out = {}
+  for name, c in (("one", cfg), ("mesh", mesh_cfg)):
+    s = s1 if name == "one" else train_state.setup(c, sharding.make_mesh(c.mesh))
+    step = train.compile_train_step(c, s)
+    out[name] = step(jax.device_put(host_state, s.state_shardings), jax.device_put(batch, s.batch_sharding))
+  (one, m1), (mesh, m) = out["one"], out["mesh"]
+  assert len(mesh.params["vision"]["embed"]["kernel"].sharding.device_set) == 8
+  np.testing.assert_allclose(m["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m["grad_norm"], m1["grad_norm"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), mesh.params, one.params)
