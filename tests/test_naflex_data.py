@@ -165,10 +165,11 @@ def test_a_short_naflex_run_trains_logs_padding_resumes_and_evaluates(tmp_path):
 
 
 def test_a_packed_run_resumes_exactly_and_logs_less_padding(tmp_path):
-  """Packed batches (16 images in 8 rows of 56 tokens, two per row) through `train.train`: finite losses, less padding
-  than unpacked rows, images resized to fit counted, and a run stopped after step 2 and resumed logs the
-  same step-3 loss as one that ran through."""
-  packed = SMALL + (("data.train.pack", "true"), ("data.train.pack_rows", "8"), ("data.train.pack_length", "56"))
+  """Packed batches (16 images in 8 rows of 56 tokens, two per row, at budgets of 24 or 32 patches drawn per
+  batch) through `train.train`: finite losses, less padding than unpacked rows, images resized to fit
+  counted, and a run stopped after step 2 and resumed logs the same step-3 loss as one that ran through."""
+  packed = SMALL + (("data.train.pack", "true"), ("data.train.pack_rows", "8"), ("data.train.pack_length", "56"),
+                    ("data.train.budgets", "24,32"))  # budgets drawn per batch, restored with the data's state
   cfg = config.load(SPEC, packed)
   assert train.train(cfg, str(tmp_path / "through"))["finished"]
   assert not train.train(cfg, str(tmp_path / "resumed"), stop_after=2)["finished"]
