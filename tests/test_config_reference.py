@@ -46,7 +46,7 @@ INVALID = {
     "mesh.data": "3", "mesh.fsdp": "0", "mesh.tensor": "5", **{f"mesh.rules.{k}": "x" for k in (
         "batch", "embed", "heads", "layers", "mlp", "patch", "vocab")},
     "data.train.crop_min_scale": "1.5", "data.train.data_dir": "/tmp", "data.train.image_mode": "stretch",
-    "data.train.max_skip_fraction": "1.5", "data.train.max_patches": "-1", "data.train.pack": "2", "data.train.budgets": "16,0",
+    "data.train.max_skip_fraction": "1.5", "data.train.max_patches": "-1", "data.train.pack": "2", "data.train.budgets": "16,0", "data.train.normalize": "lab",
     "data.train.pack_length": "-1", "data.train.pack_rows": "-1", "data.train.num_threads": "0", "data.train.prefetch": "-1",
     "data.train.shuffle_buffer": "-1", "data.train.locca.cap": "-1", "data.train.locca.ref": "x",
     "data.train.locca.gcap": "-0.5", "data.train.locca.box_bins": "1", "data.train.source": "nosuch:x", "data.train.tokenizer": "gpt2",

@@ -162,3 +162,29 @@ def test_a_trained_run_exports_and_bad_exports_are_one_line(tmp_path, capsys):
                                                        ("model.text.vocab_size", "259"))), clip)
   capsys.readouterr()
   assert "eos_token_id 2" in fails("--to", "hf", "--workdir", clip, "--out", out)
+
+
+def test_import_refuses_a_checkpoint_normalised_otherwise_and_export_writes_the_runs_normalisation(tmp_path, capsys):
+  """A Hugging Face SigLIP directory whose preprocessor_config.json says mean = std = 0.5: imported with
+  data.train.normalize=clip it is a one-line error naming the fix (nothing written); with siglip it imports,
+  and its export's preprocessor_config.json has the same mean and std."""
+  import re
+  import shutil
+  ckpt = tmp_path / "hf_siglip"
+  shutil.copytree(os.path.join(FIX, "hf_siglip"), ckpt)
+  with open(ckpt / "preprocessor_config.json", "w") as f:
+    json.dump({"image_processor_type": "SiglipImageProcessor", "do_normalize": True, "image_mean": [0.5] * 3,
+               "image_std": [0.5] * 3}, f)
+  tok = word_tokenizer(str(tmp_path / "tok.json"), {0: "<pad>", 1: "</s>"})
+  argv = ["convert", "--from", "hf", "--checkpoint", str(ckpt), "--config", f"{CONFIGS}:name=hf_siglip",
+          "--tokenizer", f"hf:{tok}", "--out", str(tmp_path / "clip")]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert re.search(r"mean \[0.5, 0.5, 0.5\] .*not data.train.normalize='clip'.*set --config.data.train.normalize=siglip",
+                   err) and err.count("\n") == 1 and not (tmp_path / "clip").exists()
+  run = str(tmp_path / "siglip")
+  assert cli.main(argv[:-1] + [run, "--config.data.train.normalize=siglip"]) == 0
+  out = str(tmp_path / "hf")
+  assert cli.main(["convert", "--to", "hf", "--workdir", run, "--out", out]) == 0
+  pre = json.load(open(os.path.join(out, "preprocessor_config.json")))
+  assert pre["image_mean"] == [0.5] * 3 and pre["image_std"] == [0.5] * 3

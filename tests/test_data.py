@@ -178,3 +178,37 @@ def test_jpeg_with_bytes_after_its_end_marker_decodes():
   assert b"\xff\xd9" in cut[:len(cut) // 2]
   with pytest.raises(transforms.BadImage, match="truncated"):
     transforms.ImageDecoder(32)(cut[:len(cut) // 2])
+
+
+def test_normalisations_map_pixels_as_their_libraries_and_batches_and_evaluators_follow_the_run(micro_cfg):
+  """`data.train.normalize`: siglip maps 0..255 to [-1, 1] (big_vision's value_range(-1, 1)), clip and
+  imagenet subtract their means and divide by their stds; the table look-up equals the arithmetic; training
+  batches and an evaluator's images of a siglip run are the clip run's pixels renormalised."""
+  from vlmjax import config, sharding
+  from vlmjax.evals import data, defaults
+  assert tuple(transforms.NORMALIZE) == config.NORMALIZATIONS
+  pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+  np.testing.assert_allclose(transforms.normalize(pixels, "siglip"), pixels / 127.5 - 1, atol=1e-6)
+  np.testing.assert_allclose(transforms.normalize(pixels, "imagenet")[..., 0], (pixels[..., 0] / 255 - 0.485) / 0.229,
+                             atol=1e-5)
+  for how in transforms.NORMALIZE:
+    out = np.empty(pixels.shape, np.float32)
+    transforms.normalize_into(pixels, out, how)
+    np.testing.assert_allclose(out, transforms.normalize(pixels, how), atol=1e-6)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  images = {}
+  for how in ("clip", "siglip"):
+    cfg = micro_cfg(("data.train.normalize", how))
+    it = pipeline.build(cfg.data.train, global_batch=16, seed=3, image_size=32, context_length=40, vocab_size=259,
+                        sharding=sh)
+    images[how] = np.asarray(jax.device_get(next(it))["image"])
+    it.close()
+    ds = data.EvalSet("zs", defaults.zero_shot("synthetic:shapes:validation", num_examples=8, batch_size=8),
+                      data.context(cfg, sharding.make_mesh(cfg.mesh)))
+    images[how + "_eval"] = np.asarray(jax.device_get(next(ds.image_batches())[0]))
+  for key in ("", "_eval"):
+    raw = images["clip" + key] * transforms.STD + transforms.MEAN
+    np.testing.assert_allclose(images["siglip" + key], raw / 127.5 - 1, atol=1e-4)
+  with pytest.raises(ConfigError, match=r"data.train.normalize='lab' must be one of clip, siglip, imagenet"):
+    micro_cfg(("data.train.normalize", "lab"))

@@ -211,6 +211,8 @@ NUMBER_RULES = (
     ("data.train.shuffle_buffer", lambda v: _int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
     ("data.train.max_patches", lambda v: _int(v) and v >= 0,
      "an int >= 0 (0: square images; > 0: NaFlex batches of at most this many patches per image)"),
+    ("data.train.normalize", lambda v: v in NORMALIZATIONS,
+     "one of clip, siglip, imagenet (the pixel mean and std the model's weights expect)"),
     ("data.train.budgets", lambda v: isinstance(v, (tuple, list)) and all(_int(b) and b >= 1 for b in v)
      and len(set(v)) == len(v), "a tuple of distinct ints >= 1 (patch budgets drawn per batch; (): max_patches)"),
     ("data.train.pack", lambda v: isinstance(v, bool), "true or false (NaFlex: pack several images per sequence)"),
@@ -271,6 +273,7 @@ def dump(cfg: ml_collections.ConfigDict, path: str) -> None:
 
 
 WANDB_MODES = ("", "online", "offline")
+NORMALIZATIONS = ("clip", "siglip", "imagenet")  # `data.train.normalize`: the tables of vlmjax/data/transforms.py
 
 
 def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
@@ -313,6 +316,7 @@ def base(*, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
       image_mode="resize",        # resize | center_crop | random_resized_crop
       crop_min_scale=0.9,         # smallest area fraction of a random_resized_crop
       max_skip_fraction=0.1,      # stop when more samples than this are unreadable
+      normalize="clip",           # pixel mean/std: clip | siglip ((x - 0.5) / 0.5) | imagenet (transforms.NORMALIZE)
       max_patches=0,              # NaFlex (model.vision.kind=naflex): > 0 gives each image at its aspect ratio
                                   # on a grid of at most this many patches (vlmjax/data/naflex.py); 0: squares
       budgets=(),                 # NaFlex: patch budgets, one drawn per batch (SigLIP 2's several sequence

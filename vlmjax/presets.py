@@ -167,8 +167,9 @@ def siglip_experiment(vision: str, *, image_size: int, vocab_size: int, pad_id: 
   output is the embedding, a bidirectional text tower of the same shape over 64 tokens pooled at the
   last position with a biased projection, tanh GELU and LayerNorm eps 1e-6 (HF SiglipModel's), t' =
   log 10, b = -10, exp(t') not clamped; the sigmoid loss; big_vision's optimiser (lr 1e-3, weight
-  decay 1e-4, beta2 0.95, up to 5k warm-up steps). `pad_id`: the token the released weights embed at
-  padding (1, </s>, for SigLIP's tokenizers; 0 for Gemma's)."""
+  decay 1e-4, beta2 0.95, up to 5k warm-up steps); pixels in [-1, 1] (`data.train.normalize=siglip`, what
+  the released weights were trained on). `pad_id`: the token the released weights embed at padding (1,
+  </s>, for SigLIP's tokenizers; 0 for Gemma's)."""
   c = base(batch_size=batch, total_steps=steps)
   c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1e-3, 1e-4, 0.95
   c.optim.warmup_steps = min(5_000, steps // 5)
@@ -182,6 +183,7 @@ def siglip_experiment(vision: str, *, image_size: int, vocab_size: int, pad_id: 
   m.text = text("siglip", vocab_size=vocab_size, context_length=64, width=width, depth=depth, heads=heads,
                 mlp_dim=mlp, pad_id=pad_id)  # batches pad with 0; the tower embeds pad_id there
   c.loss = loss("siglip")
+  c.data.train.normalize = "siglip"
   return c
 
 

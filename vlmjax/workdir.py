@@ -188,7 +188,7 @@ def read_config_file(path: str) -> ml_collections.ConfigDict:
 # what that older vlmjax did (not always today's default).
 OLD_BEHAVIOUR = {"model.text.pad_id": 0, "optim.lr_mult": "", "model.vision.patch_dropout": 0.0,
                  "optim.ema_decay": 0.0, "optim.microbatches": 1, "data.train.max_patches": 0,
-                 "data.train.budgets": (), "data.train.pack": False, "data.train.pack_length": 0, "data.train.pack_rows": 0,
+                 "data.train.budgets": (), "data.train.normalize": "clip", "data.train.pack": False, "data.train.pack_length": 0, "data.train.pack_rows": 0,
                  "data.train.locca": {"cap": 0.0, "ref": 0.0, "gcap": 0.0, "box_bins": 100}}
 OLD_TOWER_KINDS = {"vision": "vit", "text": "transformer"}  # towers (groups with a width) before `kind`
 

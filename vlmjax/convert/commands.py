@@ -68,6 +68,7 @@ def _convert(args, overrides) -> int:
       raise ConfigError("--reverse writes open_clip or HF names, not a big_vision .npz; use --from hf to write "
                         "SiglipModel's state dict")
     return _reverse(args, cfg)
+  check_normalize(args.checkpoint, cfg.data.train.normalize)
   abstract = export.abstract_params(cfg)
   with io.staged_dir(args.out) as stage:  # OUT appears whole or not at all
     spec, offset = _tokenizer(args.tokenizer, args.checkpoint, stage, args.out)
@@ -88,6 +89,31 @@ def _convert(args, overrides) -> int:
     note = " (ids shifted by one so 0 is padding; the embedding got a pad row)" if offset else ""
     print(f"tokenizer: --config.data.train.tokenizer={spec}{note}")
   return 0
+
+
+def check_normalize(checkpoint: str, normalize: str) -> None:
+  """A one-line ConfigError when the checkpoint's preprocessor_config.json (a Hugging Face directory) normalises
+  pixels with another mean and std than `data.train.normalize`, which training and evaluation would use."""
+  import json
+  import numpy as np
+  from vlmjax.data import transforms
+  path = os.path.join(checkpoint, "preprocessor_config.json")
+  if not os.path.isfile(path):
+    return  # an open_clip file or big_vision .npz: nothing recorded
+  with open(path) as f:
+    pre = json.load(f)
+  if not pre.get("do_normalize", True) or "image_mean" not in pre:
+    return
+  mean, std = np.asarray(pre["image_mean"], np.float64), np.asarray(pre.get("image_std", [1.0] * 3), np.float64)
+  match = [name for name in transforms.NORMALIZE
+           if np.allclose(transforms.mean_std(name)[0], mean, atol=1e-3)
+           and np.allclose(transforms.mean_std(name)[1], std, atol=1e-3)]
+  if normalize in match:
+    return
+  fix = f"set --config.data.train.normalize={match[0]}" if match else \
+      f"no data.train.normalize gives it (valid: {', '.join(transforms.NORMALIZE)})"
+  raise ConfigError(f"{path} normalises pixels with mean {mean.round(4).tolist()} and std {std.round(4).tolist()}, "
+                    f"not data.train.normalize={normalize!r}'s; {fix}")
 
 
 def _export(args, overrides) -> int:

@@ -152,7 +152,7 @@ def hf_config(family: str, m, offset: int, tok: dict) -> dict:
   return dict(architectures=["SiglipModel"], model_type="siglip", text_config=text, vision_config=vision)
 
 
-def open_clip_config(m, offset: int, tok: dict) -> dict:
+def open_clip_config(m, offset: int, tok: dict, normalize: str = "clip") -> dict:
   def ratio(t):
     return t.mlp_dim / t.width
   v, t = m.vision, m.text
@@ -180,13 +180,14 @@ def open_clip_config(m, offset: int, tok: dict) -> dict:
         mlp_ratio=d.mlp_dim / t.width, attn_pooler_heads=m.pooler.heads))
   if tok["kind"] in ("hf", "gemma"):
     text["hf_tokenizer_name"] = "local-dir"  # open_clip then reads the tokenizer files from the directory
-  return dict(model_cfg=cfg, preprocess_cfg=_preprocess(m))
+  return dict(model_cfg=cfg, preprocess_cfg=_preprocess(m, normalize))
 
 
-def _preprocess(m) -> dict:
+def _preprocess(m, normalize: str = "clip") -> dict:
+  """The image preprocessing the exported weights expect: the run's size and `data.train.normalize`."""
   from vlmjax.data import transforms
-  return dict(size=m.image_size, mean=[float(x) for x in transforms.MEAN / 255],
-              std=[float(x) for x in transforms.STD / 255], interpolation="bicubic", resize_mode="shortest")
+  mean, std = transforms.mean_std(normalize)
+  return dict(size=m.image_size, mean=mean, std=std, interpolation="bicubic", resize_mode="shortest")
 
 
 def write_tokenizer(tok: dict, out: str, to: str, context: int, pad_id: int) -> list[str]:
@@ -253,12 +254,13 @@ def export(to: str, workdir: str, step: int | None, out: str) -> str:
     m = cfg.model
     weights = "model.safetensors" if to == "hf" else "open_clip_model.safetensors"
     io.write_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, os.path.join(tmp, weights))
-    meta = hf_config(family, m, offset, tok) if to == "hf" else open_clip_config(m, offset, tok)
+    meta = (hf_config(family, m, offset, tok) if to == "hf"
+            else open_clip_config(m, offset, tok, cfg.data.train.normalize))
     with open(os.path.join(tmp, "config.json" if to == "hf" else "open_clip_config.json"), "w") as f:
       json.dump(meta, f, indent=1)
     files = write_tokenizer(tok, tmp, to, m.text.context_length, max(m.text.pad_id - offset, 0))
     if to == "hf":
-      _write_preprocessor(family, m, tmp)
+      _write_preprocessor(family, m, tmp, cfg.data.train.normalize)
   toks = f", tokenizer {'+'.join(files)}" if files else ", no tokenizer (the run's is `bytes`)"
   return f"wrote {out} ({to}: {family}, {len(state)} tensors{toks}) from step {step} of {workdir}"
 
@@ -271,8 +273,8 @@ def _run_config(workdir: str):
   return load_config(path, ())
 
 
-def _write_preprocessor(family: str, m, out: str) -> None:
-  pre = _preprocess(m)
+def _write_preprocessor(family: str, m, out: str, normalize: str = "clip") -> None:
+  pre = _preprocess(m, normalize)
   name = "CLIPImageProcessor" if family == "hf_clip" else "SiglipImageProcessor"
   size = {"shortest_edge": m.image_size} if family == "hf_clip" else {"height": m.image_size, "width": m.image_size}
   cfg = dict(image_processor_type=name, do_resize=True, size=size, resample=3, do_rescale=True,

@@ -57,12 +57,14 @@ class DecodeBatch(grain.IterDataset):
                decoder: transforms.ImageDecoder | naflex.Decoder,
                tokenizer, context_length: int, seed: int, num_threads: int, max_skip_fraction: float,
                host_index: int, locca_cfg=None, pack: dict[int, tuple[int, int]] | None = None,
-               budgets: tuple[int, ...] = ()):
+               budgets: tuple[int, ...] = (), normalize: str = "clip"):
     super().__init__(parent)
+    self.normalize = normalize  # the mean and std of the square path (`transforms.NORMALIZE`); NaFlex: its decoder's
     self.pack = pack
     naflex_decoder = isinstance(decoder, naflex.Decoder)
     self.budgets = tuple(budgets) or ((decoder.max_patches,) if naflex_decoder else ())
-    self.decoders = {n: naflex.Decoder(decoder.patch, n) for n in self.budgets} if naflex_decoder else {}
+    self.decoders = ({n: naflex.Decoder(decoder.patch, n, decoder.normalize) for n in self.budgets}
+                     if naflex_decoder else {})
     self.locca = locca_cfg if locca_cfg is not None and locca.active(locca_cfg) else None
     self.batch_size, self.decoder, self.tokenizer = batch_size, decoder, tokenizer
     self.context_length, self.seed, self.num_threads = context_length, seed, max(1, num_threads)
@@ -134,7 +136,7 @@ class DecodeBatchIterator(grain.DatasetIterator):
     elif self._naflex:
       self._decoder.write(image, grid, out["image"], slot)
     else:
-      transforms.normalize_into(image, out["image"][slot])
+      transforms.normalize_into(image, out["image"][slot], self._ds.normalize)
     out["text"][slot] = self._ds.tokenizer.encode(caption.strip(), self._ds.context_length)
     if self._ds.locca is not None:
       # NaFlex keeps the whole image (its aspect ratio too): normalised boxes stay as they are

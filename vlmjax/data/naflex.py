@@ -9,7 +9,7 @@
 
 Per image (`Decoder`): decode, keep the whole image (no crop), pick the largest grid of the image's
 aspect ratio with h*w <= max_patches (`grid_for`: the grid transformers' Siglip2ImageProcessor picks),
-resize to (h*patch, w*patch), normalise with CLIP's MEAN/STD (as the square path), `patchify`, `pad`
+resize to (h*patch, w*patch), normalise (`data.train.normalize`, as the square path), `patchify`, `pad`
 to N. An image narrower or lower than one patch is skipped and counted as `too_small`.
 
 Packing (`data.train.pack`): the batch's B images share R rows of L tokens (`data.train.pack_rows`,
@@ -85,10 +85,10 @@ class Decoder:
   """Encoded bytes or uint8 [H, W, 3] -> (uint8 [h*patch, w*patch, 3] RGB, (h, w)): the whole image at its
   aspect ratio on `grid_for`'s grid. Raises TooSmall (a side under one patch) or BadImage."""
 
-  def __init__(self, patch: int, max_patches: int):
+  def __init__(self, patch: int, max_patches: int, normalize: str = "clip"):
     if max_patches < 1:
       raise ConfigError(f"data.train.max_patches={max_patches} holds no patch; NaFlex batches need an int >= 1")
-    self.patch, self.max_patches = patch, max_patches
+    self.patch, self.max_patches, self.normalize = patch, max_patches, normalize
 
   def grid(self, width: int, height: int) -> tuple[int, int]:
     if width < self.patch or height < self.patch:
@@ -107,7 +107,7 @@ class Decoder:
   def write(self, image_uint8: np.ndarray, grid: tuple[int, int], out: dict[str, np.ndarray], slot: int) -> None:
     """Row `slot` of a batch's image dict (`empty_images`) from a decoded image: normalised, patchified, padded."""
     image_HxWx3 = np.empty(image_uint8.shape, np.float32)
-    transforms.normalize_into(image_uint8, image_HxWx3)  # the square path's look-up: the same values
+    transforms.normalize_into(image_uint8, image_HxWx3, self.normalize)  # the square path's look-up
     patches_TxP = patchify(image_HxWx3, self.patch)
     out["patches"][slot], out["mask"][slot] = pad(patches_TxP, self.max_patches)
     out["shapes"][slot] = grid
@@ -174,7 +174,7 @@ class Packed:
           raise DataError(f"a packed batch cannot give each of its {len(self.staged)} images a token in "
                           f"data.train.pack_rows={self.rows} rows of pack_length={self.length} tokens; raise "
                           "pack_rows or pack_length")
-        image, grid = Decoder(p, room)(image)
+        image, grid = Decoder(p, room, self.decoder.normalize)(image)
         self.staged[slot], resized = (image, grid), resized + 1
       else:
         row = int(fits[0])
@@ -197,7 +197,7 @@ class Packed:
   def _patches(self, out: dict[str, np.ndarray], row: int, offset: int, slot: int) -> None:
     image_uint8, (h, w) = self.staged[slot]
     image_HxWx3 = np.empty(image_uint8.shape, np.float32)
-    transforms.normalize_into(image_uint8, image_HxWx3)
+    transforms.normalize_into(image_uint8, image_HxWx3, self.decoder.normalize)
     out["patches"][row, offset:offset + h * w] = patchify(image_HxWx3, self.decoder.patch)
 
 

@@ -122,6 +122,7 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
                  patch_size: int | None = None) -> grain.IterDataset:
   """This host's batches as numpy arrays ({"image": f32 [b, S, S, 3], "text": i32 [b, L]}; NaFlex's image
   dict at `data_cfg.max_patches` > 0, which needs the model's `patch_size`)."""
+  transforms.check_normalize(data_cfg.normalize)
   if data_cfg.image_mode not in transforms.MODES:
     raise ConfigError(f"data image_mode {data_cfg.image_mode!r} is unknown; valid: {', '.join(transforms.MODES)}")
   tokenizer = tokenizers.build(data_cfg.tokenizer)
@@ -144,7 +145,7 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
   if data_cfg.max_patches:
     if patch_size is None:
       raise ValueError("host_batches needs patch_size for NaFlex batches (data.train.max_patches > 0)")
-    decoder = naflex.Decoder(patch_size, data_cfg.max_patches)
+    decoder = naflex.Decoder(patch_size, data_cfg.max_patches, data_cfg.normalize)
     pack = naflex.host_pack(data_cfg, batch_size, count)
   else:
     pack = None
@@ -152,7 +153,8 @@ def host_batches(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: 
   return batcher.DecodeBatch(
       raw, batch_size=batch_size, context_length=context_length, tokenizer=tokenizer, decoder=decoder,
       seed=seed, num_threads=data_cfg.num_threads, max_skip_fraction=data_cfg.max_skip_fraction,
-      host_index=index, locca_cfg=data_cfg.locca, pack=pack, budgets=naflex.budgets(data_cfg))
+      host_index=index, locca_cfg=data_cfg.locca, pack=pack, budgets=naflex.budgets(data_cfg),
+      normalize=data_cfg.normalize)
 
 
 def check_regions(specs: list[str], image_size: int, data_dir: str | None) -> None:

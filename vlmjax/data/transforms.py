@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vlmjax.errors import ConfigError
+
 cv2.setNumThreads(1)  # parallelism comes from the pipeline's decode threads
 
 # CLIP's normalisation constants (RGB), used by open_clip and most CLIP-family checkpoints.
@@ -185,17 +187,39 @@ def decode_whole(image, size_fn) -> np.ndarray:
   return _resize(np.ascontiguousarray(image), *sizes[-1])
 
 
-def normalize(image_uint8: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] -> float32 with CLIP's mean and std."""
-  return (image_uint8.astype(np.float32) - MEAN) * (1.0 / STD)
+# `data.train.normalize`: the (mean, std) per channel, in 0..255, that pixels are normalised with. CLIP's
+# (OpenAI CLIP, open_clip, CoCa); SigLIP's and SigLIP 2's (x / 127.5 - 1: big_vision's value_range(-1, 1),
+# transformers' SiglipImageProcessor mean = std = 0.5); ImageNet's (torchvision).
+NORMALIZE = {"clip": (MEAN, STD),
+             "siglip": (np.full(3, 127.5, np.float32), np.full(3, 127.5, np.float32)),
+             "imagenet": (np.array([0.485, 0.456, 0.406], np.float32) * 255, np.array([0.229, 0.224, 0.225], np.float32) * 255)}
 
 
-_LUT = ((np.arange(256, dtype=np.float32)[:, None] - MEAN) / STD).astype(np.float32).reshape(1, 256, 3)
+def check_normalize(name: str, where: str = "data.train.normalize") -> None:
+  if name not in NORMALIZE:
+    raise ConfigError(f"{where}={name!r} is unknown; valid: {', '.join(NORMALIZE)} (the mean and std the model's "
+                      "weights expect: clip for CLIP/open_clip/CoCa, siglip for SigLIP and SigLIP 2)")
 
 
-def normalize_into(image_uint8: np.ndarray, out: np.ndarray) -> None:
+def mean_std(name: str = "clip") -> tuple[list[float], list[float]]:
+  """(mean, std) of `NORMALIZE[name]` in 0..1, as image processors write them."""
+  mean, std = NORMALIZE[name]
+  return [float(x) for x in mean / 255], [float(x) for x in std / 255]
+
+
+def normalize(image_uint8: np.ndarray, how: str = "clip") -> np.ndarray:
+  """uint8 [..., 3] -> float32 with the mean and std `NORMALIZE[how]` (CLIP's by default)."""
+  mean, std = NORMALIZE[how]
+  return (image_uint8.astype(np.float32) - mean) * (1.0 / std)
+
+
+_LUTS = {name: ((np.arange(256, dtype=np.float32)[:, None] - mean) / std).astype(np.float32).reshape(1, 256, 3)
+         for name, (mean, std) in NORMALIZE.items()}
+
+
+def normalize_into(image_uint8: np.ndarray, out: np.ndarray, how: str = "clip") -> None:
   """`normalize` of one uint8 [H, W, 3] image written into float32 `out` (a table look-up, twice as fast)."""
-  cv2.LUT(image_uint8, _LUT, dst=out)
+  cv2.LUT(image_uint8, _LUTS[how], dst=out)
 
 
 def original_size(image) -> tuple[int, int]:

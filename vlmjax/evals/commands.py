@@ -100,7 +100,7 @@ def _caption(args, overrides) -> int:
   for path in args.images:
     try:
       with open(path, "rb") as f:
-        images.append(transforms.normalize(decoder(f.read())))
+        images.append(transforms.normalize(decoder(f.read()), cfg.data.train.normalize))
     except OSError as e:
       raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
     except transforms.BadImage as e:

@@ -47,6 +47,7 @@ class Context:
   box_bins: int = 100                    # LocCa's box quantisation (`data.train.locca.box_bins`)
   max_patches: int = 0                   # NaFlex: the patch budget of an image (`data.train.max_patches`; 0: square)
   patch_size: int = 0                    # NaFlex: the patch side (`model.vision.patch_size`)
+  normalize: str = "clip"                # the pixels' mean and std, as training's (`data.train.normalize`)
 
 
 def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
@@ -54,7 +55,8 @@ def context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Context:
                  context_length=cfg.model.text.context_length, vocab_size=cfg.model.text.vocab_size,
                  tokenizer=tokenizers.build(cfg.data.train.tokenizer), model_name=cfg.model.name,
                  model_class=models.REGISTRY.lookup(cfg.model.name), box_bins=cfg.data.train.locca.box_bins,
-                 max_patches=cfg.data.train.max_patches, patch_size=cfg.model.vision.patch_size)
+                 max_patches=cfg.data.train.max_patches, patch_size=cfg.model.vision.patch_size,
+                 normalize=cfg.data.train.normalize)
 
 
 class EvalSet:
@@ -75,7 +77,8 @@ class EvalSet:
     if budget and not ctx.max_patches:
       raise ConfigError(f"evals.{name}.max_patches={budget} is read by NaFlex runs only (data.train.max_patches > 0); "
                         "set it to 0")
-    self.naflex = naflex.Decoder(ctx.patch_size, budget) if budget else None
+    self.naflex = naflex.Decoder(ctx.patch_size, budget, ctx.normalize) if budget else None
+    self.normalize = ctx.normalize
     shards = num_shards(self.sharding)
     if self.batch_size % shards:
       raise ConfigError(f"evals.{name}.batch_size={self.batch_size} is not divisible by the {shards} "
@@ -152,7 +155,7 @@ class EvalSet:
     return rec
 
   def _image(self, index: int) -> np.ndarray:
-    return transforms.normalize(self.decoder(self._record(index)["image"]))
+    return transforms.normalize(self.decoder(self._record(index)["image"]), self.normalize)
 
   def _naflex_image(self, index: int) -> dict[str, np.ndarray]:
     rec, out = self._record(index), self.naflex.empty_images(1)
