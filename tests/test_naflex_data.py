@@ -79,6 +79,8 @@ def test_the_batcher_gives_each_image_its_grid_and_counts_padding_and_small_imag
     h, w = naflex.grid_for(*rec["image"].shape[:2], 8, 32)
     assert tuple(image["shapes"][row]) == (h, w)
     assert image["mask"][row].tolist() == [True] * (h * w) + [False] * (32 - h * w)
+    assert image["positions"][row, :h * w].tolist() == [[i // w, i % w] for i in range(h * w)]
+    assert not image["positions"][row, h * w:].any()
     resized = transforms._resize(rec["image"], h * 8, w * 8)
     np.testing.assert_allclose(image["patches"][row, :h * w], naflex.patchify(transforms.normalize(resized), 8),
                                atol=1e-5)

@@ -46,7 +46,7 @@ class DecodeBatch(grain.IterDataset):
   (`locca`: `data.train.locca` with a weight > 0) also "decoder_text" (int32 [B, L]) and
   "decoder_loss" (bool [B, L]): each example's decoder task drawn from the record's seed, its
   regions mapped through the image's crop (`vlmjax.data.locca`). With a `naflex.Decoder`
-  (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask"}
+  (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask", "positions"}
   (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens; `pack`
   {budget: (rows, tokens per row)} packs the images into shared rows (`naflex.Packed`: the dict gains
   "positions" and "segments", the other arrays follow the images' packed order) and counts the images

@@ -5,7 +5,8 @@
 
     {"patches": float32 [b, N, P]   N = max_patches, P = patch*patch*3, each patch (row, column, channel)
      "shapes":  int32   [b, 2]      each image's grid (h, w); token i at row i // w, column i % w
-     "mask":    bool    [b, N]      true at the h*w real patches, false at the padding after them}
+     "mask":    bool    [b, N]      true at the h*w real patches, false at the padding after them
+     "positions": int32 [b, N, 2]   each token's (row, column) in its image's grid; (0, 0) at padding}
 
 Per image (`Decoder`): decode, keep the whole image (no crop), pick the largest grid of the image's
 aspect ratio with h*w <= max_patches (`grid_for`: the grid transformers' Siglip2ImageProcessor picks),
@@ -31,8 +32,8 @@ import numpy as np
 from vlmjax.data import transforms
 from vlmjax.errors import ConfigError, DataError
 
-KEYS = ("patches", "shapes", "mask")
-PACKED_KEYS = KEYS + ("positions", "segments")
+KEYS = ("patches", "shapes", "mask", "positions")
+PACKED_KEYS = KEYS + ("segments",)
 EVALUATORS = ("zero_shot", "retrieval", "fewshot", "captioning", "suite")  # evaluator types that read NaFlex images
 
 
@@ -111,11 +112,13 @@ class Decoder:
     patches_TxP = patchify(image_HxWx3, self.patch)
     out["patches"][slot], out["mask"][slot] = pad(patches_TxP, self.max_patches)
     out["shapes"][slot] = grid
+    out["positions"][slot] = 0
+    out["positions"][slot, :len(patches_TxP)] = np.stack(np.divmod(np.arange(len(patches_TxP)), grid[1]), 1)
 
   def empty_images(self, batch: int) -> dict[str, np.ndarray]:
     n, p = self.max_patches, 3 * self.patch**2
     return {"patches": np.zeros((batch, n, p), np.float32), "shapes": np.zeros((batch, 2), np.int32),
-            "mask": np.zeros((batch, n), bool)}
+            "mask": np.zeros((batch, n), bool), "positions": np.zeros((batch, n, 2), np.int32)}
 
 
 def budgets(data_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -221,7 +224,8 @@ def abstract_images(batch: int, max_patches: int, patch: int, sharding,
             for k, (shape, dtype) in packed_shapes(*packed, patch, batch).items()}
   return {"patches": jax.ShapeDtypeStruct((batch, max_patches, 3 * patch**2), jnp.float32, sharding=sharding),
           "shapes": jax.ShapeDtypeStruct((batch, 2), jnp.int32, sharding=sharding),
-          "mask": jax.ShapeDtypeStruct((batch, max_patches), jnp.bool_, sharding=sharding)}
+          "mask": jax.ShapeDtypeStruct((batch, max_patches), jnp.bool_, sharding=sharding),
+          "positions": jax.ShapeDtypeStruct((batch, max_patches, 2), jnp.int32, sharding=sharding)}
 
 
 def check_pack(data_cfg: ml_collections.ConfigDict, batch: int, devices: int = 1) -> None:

@@ -131,7 +131,7 @@ class EvalSet:
 
   def image_batches(self):
     """Yields (global image array [B, S, S, 3], number of real rows) over the examples; in a NaFlex run
-    the image is the dict of global arrays {"patches", "shapes", "mask"} (`vlmjax.data.naflex`)."""
+    the image is the dict of global arrays {"patches", "shapes", "mask", "positions"} (`vlmjax.data.naflex`)."""
     pool = futures.ThreadPoolExecutor(4)
     for start in range(0, self.num_examples, self.batch_size):
       n = min(self.batch_size, self.num_examples - start)
