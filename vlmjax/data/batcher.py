@@ -49,7 +49,7 @@ class DecodeBatch(grain.IterDataset):
   (`data.train.max_patches` > 0) "image" is NaFlex's dict {"patches", "shapes", "mask", "positions"}
   (`vlmjax.data.naflex`), and the state counts the batches' tokens and padding tokens; `pack`
   {budget: (rows, tokens per row)} packs the images into shared rows (`naflex.Packed`: the dict gains
-  "positions" and "segments", the other arrays follow the images' packed order) and counts the images
+  "segments", the other arrays follow the images' packed order) and counts the images
   resized to fit. `budgets` (`data.train.budgets`): each batch's patch budget drawn from these, the same
   on every host (from the run's seed and the batch's number), so a run sees one batch shape per budget."""
 
@@ -185,11 +185,11 @@ class DecodeBatchIterator(grain.DatasetIterator):
       free = [row for row, reason in zip(free, results) if reason is not None]
       if free:  # judged as the records come: a stream of bad samples may never complete a batch
         self._check(filled=ds.batch_size - len(free), warn=False)
-    self._good += ds.batch_size
     if ds.pack is not None:  # the images into shared rows; every other array follows their order
       out["image"], order_B, resized = out["image"].pack(self._pool)
       out.update({k: v[order_B] for k, v in out.items() if k != "image"})
       self._resized += resized
+    self._good += ds.batch_size
     if self._naflex:
       mask = out["image"]["mask"]
       self._tokens, self._padding = self._tokens + mask.size, self._padding + int(mask.size - mask.sum())

@@ -18,8 +18,9 @@ Packing (`data.train.pack`): the batch's B images share R rows of L tokens (`dat
 unpacked batch), so fewer rows carry padding. `pack` places the images largest first, each into the first
 row with room (first-fit decreasing), and numbers them row-major; the batch's texts follow that order.
 An image that fits no row is resized, at its aspect ratio, to the largest room left (counted:
-`data/pack_resized`), so a batch never drops or defers an image and B stays fixed. The image dict gains
-"positions" [R, L, 2] and "segments" [R, L] (`vlmjax/models/naflex.py` says how the encoder reads them).
+`data/pack_resized`), so a batch never drops or defers an image and B stays fixed. The image dict holds
+"patches", "mask" and "positions" over the R rows, "shapes" over the B images, and "segments" [R, L]
+(`vlmjax/models/naflex.py` says how the encoder reads them).
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ import numpy as np
 from vlmjax.data import transforms
 from vlmjax.errors import ConfigError, DataError
 
-KEYS = ("patches", "shapes", "mask", "positions")
-PACKED_KEYS = KEYS + ("segments",)
+KEYS = ("patches", "shapes", "mask", "positions")  # of unpacked batches; packed ones add "segments"
 EVALUATORS = ("zero_shot", "retrieval", "fewshot", "captioning", "suite")  # evaluator types that read NaFlex images
 
 
