@@ -32,6 +32,8 @@ SIGLIP_LAYOUT = {"vision.kind": "vit", "vision.posemb": "learn", "vision.cls_tok
                  "vision.patch_bias": True, "vision.pool": "map", "vision.final_norm": True, "image_proj": "none",
                  "text_proj": "linear_bias", "text.kind": "transformer", "text.causal": False, "text.pool": "last",
                  "text.mask_pad": False, "text.norm_tokens": True}  # SiglipModel attends to padding
+SIGLIP2_LAYOUT = {**{k: v for k, v in SIGLIP_LAYOUT.items() if not k.startswith("vision.")},
+                  "vision.kind": "naflex", "vision.pool": "map"}  # Siglip2Model: SiglipModel's towers, NaFlex's image
 COCA_LAYOUT = {**VIT_CLS, "vision.pool": "none", "vision.final_norm": False, "text.kind": "transformer",
                "text.causal": True, "text.pool": "cls", "text.mask_pad": True, "text.norm_tokens": False,
                "text.cls_mask": "legacy", "pooler.kind": "open_clip", "pooler.mode": "single",
@@ -70,6 +72,11 @@ def _get(m, path: str):
 def layout(to: str, m) -> tuple[str, dict]:
   """(reference family, the layout knobs it fixes) for exporting model config `m` to `to`."""
   siglip = m.name == "two_tower" and _get(m, "vision.pool") == "map"
+  if m.name == "two_tower" and _get(m, "vision.kind") == "naflex":
+    if to != "hf":
+      raise ConfigError("a NaFlex model (model.vision.kind=naflex) exports to transformers' Siglip2Model only; "
+                        "export it with --to hf")
+    return "hf_siglip2", SIGLIP2_LAYOUT
   if m.name == "coca":
     if to == "hf":
       raise ConfigError("model.name='coca' has no Hugging Face model class; export it with --to open_clip")
@@ -99,7 +106,7 @@ def check(to: str, m) -> str:
     t = m[tower]
     if t.width % t.heads:
       raise ConfigError(f"model.{tower}.width={t.width} is not a multiple of its heads={t.heads}")
-  if family == "hf_siglip" and m.embed_dim != m.vision.width:
+  if family in ("hf_siglip", "hf_siglip2") and m.embed_dim != m.vision.width:
     raise ConfigError(f"model.embed_dim={m.embed_dim} must equal model.vision.width={m.vision.width} for "
                       "SiglipModel (the MAP head's output is the image embedding)")
   if m.name == "coca" and m.pooler.width != m.embed_dim:
@@ -142,13 +149,17 @@ def hf_config(family: str, m, offset: int, tok: dict) -> dict:
                 num_attention_heads=t.heads, hidden_act=HF_ACT[m.act], layer_norm_eps=m.norm_eps, **extra)
   pad = max(m.text.pad_id - offset, 0)
   ids = dict(pad_token_id=pad, bos_token_id=tok["bos_id"], eos_token_id=tok["eos_id"])
-  vision = tower(m.vision, image_size=m.image_size, patch_size=m.vision.patch_size, num_channels=3)
+  vision = (tower(m.vision, num_patches=m.vision.num_patches, patch_size=m.vision.patch_size, num_channels=3)
+            if family == "hf_siglip2" else
+            tower(m.vision, image_size=m.image_size, patch_size=m.vision.patch_size, num_channels=3))
   text = tower(m.text, vocab_size=m.text.vocab_size - offset, max_position_embeddings=m.text.context_length, **ids)
   if family == "hf_clip":
     vision["projection_dim"] = text["projection_dim"] = m.embed_dim
     return dict(architectures=["CLIPModel"], model_type="clip", projection_dim=m.embed_dim,
                 logit_scale_init_value=float(np.log(m.init_logit_scale)), text_config=text, vision_config=vision)
   text["projection_size"] = m.embed_dim
+  if family == "hf_siglip2":
+    return dict(architectures=["Siglip2Model"], model_type="siglip2", text_config=text, vision_config=vision)
   return dict(architectures=["SiglipModel"], model_type="siglip", text_config=text, vision_config=vision)
 
 
@@ -260,7 +271,7 @@ def export(to: str, workdir: str, step: int | None, out: str) -> str:
       json.dump(meta, f, indent=1)
     files = write_tokenizer(tok, tmp, to, m.text.context_length, max(m.text.pad_id - offset, 0))
     if to == "hf":
-      _write_preprocessor(family, m, tmp, cfg.data.train.normalize)
+      _write_preprocessor(family, m, tmp, cfg.data.train.normalize, cfg.data.train.max_patches)
   toks = f", tokenizer {'+'.join(files)}" if files else ", no tokenizer (the run's is `bytes`)"
   return f"wrote {out} ({to}: {family}, {len(state)} tensors{toks}) from step {step} of {workdir}"
 
@@ -273,8 +284,16 @@ def _run_config(workdir: str):
   return load_config(path, ())
 
 
-def _write_preprocessor(family: str, m, out: str, normalize: str = "clip") -> None:
+def _write_preprocessor(family: str, m, out: str, normalize: str = "clip", max_patches: int = 0) -> None:
   pre = _preprocess(m, normalize)
+  if family == "hf_siglip2":  # each image at its aspect ratio within the run's patch budget, as vlmjax reads it
+    cfg = dict(image_processor_type="Siglip2ImageProcessor", do_resize=True, resample=2, do_rescale=True,
+               rescale_factor=1 / 255, do_normalize=True, image_mean=pre["mean"], image_std=pre["std"],
+               do_convert_rgb=True, patch_size=m.vision.patch_size,
+               max_num_patches=max_patches or m.vision.max_num_patches)
+    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+      json.dump(cfg, f, indent=1)
+    return
   name = "CLIPImageProcessor" if family == "hf_clip" else "SiglipImageProcessor"
   size = {"shortest_edge": m.image_size} if family == "hf_clip" else {"height": m.image_size, "width": m.image_size}
   cfg = dict(image_processor_type=name, do_resize=True, size=size, resample=3, do_rescale=True,
