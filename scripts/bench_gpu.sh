@@ -12,7 +12,9 @@
 #             measurements that decide which XLA options vlmjax sets (`xla_options.gpu`);
 #   check     scripts/gpu_check.sh: attention kernel and bf16 error per B/16 shape, coca_tiny
 #             trained in float32 and bfloat16 (output in $OUT/check/);
-#   all       main, check, max, variants: the whole device session in priority order.
+#   naflex    scripts/bench_naflex.py on siglip2_b16_naflex (batch 64, 256 patches): padding and step
+#             time unpacked vs packed, and the compile count of budgets 144,256 ($OUT/naflex.txt);
+#   all       main, check, max, variants, naflex: the whole device session in priority order.
 # The whole call keeps within BUDGET seconds (default 540): each job's timeout is what is left,
 # so the table always prints, with whatever finished. Results in $OUT (at most 8 files come
 # back from the device): results.jsonl (one JSON line per job, with its name), log.txt (every
@@ -25,7 +27,7 @@
 # scripts/check_gpu_image.sh rehearses this on a CPU in a venv built like the image.
 set -uo pipefail
 STAGES=${*:-main}
-[ "$STAGES" = all ] && STAGES="main check max variants"
+[ "$STAGES" = all ] && STAGES="main check max variants naflex"
 OUT=${OUT:-/tmp/vlmjax-bench}
 BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
@@ -41,8 +43,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # SMOKE=1 checks the script itself on a CPU in a few minutes: tiny models, batch 8, 2 steps.
 if [ -n "${SMOKE:-}" ]; then
   COCA=configs/coca_tiny.py:evals=0 SIGLIP=configs/siglip_tiny.py TINY=--tiny B=8 STEPS=2 MEM="--memory-gib 0.5" CHECK_STEPS=20
+  NAFLEX="--config configs/siglip2_naflex_tiny.py:evals=0 --batch 16 --steps 2"
 else
   COCA=configs/openclip_coca_b16.py SIGLIP=configs/siglip_b16.py TINY= B=256 STEPS=20 MEM= CHECK_STEPS=240
+  NAFLEX="--config configs/siglip2_b16_naflex.py --batch 64 --steps 5 --budgets 144,256"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 fi
 $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
@@ -119,10 +123,17 @@ stage_variants() {
     > "$OUT/variants.txt" 2>&1
   echo "exit $?"; grep -E "^(variant|\(base\)|model|loss|xla|base)" "$OUT/variants.txt" | head -12
 }
+stage_naflex() {
+  local t; t=$(limit 300)
+  if [ "$t" -lt 60 ]; then echo "naflex skipped: $(left) s of the budget left"; return; fi
+  echo "== NaFlex packing and budgets: scripts/bench_naflex.py $NAFLEX (up to $t s)"
+  timeout "$t" $PY scripts/bench_naflex.py $NAFLEX > "$OUT/naflex.txt" 2>> "$LOG"
+  echo "exit $?"; grep -vE "^(WARNING|I0000|W0000)" "$OUT/naflex.txt" | tail -8
+}
 for stage in $STAGES; do
   case $stage in
-    main|check|max|variants) "stage_$stage" ;;
-    *) echo "unknown stage '$stage'; valid: main check max variants all"; exit 2 ;;
+    main|check|max|variants|naflex) "stage_$stage" ;;
+    *) echo "unknown stage '$stage'; valid: main check max variants naflex all"; exit 2 ;;
   esac
 done
 rm -f "$OUT/job.json"
