@@ -170,6 +170,7 @@ def test_import_refuses_a_checkpoint_normalised_otherwise_and_export_writes_the_
   and its export's preprocessor_config.json has the same mean and std."""
   import re
   import shutil
+  from vlmjax.config import ConfigError
   ckpt = tmp_path / "hf_siglip"
   shutil.copytree(os.path.join(FIX, "hf_siglip"), ckpt)
   with open(ckpt / "preprocessor_config.json", "w") as f:
@@ -182,8 +183,14 @@ def test_import_refuses_a_checkpoint_normalised_otherwise_and_export_writes_the_
   err = capsys.readouterr().err
   assert re.search(r"mean \[0.5, 0.5, 0.5\] .*not data.train.normalize='clip'.*set --config.data.train.normalize=siglip",
                    err) and err.count("\n") == 1 and not (tmp_path / "clip").exists()
+  as_file = [str(ckpt / "model.safetensors") if a == str(ckpt) else a for a in argv]  # a file of the directory
+  assert cli.main(as_file) == 2 and "set --config.data.train.normalize=siglip" in capsys.readouterr().err
   run = str(tmp_path / "siglip")
   assert cli.main(argv[:-1] + [run, "--config.data.train.normalize=siglip"]) == 0
+  from vlmjax import config, train_state  # training from these weights on other pixels: one line
+  clip_run = config.load(f"{CONFIGS}:name=hf_siglip", (("init_from", run),))
+  with pytest.raises(ConfigError, match=r"normalised as data.train.normalize='siglip', and this run uses 'clip'"):
+    train_state.check_init_normalize(clip_run, train_state.init_source(run))
   out = str(tmp_path / "hf")
   assert cli.main(["convert", "--to", "hf", "--workdir", run, "--out", out]) == 0
   pre = json.load(open(os.path.join(out, "preprocessor_config.json")))

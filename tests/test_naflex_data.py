@@ -206,7 +206,7 @@ def test_budgets_are_drawn_per_batch_alike_on_every_host_with_one_compiled_step_
   assert "\n" not in str(e.value)  # the run that trains through both budgets: the packed resume test
 
 
-def test_siglip2_with_locca_trains_on_packed_naflex_images_and_captions_them(tmp_path):
+def test_siglip2_with_locca_trains_on_packed_naflex_images_and_captions_them(tmp_path, capsys):
   """SigLIP 2's objective (sigmoid loss + the LocCa decoder's three tasks) on packed NaFlex batches: the
   decoder tasks follow their images into the packed order, the run trains, and the captioning evaluator
   decodes NaFlex images (scores in range)."""
@@ -221,6 +221,13 @@ def test_siglip2_with_locca_trains_on_packed_naflex_images_and_captions_them(tmp
   assert all(np.isfinite(r["train/caption_loss"]) and np.isfinite(r["train/contrastive_loss"]) for r in rows), rows
   result = json.load(open(tmp_path / "eval" / "2.json"))
   assert 0 <= result["eval/cap/cider"] and 0 <= result["eval/cap/bleu4"] <= 1, result
+  from vlmjax import cli  # `vlmjax caption` reads images at the run's budget, as training does
+  wide = synthetic.ShapesWideSource("validation")
+  image = next(wide[i]["image"] for i in range(20) if wide[i]["image"].shape[0] != wide[i]["image"].shape[1])
+  (tmp_path / "wide.png").write_bytes(transforms.encode_png(image))
+  capsys.readouterr()
+  assert cli.main(["caption", "--workdir", str(tmp_path), "--max-len", "8", str(tmp_path / "wide.png")]) == 0
+  assert capsys.readouterr().out.startswith(f"{tmp_path / 'wide.png'}\t")
 
 
 def test_naflex_evaluation_reads_each_image_as_training_does():
@@ -248,6 +255,10 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
   ev.max_patches = 12  # an evaluator's own budget: every image within 12 patches
   images, _ = next(data.EvalSet("zs", ev, data.context(cfg, s.mesh)).image_batches())
   assert images["patches"].shape[1] == 12 and (np.asarray(images["shapes"]).prod(1) <= 12).all()
+  from vlmjax.evals import benchmark  # a suite's tasks read at its budget too
+  suite = benchmark.config("/nonexistent")
+  suite.max_patches = 12
+  assert benchmark._task_config("retrieval/flickr30k", "/nonexistent/flickr30k", suite).max_patches == 12
   cfg.evals.zs = ev
   with pytest.raises(ConfigError, match=r"needs evals.zs.max_patches in \[1, model.vision.max_num_patches=32\]"):
     ev.max_patches = 40
@@ -266,6 +277,7 @@ def test_naflex_evaluation_reads_each_image_as_training_does():
     ((("data.train.pack", "true"), ("data.train.pack_rows", "1"), ("data.train.pack_length", "32")),
      r"pack_rows=1 rows of 32 tokens cannot hold batch_size=64 images.*use pack_rows >= 2"),
     ((("data.train.pack_rows", "4"),), r"data.train.pack_rows=4 is read by packed NaFlex batches only"),
+    ((("data.train.pack", "true"), ("optim.microbatches", "2")), r"pack=true does not work with optim.microbatches=2"),
     ((("data.train.budgets", "16,64"),), r"data.train.budgets in \[1, model.vision.max_num_patches=32\].*got 64"),
     ((("data.train.pack", "true"), ("data.train.budgets", "16,32"), ("data.train.pack_length", "24"), ("data.train.pack_rows", "32")),
      r"pack_length=24 is shorter than one image's budget \(32 patches\)"),

@@ -157,7 +157,7 @@ def _info(args, overrides) -> int:
     print(f"{name:<20} {n:>15,}  ({n / 1e6:.2f}M)")
   gflop = flops["train_flops_per_example"] / 1e9
   if "patch_dropout" not in flops:
-    at = f", {flops['naflex_budget']} patches per image" if "naflex_budget" in flops else ""
+    at = f", {flops['naflex_budget']} patches per image, unpacked" if "naflex_budget" in flops else ""
     print(f"{'train GFLOP/example':<20} {gflop:>15,.2f}  (forward + backward{at})")
     for n, f in flops.get("train_flops_per_budget", {}).items():
       print(f"{'  at ' + n + ' patches':<20} {f / 1e9:>15,.2f}  (a budget of data.train.budgets)")

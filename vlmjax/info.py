@@ -122,7 +122,8 @@ def train_flops(cfg: ml_collections.ConfigDict) -> dict:
   basis)}, and with patch dropout also the count without it (`..._no_patch_dropout`), the dropout
   and the patches kept of all (`kept_patches`: [K, N]). NaFlex: the count is at `naflex_budget`
   patches per image (`vlmjax info --config.data.train.max_patches=N` counts at N), and
-  `train_flops_per_budget` holds the count at each of `data.train.budgets` (empty without)."""
+  `train_flops_per_budget` holds the count at each of `data.train.budgets` (empty without). Counted
+  unpacked: packed rows (`data.train.pack`) attend over their whole length, which costs more attention."""
   out = {"train_flops_per_example": train_flops_per_example(cfg)}
   if naflex_budget(cfg) is not None:  # NaFlex: at the run's budget, and at each budget drawn per batch
     out["naflex_budget"] = naflex_budget(cfg)

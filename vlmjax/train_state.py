@@ -11,6 +11,7 @@ parameters for evaluation (`restore_trees`: and/or their EMA, `optim.ema_decay`)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -154,6 +155,7 @@ def _check_init(cfg: ml_collections.ConfigDict, s: Setup) -> tuple[InitSource, l
   """(where `init_from` points, the position embeddings to resize: `posemb.Resize`s)."""
   source = init_source(cfg.init_from)
   check_init_tokenizer(cfg, source)
+  check_init_normalize(cfg, source)
   checkpoint.quiet_libraries(True)  # orbax's absl warnings about a step's own metadata go to log.txt
   try:
     stored = convert.stored_shapes(source.item)
@@ -211,6 +213,20 @@ def check_init_tokenizer(cfg: ml_collections.ConfigDict, source: InitSource | No
                              f"--config.data.train.tokenizer={converted_tokenizer(directory, path)} "
                              f"(data.train.tokenizer is "
                              f"{cfg.data.train.tokenizer!r}), or re-initialise text.token_embed in init_reinit")
+
+
+def check_init_normalize(cfg: ml_collections.ConfigDict, source: InitSource) -> None:
+  """Weights trained (or converted) on pixels normalised one way see shifted inputs the other way: a one-line
+  ConfigError when `init_from`'s config.json has another `data.train.normalize` (absent: clip, as before)."""
+  path = os.path.join(source.directory, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    theirs = json.load(f).get("data", {}).get("train", {}).get("normalize", "clip")
+  if theirs != cfg.data.train.normalize:
+    raise errors.ConfigError(f"init_from={cfg.init_from!r} was trained on pixels normalised as data.train.normalize="
+                             f"{theirs!r}, and this run uses {cfg.data.train.normalize!r}; set "
+                             f"--config.data.train.normalize={theirs}")
 
 
 def restore_or_init(cfg: ml_collections.ConfigDict, s: Setup, ckpt: checkpoint.Checkpointer,

@@ -97,7 +97,8 @@ def check_normalize(checkpoint: str, normalize: str) -> None:
   import json
   import numpy as np
   from vlmjax.data import transforms
-  path = os.path.join(checkpoint, "preprocessor_config.json")
+  directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)  # a file in an HF dir too
+  path = os.path.join(directory, "preprocessor_config.json")
   if not os.path.isfile(path):
     return  # an open_clip file or big_vision .npz: nothing recorded
   with open(path) as f:

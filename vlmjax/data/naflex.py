@@ -264,6 +264,9 @@ def check_config(cfg: ml_collections.ConfigDict, *, distill: bool, devices: int 
   n, vision = cfg.data.train.max_patches, cfg.model.vision
   others = {cfg.evals[k].type for k in cfg.evals.keys()} - set(EVALUATORS)
   check_pack(cfg.data.train, cfg.batch_size, devices)
+  if cfg.data.train.pack and cfg.optim.microbatches > 1:  # rows and images would be split apart
+    raise ConfigError(f"data.train.pack=true does not work with optim.microbatches={cfg.optim.microbatches}: a "
+                      "microbatch's rows would hold other images than its texts; set one of them off")
   if vision.kind != "naflex":
     if n or cfg.data.train.budgets:
       raise ConfigError(f"data.train.max_patches={n} or budgets={tuple(cfg.data.train.budgets)} make NaFlex batches "

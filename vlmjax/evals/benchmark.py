@@ -76,11 +76,14 @@ def _task_config(task: str, folder: str, ev) -> ml_collections.ConfigDict:
   source = f"wds:{folder}"
   opts = dict(batch_size=ev.batch_size, num_examples=ev.num_examples, image_mode=ev.image_mode)
   if task in RETRIEVAL:
-    return retrieval.config(source, **opts)
-  own = sources.templates(source)
-  name = "imagenet1k" if task in IMAGENET else short(task)
-  templates = "dataset" if own else name if name in zero_shot.shipped()["templates"] else "photo"
-  return zero_shot.config(source, templates=templates, **opts)
+    out = retrieval.config(source, **opts)
+  else:
+    own = sources.templates(source)
+    name = "imagenet1k" if task in IMAGENET else short(task)
+    templates = "dataset" if own else name if name in zero_shot.shipped()["templates"] else "photo"
+    out = zero_shot.config(source, templates=templates, **opts)
+  out.max_patches = ev.get("max_patches", 0)  # NaFlex runs: every task at the suite's budget
+  return out
 
 
 class Suite:

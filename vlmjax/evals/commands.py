@@ -96,11 +96,11 @@ def _caption(args, overrides) -> int:
                           prefix="--")
   if max_len > context_length:
     raise ConfigError(f"--max-len {max_len} exceeds model.text.context_length={context_length}")
-  images, decoder = [], transforms.ImageDecoder(cfg.model.image_size, args.image_mode)
+  images, read = [], _image_reader(cfg, args.image_mode)
   for path in args.images:
     try:
       with open(path, "rb") as f:
-        images.append(transforms.normalize(decoder(f.read()), cfg.data.train.normalize))
+        images.append(read(f.read()))
     except OSError as e:
       raise ConfigError(f"cannot read image {path!r}: {e.strerror or e}") from None
     except transforms.BadImage as e:
@@ -108,7 +108,7 @@ def _caption(args, overrides) -> int:
   s, params, step = train_state.restore_params(args.workdir, cfg, args.step)
   ctx = data.context(cfg, s.mesh)  # the batch sharding and tokenizer, as the evaluators have them
   n, tokenizer = len(images), ctx.tokenizer
-  batch = np.stack(images + [images[-1]] * (-n % data.num_shards(ctx.sharding)))
+  batch = jax.tree.map(lambda *rows: np.stack(rows), *(images + [images[-1]] * (-n % data.num_shards(ctx.sharding))))
   tokens = decode.jit_generate(s.graphdef, params, jax.device_put(batch, ctx.sharding), jax.random.key(args.seed),
                                max_len=max_len, method=args.method, beam_size=args.beam_size,
                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
@@ -116,6 +116,22 @@ def _caption(args, overrides) -> int:
   for path, row in zip(args.images, data.gather(tokens, n)):
     print(f"{path}\t{tokenizer.decode(row)}")
   return 0
+
+
+def _image_reader(cfg, image_mode: str):
+  """Encoded bytes -> one image as the run's model reads it: a normalised [S, S, 3] square, or in a NaFlex
+  run (`data.train.max_patches` > 0) the whole image at its aspect ratio within the run's budget, as a dict."""
+  from vlmjax.data import naflex, transforms  # noqa: PLC0415
+  if not cfg.data.train.max_patches:
+    decoder = transforms.ImageDecoder(cfg.model.image_size, image_mode)
+    return lambda raw: transforms.normalize(decoder(raw), cfg.data.train.normalize)
+  decoder = naflex.Decoder(cfg.model.vision.patch_size, cfg.data.train.max_patches, cfg.data.train.normalize)
+
+  def read(raw):
+    one = decoder.empty_images(1)
+    decoder.write(*decoder(raw), one, 0)
+    return {k: v[0] for k, v in one.items()}
+  return read
 
 
 WORKDIR_HELP = "a training run's directory (or a `vlmjax convert` output directory: its weights as step 0)"
