@@ -79,19 +79,29 @@ def test_hf_clip_round_trip_writes_what_transformers_wrote(tmp_path, capsys):
   assert exported == [i - 1 for i in tokenizers.build(f"hf:{tok}").encode(text, 12)[:5]]
 
 
-def test_hf_siglip_round_trip(tmp_path):
+@pytest.mark.parametrize("checkpoint, name, arch", [("hf_siglip", "hf_siglip", "SiglipModel"),
+                                                    ("hf_siglip2", "hf_siglip2_naflex", "Siglip2Model")])
+def test_hf_siglip_round_trip(tmp_path, checkpoint, name, arch):
+  """SiglipModel, and Siglip2Model (NaFlex) imported into model.vision.kind=naflex, exported again: the same
+  tensors, a config.json with the reference's architecture fields; Siglip2's with a Siglip2ImageProcessor
+  config at the run's budget."""
   tok = word_tokenizer(str(tmp_path / "tok.json"), {0: "<pad>", 1: "</s>"})
-  run = imported(tmp_path, "hf", "hf_siglip", "hf_siglip", f"hf:{tok}")
+  run = imported(tmp_path, "hf", checkpoint, name, f"hf:{tok}")
   out = str(tmp_path / "hf")
   assert cli.main(["convert", "--to", "hf", "--workdir", run, "--out", out]) == 0
-  same_tensors(os.path.join(out, "model.safetensors"), os.path.join(FIX, "hf_siglip", "model.safetensors"))
-  ours, ref = (json.load(open(os.path.join(d, "config.json"))) for d in (out, os.path.join(FIX, "hf_siglip")))
-  assert ours["architectures"] == ["SiglipModel"] and ours["model_type"] == ref["model_type"]
+  same_tensors(os.path.join(out, "model.safetensors"), os.path.join(FIX, checkpoint, "model.safetensors"))
+  ours, ref = (json.load(open(os.path.join(d, "config.json"))) for d in (out, os.path.join(FIX, checkpoint)))
+  assert ours["architectures"] == [arch] and ours["model_type"] == ref["model_type"]
   for tower in ("text_config", "vision_config"):
     for key, value in ours[tower].items():
       if not key.endswith("token_id"):
         assert value == ref[tower][key], (tower, key)
-  assert ours["text_config"]["eos_token_id"] == 1 and ours["text_config"]["pad_token_id"] == 0
+  if checkpoint == "hf_siglip":
+    assert ours["text_config"]["eos_token_id"] == 1 and ours["text_config"]["pad_token_id"] == 0
+    return
+  pre = json.load(open(os.path.join(out, "preprocessor_config.json")))
+  assert pre["image_processor_type"] == "Siglip2ImageProcessor" and pre["max_num_patches"] == 16
+  assert pre["patch_size"] == 8
 
 
 @pytest.mark.parametrize("name", ["openclip_clip", "openclip_coca"])
@@ -195,22 +205,3 @@ def test_import_refuses_a_checkpoint_normalised_otherwise_and_export_writes_the_
   assert cli.main(["convert", "--to", "hf", "--workdir", run, "--out", out]) == 0
   pre = json.load(open(os.path.join(out, "preprocessor_config.json")))
   assert pre["image_mean"] == [0.5] * 3 and pre["image_std"] == [0.5] * 3
-
-
-def test_hf_siglip2_naflex_round_trip(tmp_path):
-  """Siglip2Model (NaFlex) imported into model.vision.kind=naflex and exported again: the same tensors, a
-  config.json with the reference's architecture fields, and a Siglip2ImageProcessor config at the run's budget."""
-  tok = word_tokenizer(str(tmp_path / "tok.json"), {0: "<pad>", 1: "</s>"})
-  run = imported(tmp_path, "hf", "hf_siglip2", "hf_siglip2_naflex", f"hf:{tok}")
-  out = str(tmp_path / "hf")
-  assert cli.main(["convert", "--to", "hf", "--workdir", run, "--out", out]) == 0
-  same_tensors(os.path.join(out, "model.safetensors"), os.path.join(FIX, "hf_siglip2", "model.safetensors"))
-  ours, ref = (json.load(open(os.path.join(d, "config.json"))) for d in (out, os.path.join(FIX, "hf_siglip2")))
-  assert ours["architectures"] == ["Siglip2Model"] and ours["model_type"] == ref["model_type"]
-  for tower in ("text_config", "vision_config"):
-    for key, value in ours[tower].items():
-      if not key.endswith("token_id"):
-        assert value == ref[tower][key], (tower, key)
-  pre = json.load(open(os.path.join(out, "preprocessor_config.json")))
-  assert pre["image_processor_type"] == "Siglip2ImageProcessor" and pre["max_num_patches"] == 16
-  assert pre["patch_size"] == 8

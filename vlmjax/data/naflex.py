@@ -72,6 +72,11 @@ def patchify(image_HxWxC: np.ndarray, patch: int) -> np.ndarray:
   return image_HxWxC.reshape(h, patch, w, patch, C).transpose(0, 2, 1, 3, 4).reshape(h * w, patch * patch * C)
 
 
+def grid_positions(h: int, w: int) -> np.ndarray:
+  """[h*w, 2]: (row, column) of each patch of an h x w grid, in `patchify`'s row-major order."""
+  return np.stack(np.divmod(np.arange(h * w), w), 1).astype(np.int32)
+
+
 def pad(patches_TxP: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(patches [n, P] with zeros after the T real ones, mask [n] bool: true at the real ones)."""
   T = patches_TxP.shape[0]
@@ -113,7 +118,7 @@ class Decoder:
     out["patches"][slot], out["mask"][slot] = pad(patches_TxP, self.max_patches)
     out["shapes"][slot] = grid
     out["positions"][slot] = 0
-    out["positions"][slot, :len(patches_TxP)] = np.stack(np.divmod(np.arange(len(patches_TxP)), grid[1]), 1)
+    out["positions"][slot, :len(patches_TxP)] = grid_positions(*grid)
 
   def empty_images(self, batch: int) -> dict[str, np.ndarray]:
     n, p = self.max_patches, 3 * self.patch**2
@@ -190,8 +195,7 @@ class Packed:
       segment[row] = segment.get(row, 0) + 1
       out["shapes"][b] = self.staged[slot][1]
       h, w = self.staged[slot][1]
-      i_T = np.arange(h * w)
-      out["positions"][row, offset:offset + h * w] = np.stack([i_T // w, i_T % w], 1)
+      out["positions"][row, offset:offset + h * w] = grid_positions(h, w)
       out["segments"][row, offset:offset + h * w] = segment[row]
     list(pool.map(lambda rs: self._patches(out, *rs), [(r, o, s) for r, o, s in placed]))
     out["mask"] = out["segments"] > 0
